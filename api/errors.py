@@ -1,0 +1,46 @@
+"""Every error is JSON in the shape of the route's API; nothing answers with a stack trace."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, json, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from api.webex import PATH as WEBEX_PATH
+from api.webex import respond
+from shared.intake.codes import Code, IntakeError
+from shared.intake.service import Answer
+
+log = logging.getLogger(__name__)
+
+
+def _is_webex() -> bool:
+    return request.path.rstrip("/") == WEBEX_PATH.rstrip("/")
+
+
+def error_json(status: int, message: str) -> Response:
+    return Response(json.dumps({"message": message}), status, mimetype="application/json")
+
+
+def register(app: Flask) -> None:
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(_: RequestEntityTooLarge) -> Response:
+        limit = app.config["MAX_CONTENT_LENGTH"]
+        detail = f"the body is larger than {limit} bytes"
+        if _is_webex():
+            answer = Answer.failure(IntakeError(Code.INVALID_VALUES, detail))
+            answer.status = 413
+            return respond(answer)
+        return error_json(413, detail)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Response:
+        return error_json(error.code or 500, error.description or error.name)
+
+    @app.errorhandler(Exception)
+    def unexpected(_: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        if _is_webex():
+            return respond(Answer.failure(IntakeError(Code.INTERNAL_ERROR)))
+        return error_json(500, "internal error")

@@ -1,0 +1,39 @@
+"""``/healthz`` (the process answers) and ``/readyz`` (broker and database reachable)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, json
+from sqlalchemy import text
+
+from shared.db.engine import get_engine
+from shared.publish import Publisher
+
+bp = Blueprint("health", __name__)
+
+
+def _json(body: dict[str, str], status: int) -> Response:
+    return Response(json.dumps(body), status, mimetype="application/json")
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    return _json({"status": "ok"}, 200)
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    checks: dict[str, str] = {}
+    publisher: Publisher = current_app.extensions["eventdesk.publisher"]
+    try:
+        publisher.ping()
+        checks["broker"] = "ok"
+    except Exception as exc:  # any transport's failure means "not ready"
+        checks["broker"] = f"unreachable: {type(exc).__name__}"
+    try:
+        with get_engine().connect() as connection:
+            connection.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:  # any driver's failure means "not ready"
+        checks["database"] = f"unreachable: {type(exc).__name__}"
+    ready = all(value == "ok" for value in checks.values())
+    return _json({"status": "ready" if ready else "unavailable", **checks}, 200 if ready else 503)

@@ -1,0 +1,298 @@
+"""SQLAlchemy models. Tables are created by the Alembic migrations (``eventdesk migrate``).
+
+Reference records (accounts, people, teams, ...) carry explicit ids, as 4me's do, so an import
+file can be applied again and again (upsert by id, or by source/sourceID where given).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite keeps no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(
+        self, value: datetime | None, dialect: Any  # noqa: ARG002
+    ) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(
+        self, value: datetime | None, dialect: Any  # noqa: ARG002
+    ) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# BIGINT on PostgreSQL, but INTEGER on SQLite so that it stays the rowid and autoincrements.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {  # noqa: RUF012 - SQLAlchemy reads it as a class var
+        datetime: UTCDateTime(), dict[str, Any]: JSON(), list[Any]: JSON(),
+    }
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    directory_account_id: Mapped[str | None] = mapped_column(ForeignKey("accounts.id"))
+    mail_domain: Mapped[str | None] = mapped_column(String(255))
+    # Standard Webhooks secrets ("whsec_..."), newest first; several during a rotation.
+    signing_secrets: Mapped[list[Any]] = mapped_column(default=list)
+
+
+class ApiKey(Base):
+    """A service key (Webex ``key`` header) or bearer token (4me ``Authorization``)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    # SHA-256 of the key: keys are long random strings, so a fast hash is enough, and it lets the
+    # api find a key by its hash without trying each one.
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The person the key acts as (4me personal access token); None for a service key.
+    person_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+
+
+class EventDefinition(Base):
+    """What a Webex ``evtid`` does in an account: its mandatory parameters and defaults."""
+
+    __tablename__ = "event_definitions"
+    __table_args__ = (UniqueConstraint("account_id", "evtid"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    evtid: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(32), default="request")
+    mandatory: Mapped[list[Any]] = mapped_column(default=list)
+    defaults: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Maps event parameter names onto 4me event fields ({"host": "ci"}); unmapped names that are
+    # 4me fields are used as they are.
+    mapping: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Team(Base):
+    __tablename__ = "teams"
+    __table_args__ = (UniqueConstraint("account_id", "name"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    name: Mapped[str] = mapped_column(String(255))
+    mail_local_part: Mapped[str | None] = mapped_column(String(64))
+
+
+class Organization(Base):
+    __tablename__ = "organizations"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+
+
+class Person(Base):
+    __tablename__ = "people"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    primary_email: Mapped[str] = mapped_column(String(255), index=True)
+    other_emails: Mapped[list[Any]] = mapped_column(default=list)
+    organization_id: Mapped[int | None] = mapped_column(ForeignKey("organizations.id"))
+    # {"<account id>": ["specialist", "service_desk_analyst"]}
+    roles: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    team_ids: Mapped[list[Any]] = mapped_column(default=list)
+
+
+class ServiceInstance(Base):
+    __tablename__ = "service_instances"
+    __table_args__ = (Index("ix_service_instances_account_name", "account_id", "name"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    name: Mapped[str] = mapped_column(String(255))
+    first_line_team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id"))
+    support_team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id"))
+
+
+class ConfigurationItem(Base):
+    __tablename__ = "configuration_items"
+    __table_args__ = (
+        Index("ix_cis_account_label", "account_id", "label"),
+        Index("ix_cis_source", "account_id", "source", "source_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    label: Mapped[str | None] = mapped_column(String(255))
+    name: Mapped[str] = mapped_column(String(255))
+    software: Mapped[bool] = mapped_column(Boolean, default=False)
+    source: Mapped[str | None] = mapped_column(String(30))
+    source_id: Mapped[str | None] = mapped_column(String(128))
+    # Linked service instances in order; the first is the default for a request on this CI.
+    service_instance_ids: Mapped[list[Any]] = mapped_column(default=list)
+
+
+class RequestTemplate(Base):
+    __tablename__ = "request_templates"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    subject: Mapped[str] = mapped_column(String(255))
+    # Request field values the template sets (category, impact, team_id, note, ...).
+    fields: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    workflow_manager_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
+    workflow_template: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class SupportAgreement(Base):
+    __tablename__ = "support_agreements"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    customer_account_id: Mapped[str | None] = mapped_column(ForeignKey("accounts.id"))
+    customer_organization_id: Mapped[int | None] = mapped_column(ForeignKey("organizations.id"))
+    service_desk_team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id"))
+
+
+class Transaction(Base):
+    """One accepted event. Written by the worker; until then the api answers ``queued``."""
+
+    __tablename__ = "transactions"
+    __table_args__ = (Index("ix_transactions_account_received", "account_id", "received_at"),)
+
+    transid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"))
+    evtid: Mapped[str | None] = mapped_column(String(128))
+    correlationid: Mapped[str | None] = mapped_column(String(64))
+    parameters: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    notifyurl: Mapped[str | None] = mapped_column(Text)
+    expiry: Mapped[datetime | None]
+    received_at: Mapped[datetime]
+    status: Mapped[str] = mapped_column(String(16))
+    # {"action": "created|updated|unchanged", "request_id": ..., "reason": ...}
+    outcome: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    completed_at: Mapped[datetime | None]
+
+
+class Request(Base):
+    """A service-desk request, shaped after 4me's. References are resolved record ids."""
+
+    __tablename__ = "requests"
+    __table_args__ = (
+        Index("ix_requests_account_source", "account_id", "source", "source_id"),
+        Index("ix_requests_account_created", "account_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    subject: Mapped[str | None] = mapped_column(String(255))
+    category: Mapped[str | None] = mapped_column(String(32))
+    impact: Mapped[str | None] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(32))
+    completion_reason: Mapped[str | None] = mapped_column(String(32))
+    source: Mapped[str | None] = mapped_column(String(30))
+    source_id: Mapped[str | None] = mapped_column(String(128))
+    supplier_request_id: Mapped[str | None] = mapped_column(String(128))
+    team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id"))
+    member_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
+    requested_by_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
+    requested_for_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
+    service_instance_id: Mapped[int | None] = mapped_column(ForeignKey("service_instances.id"))
+    ci_id: Mapped[int | None] = mapped_column(ForeignKey("configuration_items.id"))
+    template_id: Mapped[int | None] = mapped_column(ForeignKey("request_templates.id"))
+    supplier_id: Mapped[int | None] = mapped_column(ForeignKey("organizations.id"))
+    problem_id: Mapped[int | None] = mapped_column(BigId)
+    workflow_id: Mapped[int | None] = mapped_column(BigId)
+    desired_completion_at: Mapped[datetime | None]
+    downtime_start_at: Mapped[datetime | None]
+    downtime_end_at: Mapped[datetime | None]
+    waiting_until: Mapped[datetime | None]
+    # Reference values the event gave that are not (yet) resolved to records, kept verbatim.
+    references: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Note(Base):
+    __tablename__ = "notes"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("requests.id"), index=True)
+    text: Mapped[str] = mapped_column(Text)
+    internal: Mapped[bool] = mapped_column(Boolean, default=False)
+    transid: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class NotificationDelivery(Base):
+    """The outcome of one transaction, owed to its notify URL."""
+
+    __tablename__ = "notification_deliveries"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # One delivery per transaction: a redelivered event cannot owe a second notification.
+    transid: Mapped[str] = mapped_column(ForeignKey("transactions.transid"), unique=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    url: Mapped[str] = mapped_column(Text)
+    # The webhook-id: stable across every attempt of this delivery.
+    message_id: Mapped[str] = mapped_column(String(64), unique=True)
+    payload: Mapped[dict[str, Any]] = mapped_column()
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class NotificationAttempt(Base):
+    __tablename__ = "notification_attempts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("notification_deliveries.id"), index=True)
+    attempted_at: Mapped[datetime] = mapped_column(default=utcnow)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(String(255))
+    response: Mapped[str | None] = mapped_column(String(1024))
+    duration_ms: Mapped[int] = mapped_column(Integer, default=0)

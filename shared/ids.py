@@ -1,0 +1,32 @@
+"""Transaction ids that the api can vouch for without a database.
+
+The api answers 1002 before any database row exists (the worker writes it), yet a status lookup
+should say "queued" rather than "not found" for an id we issued. So a transid carries a short
+HMAC of its random part and the account: a valid MAC means "ours, for this account".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+_RANDOM_HEX = 24
+_MAC_HEX = 8
+
+
+def make_transid(secret: bytes, account_id: str) -> str:
+    random_part = secrets.token_hex(_RANDOM_HEX // 2)
+    return random_part + _mac(secret, account_id, random_part)
+
+
+def issued_for(secret: bytes, account_id: str, transid: str) -> bool:
+    if len(transid) != _RANDOM_HEX + _MAC_HEX:
+        return False
+    random_part, mac = transid[:_RANDOM_HEX], transid[_RANDOM_HEX:]
+    return hmac.compare_digest(mac, _mac(secret, account_id, random_part))
+
+
+def _mac(secret: bytes, account_id: str, random_part: str) -> str:
+    digest = hmac.new(secret, f"{account_id}:{random_part}".encode(), hashlib.sha256)
+    return digest.hexdigest()[:_MAC_HEX]

@@ -1,0 +1,1 @@
+"""Each channel's payload: parsing, validation, and the answer codes."""

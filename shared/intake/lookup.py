@@ -1,0 +1,45 @@
+"""Database loaders behind the api's caches; a database outage becomes LookupUnavailable."""
+
+from __future__ import annotations
+
+import hmac
+
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+
+from shared.db.engine import session_scope
+from shared.db.models import ApiKey, EventDefinition
+from shared.intake.service import DefinitionInfo, KeyInfo, LookupUnavailable
+
+
+def find_key_info(hashed: str) -> KeyInfo | None:
+    try:
+        with session_scope() as session:
+            key = session.scalars(
+                select(ApiKey).where(ApiKey.key_hash == hashed, ApiKey.revoked_at.is_(None))
+            ).first()
+    except SQLAlchemyError as exc:
+        raise LookupUnavailable(str(exc)) from exc
+    if key is None or not hmac.compare_digest(key.key_hash, hashed):
+        return None
+    return KeyInfo(key_id=key.id, account_id=key.account_id, person_id=key.person_id)
+
+
+def find_definition_info(account_and_evtid: tuple[str, str]) -> DefinitionInfo | None:
+    account_id, evtid = account_and_evtid
+    try:
+        with session_scope() as session:
+            definition = session.scalars(
+                select(EventDefinition).where(
+                    EventDefinition.account_id == account_id, EventDefinition.evtid == evtid
+                )
+            ).first()
+    except SQLAlchemyError as exc:
+        raise LookupUnavailable(str(exc)) from exc
+    if definition is None:
+        return None
+    return DefinitionInfo(
+        mandatory=list(definition.mandatory),
+        defaults=dict(definition.defaults),
+        mapping=dict(definition.mapping),
+    )

@@ -1,0 +1,158 @@
+"""The Webex front door's work, free of Flask: authenticate, parse, validate, rate-limit, queue.
+
+No database round trip on the hot path: keys and event definitions come from TTL caches that
+fall back to the database on a miss (DESIGN 2).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from shared.cache import TTLCache
+from shared.ids import make_transid
+from shared.intake import webex
+from shared.intake.codes import Code, IntakeError
+from shared.publish import EVENTS_QUEUE, Publisher, PublishError, task_message
+from shared.requests.fields import FieldErrors, check_fields, event_fields
+from shared.transactions.schemas import PROCESS_TASK, EventBatch, QueuedEvent
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    key_id: int
+    account_id: str
+    person_id: int | None
+
+
+@dataclass(frozen=True)
+class DefinitionInfo:
+    mandatory: list[str]
+    defaults: dict[str, Any]
+    mapping: dict[str, Any]
+
+
+@dataclass
+class Answer:
+    status: int
+    entries: list[dict[str, Any]]
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def failure(cls, error: IntakeError, headers: dict[str, str] | None = None) -> Answer:
+        return cls(error.code.http_status, [webex.entry(error.code, detail=error.detail)],
+                   headers or {})
+
+
+class LookupUnavailable(Exception):
+    """The database behind a cache miss could not be reached."""
+
+
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class WebexIntake:
+    def __init__(
+        self,
+        *,
+        publisher: Publisher,
+        find_key: Callable[[str], KeyInfo | None],
+        find_definition: Callable[[tuple[str, str]], DefinitionInfo | None],
+        secret: bytes,
+        max_events: int,
+        cache_ttl: float,
+    ) -> None:
+        self._publisher = publisher
+        self._keys: TTLCache[str, KeyInfo | None] = TTLCache(find_key, cache_ttl)
+        self._definitions: TTLCache[tuple[str, str], DefinitionInfo | None] = TTLCache(
+            find_definition, cache_ttl
+        )
+        self._secret = secret
+        self._max_events = max_events
+
+    def authenticate(self, key: str | None) -> KeyInfo:
+        if not key:
+            raise IntakeError(Code.AUTH_FAILED)
+        info = self._keys.get(key_hash(key))
+        if info is None:
+            raise IntakeError(Code.AUTH_FAILED)
+        return info
+
+    def handle(self, key: str | None, content_type: str, body: bytes) -> Answer:
+        try:
+            caller = self.authenticate(key)
+            data = webex.load_xml(body) if content_type in ("application/xml", "text/xml") \
+                else webex.load_json(body)
+            parsed = webex.validate(data, self._max_events)
+            entries, queued = self._check_events(caller, parsed)
+        except IntakeError as error:
+            return Answer.failure(error)
+        except LookupUnavailable:
+            return Answer.failure(IntakeError(Code.INTERNAL_ERROR))
+        if not queued:
+            first = Code(entries[0]["code"])
+            return Answer(first.http_status, entries)
+        return self._publish(caller, parsed, entries, queued)
+
+    def _check_events(
+        self, caller: KeyInfo, parsed: webex.ParsedRequest
+    ) -> tuple[list[dict[str, Any]], list[tuple[int, QueuedEvent]]]:
+        entries: list[dict[str, Any]] = []
+        queued: list[tuple[int, QueuedEvent]] = []
+        for event in parsed.events:
+            if isinstance(event, dict):
+                entries.append(event)
+                continue
+            answer = self._check_event(caller, event)
+            if answer is not None:
+                entries.append(answer)
+                continue
+            transid = make_transid(self._secret, caller.account_id)
+            queued.append((len(entries), QueuedEvent(
+                transid=transid, evtid=event.evtid, correlationid=event.correlationid,
+                parameters=event.text_parameters(),
+            )))
+            entries.append(webex.entry(
+                Code.QUEUED, transid=transid, correlationid=event.correlationid
+            ))
+        return entries, queued
+
+    def _check_event(self, caller: KeyInfo, event: webex.WebexEvent) -> dict[str, Any] | None:
+        definition = self._definitions.get((caller.account_id, event.evtid))
+        if definition is None:
+            return webex.entry(Code.INVALID_VALUES, correlationid=event.correlationid,
+                               detail=f"unknown evtid {event.evtid!r}")
+        parameters = event.text_parameters()
+        missing = webex.missing_mandatory(definition.mandatory, definition.defaults, parameters)
+        if missing:
+            return webex.entry(Code.MANDATORY_CUSTOM_MISSING, correlationid=event.correlationid,
+                               detail=f"missing: {', '.join(missing)}")
+        try:
+            check_fields(event_fields(parameters, definition.defaults, definition.mapping))
+        except FieldErrors as exc:
+            return webex.entry(Code.INVALID_VALUES, correlationid=event.correlationid,
+                               detail=str(exc))
+        return None
+
+    def _publish(
+        self, caller: KeyInfo, parsed: webex.ParsedRequest, entries: list[dict[str, Any]],
+        queued: list[tuple[int, QueuedEvent]],
+    ) -> Answer:
+        batch = EventBatch(
+            channel="webex", account_id=caller.account_id, key_id=caller.key_id,
+            received_at=datetime.now(UTC), expiry=parsed.expiry, notifyurl=parsed.notifyurl,
+            events=[event for _, event in queued],
+        )
+        message = task_message(PROCESS_TASK, EVENTS_QUEUE, f"[{batch.model_dump_json()}]")
+        try:
+            limited = self._publisher.publish(message, f"key:{caller.key_id}", len(queued))
+        except PublishError:
+            return Answer.failure(IntakeError(Code.INTERNAL_ERROR))
+        if limited is not None:
+            retry_after = str(max(1, int(limited.retry_after + 0.999)))
+            return Answer.failure(IntakeError(Code.RATE_LIMITED), {"Retry-After": retry_after})
+        return Answer(200, entries)

@@ -1,0 +1,1 @@
+"""Notifications to a caller's notify URL: payload, signing, delivery rules."""

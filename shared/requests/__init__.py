@@ -1,0 +1,1 @@
+"""Service-desk requests: the 4me event fields, defaults, matching, create/update."""

@@ -1,0 +1,1 @@
+"""Transactions: one per accepted event, from queued to completed/expired/failed."""

@@ -1,0 +1,65 @@
+"""What crosses the broker for events, and what the status endpoint answers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+PROCESS_TASK = "events.process"
+
+Status = Literal["queued", "processing", "completed", "expired", "failed"]
+
+
+class QueuedEvent(BaseModel):
+    transid: str
+    evtid: str | None = None
+    correlationid: str | None = None
+    parameters: dict[str, str | None] = Field(default_factory=dict)
+
+
+class EventBatch(BaseModel):
+    """The argument of ``events.process``: the events of one HTTP request, all JSON values."""
+
+    channel: Literal["webex", "4me", "mail"]
+    account_id: str
+    key_id: int | None = None
+    received_at: datetime
+    expiry: datetime | None = None
+    notifyurl: str | None = None
+    events: list[QueuedEvent] = Field(min_length=1)
+
+
+class Outcome(BaseModel):
+    action: Literal["created", "updated", "unchanged"]
+    request_id: int | None = None
+    reason: str | None = Field(default=None, description="Why a request was matched, if it was.")
+
+
+class DeliveryView(BaseModel):
+    status: str
+    attempts: int
+    url: str
+
+
+class TransactionView(BaseModel):
+    """``GET /v1/transactions/<transid>``"""
+
+    transid: str
+    status: Status
+    channel: str | None = None
+    evtid: str | None = None
+    correlationid: str | None = None
+    received_at: datetime | None = None
+    completed_at: datetime | None = None
+    outcome: Outcome | None = None
+    error: str | None = None
+    notification: DeliveryView | None = None
+
+    @classmethod
+    def queued(cls, transid: str) -> TransactionView:
+        return cls(transid=transid, status="queued")
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)

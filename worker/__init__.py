@@ -1,0 +1,1 @@
+"""Celery workers: thin tasks that open a session and call the rules in ``shared``."""

@@ -1,0 +1,63 @@
+"""The Celery app: broker, queues, routes, and the delivery guarantees.
+
+``celery -A worker.app worker -Q events,mail,notify`` (or ``eventdesk worker``).
+
+Durability ("nothing acknowledged is lost", DESIGN 6): messages are acknowledged only after the
+task returns (``acks_late``), a task whose worker process dies is requeued
+(``task_reject_on_worker_lost``), and on Redis a message taken by a worker that vanished returns
+to its queue after ``visibility_timeout`` (EVENTDESK_VISIBILITY_TIMEOUT_SECONDS, default 300 s:
+the recovery time after a whole-host crash; it must exceed the longest task, and retries are
+capped below it so a waiting retry is not handed out twice).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init
+from kombu import Queue
+
+from shared.db.engine import dispose_engines
+from shared.publish import QUEUES
+from shared.settings import get_settings
+
+TASK_MODULES = ["worker.events", "worker.notify"]
+
+
+def make_celery() -> Celery:
+    settings = get_settings()
+    broker_url = settings.resolved_broker_url()
+    transport_options: dict[str, Any] = {}
+    if broker_url.startswith(("redis://", "rediss://")):
+        transport_options["visibility_timeout"] = settings.visibility_timeout_seconds
+    elif broker_url.startswith("sqla+"):
+        transport_options = {"polling_interval": 0.2, "connect_args": {"timeout": 30}}
+    app = Celery("eventdesk", broker=broker_url, include=TASK_MODULES)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        task_queues=[Queue(name, routing_key=name, durable=True) for name in QUEUES],
+        task_default_queue="events",
+        task_routes={"events.*": {"queue": "events"}, "notify.*": {"queue": "notify"},
+                     "mail.*": {"queue": "mail"}},
+        worker_hijack_root_logger=False,
+        enable_utc=True,
+    )
+    return app
+
+
+app = make_celery()
+
+
+@worker_process_init.connect
+def _fresh_engines(**_: Any) -> None:
+    # A forked child must not reuse the parent's pooled database connections.
+    dispose_engines()
