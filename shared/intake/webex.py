@@ -152,6 +152,17 @@ def _children(element: Element | None) -> list[Element]:
     return [] if element is None else list(element)
 
 
+def _xml_event(event: Element) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "evtid": _xml_text(event.find("evtid")),
+        "correlationid": _xml_text(event.find("correlationid")),
+        "parameters": {
+            param.tag: (param.text or "") for param in _children(event.find("parameters"))
+        },
+    }
+    return {name: value for name, value in fields.items() if value is not None}
+
+
 def load_xml(body: bytes) -> dict[str, Any]:
     """``<request><expiry/><notifyurl/><events><event>...`` to the JSON body's shape."""
     try:
@@ -164,22 +175,15 @@ def load_xml(body: bytes) -> dict[str, Any]:
                             "notifyurl": _xml_text(root.find("notifyurl"))}
     events = root.find("events")
     if events is not None:
-        data["events"] = [
-            {
-                "evtid": _xml_text(event.find("evtid")),
-                "correlationid": _xml_text(event.find("correlationid")),
-                "parameters": {
-                    param.tag: (param.text or "")
-                    for param in _children(event.find("parameters"))
-                },
-            }
-            for event in events.findall("event")
-        ]
+        data["events"] = [_xml_event(event) for event in events.findall("event")]
     return {k: v for k, v in data.items() if v is not None}
 
 
 def _event_code(error: ValidationError) -> Code:
-    missing = any(e["type"] == "missing" and e["loc"][:1] == ("evtid",) for e in error.errors())
+    missing = any(
+        e["loc"][:1] == ("evtid",) and (e["type"] == "missing" or e["input"] is None)
+        for e in error.errors()
+    )
     return Code.MANDATORY_MISSING if missing else Code.INVALID_VALUES
 
 

@@ -1,0 +1,1 @@
+"""Reference records: API keys, and the import and export of records files."""

@@ -1,0 +1,169 @@
+"""Shared fixtures: real servers on localhost, isolated per test session.
+
+Server-backed tests skip on a developer machine without that server, but fail in CI (CI=true):
+there, a skipped server test would prove nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+
+from shared.db.engine import dispose_engines, session_scope
+from shared.db.migrate import upgrade
+from shared.settings import get_settings
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "examples" / "demo.yaml"
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
+SERVERS = {"redis": 6379, "postgres": 5432, "rabbitmq": 5672}
+
+
+def server_up(name: str) -> bool:
+    with closing(socket.socket()) as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", SERVERS[name])) == 0
+
+
+def require(name: str) -> None:
+    if server_up(name):
+        return
+    message = f"{name} is not running on localhost:{SERVERS[name]}"
+    if os.environ.get("CI"):
+        pytest.fail(message + " (CI must start it: see .ci/run)")
+    pytest.skip(message)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for name in SERVERS:
+            if item.get_closest_marker(name):
+                item.add_marker(pytest.mark.usefixtures(f"_{name}_up"))
+
+
+@pytest.fixture(scope="session")
+def _redis_up() -> None:
+    require("redis")
+
+
+@pytest.fixture(scope="session")
+def _postgres_up() -> None:
+    require("postgres")
+
+
+@pytest.fixture(scope="session")
+def _rabbitmq_up() -> None:
+    require("rabbitmq")
+
+
+def worker_id(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request.config, "workerinput", {}).get("workerid", "main"))
+
+
+def load_demo(url: str) -> None:
+    from shared.records.importer import import_records, load_file
+
+    with session_scope(url) as session:
+        import_records(session, load_file(DEMO))
+
+
+@pytest.fixture(scope="session")
+def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A throwaway PostgreSQL database, migrated and loaded with the demo records."""
+    require("postgres")
+    name = f"eventdesk_test_{worker_id(request)}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    upgrade(url)
+    load_demo(url)
+    yield url
+    dispose_engines()
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("sqlite") / "eventdesk.sqlite"
+    url = f"sqlite:///{path}"
+    upgrade(url)
+    load_demo(url)
+    return url
+
+
+@pytest.fixture
+def configure(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Callable[..., None]]:
+    """Point the settings at the given URLs and limits for this test (EVENTDESK_* variables)."""
+
+    def apply(**values: Any) -> None:
+        monkeypatch.setenv("EVENTDESK_DATA_DIR", str(tmp_path / "data"))
+        monkeypatch.setenv("EVENTDESK_SECRET_KEY", "test-secret")
+        for name, value in values.items():
+            monkeypatch.setenv(f"EVENTDESK_{name.upper()}", str(value))
+        get_settings.cache_clear()
+
+    yield apply
+    get_settings.cache_clear()
+
+
+def redis_db_url(request: pytest.FixtureRequest, offset: int = 0) -> str:
+    """A Redis database of its own for each xdist worker, so queues are not shared."""
+    worker = worker_id(request)
+    number = 1 + offset + (int(worker[2:]) * 3 if worker.startswith("gw") else 0)
+    url = f"redis://127.0.0.1:6379/{number}"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 30, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+class Worker:
+    """A real Celery worker in a subprocess (prefork), on the given broker and database."""
+
+    def __init__(self, env: dict[str, str], log: Path, concurrency: int = 2) -> None:
+        self.log = log
+        command = [
+            sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q",
+            "events,mail,notify", "--concurrency", str(concurrency), "--loglevel", "INFO",
+            "--without-gossip", "--without-mingle", "--without-heartbeat",
+        ]
+        self._log_file = log.open("w")
+        self.proc = subprocess.Popen(
+            command, cwd=REPO, env={**os.environ, **env}, stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(lambda: "ready." in log.read_text() or self.proc.poll() is not None, 60)
+        if self.proc.poll() is not None:
+            raise RuntimeError("worker did not start:\n" + log.read_text())
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log_file.close()

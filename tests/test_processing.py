@@ -1,0 +1,160 @@
+"""The worker's rules called directly, without a broker, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from shared.db.engine import session_scope
+from shared.db.models import Note, NotificationDelivery, Request, Transaction
+from shared.transactions.schemas import EventBatch
+from shared.transactions.service import process_batch, transaction_view
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db(request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue(f"{request.param}_url"))
+
+
+def batch(*events: dict[str, Any], **fields: Any) -> EventBatch:
+    return EventBatch.model_validate({
+        "channel": "webex", "account_id": "wdc", "received_at": NOW - timedelta(seconds=1),
+        "events": [{"transid": uuid.uuid4().hex, "evtid": "server-down", **e} for e in events],
+        **fields,
+    })
+
+
+def run(db: str, events: EventBatch, now: datetime = NOW) -> list[int]:
+    with session_scope(db) as session:
+        return process_batch(session, events, now)
+
+
+def transaction(db: str, transid: str) -> Transaction:
+    with session_scope(db) as session:
+        row = session.get(Transaction, transid)
+        assert row is not None
+        return row
+
+
+def requests_with(db: str, source_id: str) -> list[Request]:
+    with session_scope(db) as session:
+        return list(session.scalars(select(Request).where(Request.source_id == source_id)))
+
+
+def test_event_becomes_a_request(db: str) -> None:
+    source_id = uuid.uuid4().hex
+    events = batch({"correlationid": "c1", "parameters": {
+        "host": "db1", "subject": "Server Down", "source": "nagios", "sourceID": source_id,
+        "note": "db1 does not answer ping",
+    }})
+    run(db, events)
+    row = transaction(db, events.events[0].transid)
+    assert row.status == "completed"
+    assert row.completed_at == NOW
+    (request,) = requests_with(db, source_id)
+    assert row.outcome == {"action": "created", "request_id": request.id}
+    assert (request.subject, request.source, request.category, request.impact, request.status) == (
+        "Server Down", "nagios", "incident", "high", "assigned"
+    )
+    with session_scope(db) as session:
+        notes = session.scalars(select(Note.text).where(Note.request_id == request.id)).all()
+    assert notes == ["db1 does not answer ping"]
+
+
+def test_same_batch_twice_changes_nothing(db: str) -> None:
+    source_id = uuid.uuid4().hex
+    events = batch({"parameters": {"host": "h", "sourceID": source_id}},
+                   {"parameters": {"host": "h2", "sourceID": source_id}})
+    run(db, events)
+    first = [transaction(db, e.transid).outcome for e in events.events]
+    assert run(db, events) == []
+    assert [transaction(db, e.transid).outcome for e in events.events] == first
+    assert len(requests_with(db, source_id)) == 2
+
+
+def test_expired_event_takes_no_action(db: str) -> None:
+    source_id = uuid.uuid4().hex
+    events = batch({"parameters": {"host": "h", "sourceID": source_id}},
+                   expiry=NOW - timedelta(seconds=1))
+    run(db, events)
+    row = transaction(db, events.events[0].transid)
+    assert (row.status, row.outcome) == ("expired", None)
+    assert requests_with(db, source_id) == []
+
+
+def test_expiry_still_ahead_is_processed(db: str) -> None:
+    events = batch({"parameters": {"host": "h"}}, expiry=NOW + timedelta(seconds=1))
+    run(db, events)
+    assert transaction(db, events.events[0].transid).status == "completed"
+
+
+def test_definition_defaults_fill_what_the_event_leaves_out(db: str) -> None:
+    source_id = uuid.uuid4().hex
+    events = batch({"parameters": {"host": "h", "sourceID": source_id, "category": "rfc",
+                                   "impact": ""}})
+    run(db, events)
+    (request,) = requests_with(db, source_id)
+    # The event's category wins; its empty impact leaves the definition's default in place.
+    assert (request.category, request.impact) == ("rfc", "high")
+    # No subject in the event or the definition: the request is named after the evtid.
+    assert request.subject == "server-down"
+
+
+def test_a_value_the_worker_cannot_use_fails_that_event_only(db: str) -> None:
+    source_id = uuid.uuid4().hex
+    events = batch({"parameters": {"host": "h", "sourceID": source_id,
+                                   "desired_completion_at": "soon"}},
+                   {"parameters": {"host": "h", "sourceID": source_id}})
+    run(db, events)
+    bad, good = (transaction(db, e.transid) for e in events.events)
+    assert bad.status == "failed"
+    assert "desired_completion_at" in (bad.error or "")
+    assert good.status == "completed"
+    assert len(requests_with(db, source_id)) == 1
+
+
+def test_deleted_definition_fails_the_event(db: str) -> None:
+    events = batch({"evtid": "gone-since-intake", "parameters": {}})
+    run(db, events)
+    row = transaction(db, events.events[0].transid)
+    assert row.status == "failed"
+    assert "gone-since-intake" in (row.error or "")
+
+
+def test_notifyurl_gets_one_delivery_per_event(db: str) -> None:
+    events = batch({"correlationid": "a", "parameters": {"host": "h"}},
+                   {"correlationid": "b", "parameters": {"host": "h"}},
+                   notifyurl="https://example.com/hook")
+    ids = run(db, events)
+    assert len(ids) == 2
+    with session_scope(db) as session:
+        deliveries = session.scalars(
+            select(NotificationDelivery).where(NotificationDelivery.id.in_(ids))
+        ).all()
+        payloads = sorted((d.payload for d in deliveries), key=lambda p: p["correlationid"])
+    assert [p["correlationid"] for p in payloads] == ["a", "b"]
+    first = payloads[0]
+    assert (first["status"], first["code"], first["description"], first["evtid"]) == (
+        "completed", "1000", "Completed", "server-down"
+    )
+    assert first["outcome"]["action"] == "created"
+    assert run(db, events) == []
+
+
+def test_status_view_is_scoped_to_the_account(db: str) -> None:
+    events = batch({"parameters": {"host": "h"}})
+    run(db, events)
+    transid = events.events[0].transid
+    with session_scope(db) as session:
+        mine = transaction_view(session, "wdc", transid)
+        theirs = transaction_view(session, "someone-else", transid)
+    assert mine is not None
+    assert mine.status == "completed"
+    assert theirs is None
+

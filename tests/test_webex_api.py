@@ -1,0 +1,274 @@
+"""The Webex Connect front door as a caller sees it: every code, in JSON and in XML.
+
+The api publishes to a real Redis (no worker here: the message is read back off the queue).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from typing import Any
+from xml.sax.saxutils import escape
+
+import pytest
+import redis
+from flask.testing import FlaskClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from api import create_app
+from tests.conftest import redis_db_url
+
+pytestmark = pytest.mark.redis
+
+PATH = "/resources/v1/events/externalevent/"
+GOOD_EVENT = {
+    "evtid": "server-down", "correlationid": "c1",
+    "parameters": {"host": "db1", "subject": "Server Down", "source": "nagios", "sourceID": "42"},
+}
+
+
+def to_xml(data: dict[str, Any]) -> bytes:
+    def element(tag: str, value: Any) -> str:
+        if isinstance(value, dict):
+            return f"<{tag}>" + "".join(element(k, v) for k, v in value.items()) + f"</{tag}>"
+        return f"<{tag}>{escape(str(value))}</{tag}>"
+
+    parts = [element(k, data[k]) for k in ("expiry", "notifyurl") if k in data]
+    if "events" in data:
+        events = "".join(element("event", e) for e in data["events"])
+        parts.append(f"<events>{events}</events>")
+    return ("<request>" + "".join(parts) + "</request>").encode()
+
+
+@pytest.fixture
+def broker(request: pytest.FixtureRequest) -> str:
+    return redis_db_url(request)
+
+
+@pytest.fixture
+def make_client(
+    configure: Callable[..., None], sqlite_url: str, broker: str
+) -> Callable[..., FlaskClient]:
+    def make(**overrides: Any) -> FlaskClient:
+        configure(**{"database_url": sqlite_url, "broker_url": broker, **overrides})
+        return create_app().test_client()
+
+    return make
+
+
+@pytest.fixture
+def client(make_client: Callable[..., FlaskClient]) -> FlaskClient:
+    return make_client()
+
+
+def post(client: FlaskClient, data: Any, fmt: str = "json", key: str | None = "demo-key",
+         raw: bytes | None = None) -> tuple[int, list[dict[str, Any]], dict[str, str]]:
+    headers = {"key": key} if key is not None else {}
+    if fmt == "xml":
+        body = raw if raw is not None else to_xml(data)
+        content_type = "application/xml"
+    else:
+        body = raw if raw is not None else json.dumps(data).encode()
+        content_type = "application/json"
+    response = client.post(PATH, data=body, headers=headers, content_type=content_type)
+    assert response.is_json, response.data
+    return response.status_code, response.get_json()["response"], dict(response.headers)
+
+
+def queued_messages(broker: str) -> list[dict[str, Any]]:
+    """Decode what the api pushed onto the ``events`` queue: each message's batch argument."""
+    client = redis.Redis.from_url(broker)
+    batches = []
+    for raw in client.lrange("events", 0, -1):
+        envelope = json.loads(raw)
+        assert envelope["headers"]["task"] == "events.process"
+        args, _, _ = json.loads(base64.b64decode(envelope["body"]))
+        batches.append(args[0])
+    return batches
+
+
+CASES = [
+    # (name, body, key, http status, codes per entry)
+    ("queued", {"events": [GOOD_EVENT]}, "demo-key", 200, ["1002"]),
+    ("no key", {"events": [GOOD_EVENT]}, None, 401, ["7001"]),
+    ("wrong key", {"events": [GOOD_EVENT]}, "not-a-key", 401, ["7001"]),
+    ("no events", {"notifyurl": "http://example.com/n"}, "demo-key", 400, ["7003"]),
+    ("empty events", {"events": []}, "demo-key", 400, ["7003"]),
+    ("event without evtid", {"events": [{"correlationid": "c9"}]}, "demo-key", 400, ["7003"]),
+    ("unknown evtid", {"events": [{"evtid": "nope"}]}, "demo-key", 400, ["7004"]),
+    ("bad notifyurl", {"notifyurl": "ftp://x/y", "events": [GOOD_EVENT]}, "demo-key", 400,
+     ["7004"]),
+    ("bad expiry", {"expiry": "tomorrow", "events": [GOOD_EVENT]}, "demo-key", 400, ["7004"]),
+    ("long correlationid",
+     {"events": [{**GOOD_EVENT, "correlationid": "é" * 26}]}, "demo-key", 400, ["7004"]),
+    ("invalid category",
+     {"events": [{**GOOD_EVENT, "parameters": {"host": "h", "category": "x"}}]}, "demo-key",
+     400, ["7004"]),
+    ("mandatory custom missing", {"events": [{"evtid": "server-down"}]}, "demo-key", 400,
+     ["7025"]),
+    ("one good one bad",
+     {"events": [GOOD_EVENT, {"evtid": "server-down", "correlationid": "c2"}]}, "demo-key", 200,
+     ["1002", "7025"]),
+    ("expiry with millis and Z",
+     {"expiry": "2099-04-12T18:51:19.123Z", "events": [GOOD_EVENT]}, "demo-key", 200, ["1002"]),
+]
+
+
+@pytest.mark.parametrize("fmt", ["json", "xml"])
+@pytest.mark.parametrize(("name", "body", "key", "status", "codes"), CASES,
+                         ids=[case[0] for case in CASES])
+def test_response_codes(
+    client: FlaskClient, broker: str, fmt: str, name: str, body: dict[str, Any], key: str | None,
+    status: int, codes: list[str],
+) -> None:
+    got_status, entries, _ = post(client, body, fmt, key)
+    assert (got_status, [e["code"] for e in entries]) == (status, codes), entries
+    queued = [e for e in entries if e["code"] == "1002"]
+    for item in queued:
+        assert item["description"] == "Queued"
+        assert len(item["transid"]) == 32
+    batches = queued_messages(broker)
+    if queued:
+        assert len(batches) == 1
+        assert [e["transid"] for e in batches[0]["events"]] == [e["transid"] for e in queued]
+    else:
+        assert batches == []
+
+
+def test_json_response_echoes_correlationid_and_order(client: FlaskClient) -> None:
+    events = [{**GOOD_EVENT, "correlationid": f"c{i}"} for i in range(5)]
+    status, entries, _ = post(client, {"events": events})
+    assert status == 200
+    assert [e["correlationid"] for e in entries] == [f"c{i}" for i in range(5)]
+    assert len({e["transid"] for e in entries}) == 5
+
+
+@pytest.mark.parametrize("body", [b'{"events": [', b"", b"\xff\xfe", b"{'events': []}"])
+def test_invalid_json_is_7000(client: FlaskClient, body: bytes) -> None:
+    status, entries, _ = post(client, None, raw=body)
+    assert (status, entries[0]["code"]) == (400, "7000")
+
+
+@pytest.mark.parametrize("body", [
+    b"<request><events>",
+    b"not xml at all",
+    b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;">]>'
+    b"<request><events><event><evtid>&b;</evtid></event></events></request>",
+    b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+    b"<request><events><event><evtid>&x;</evtid></event></events></request>",
+    b"<other><events/></other>",
+])
+def test_invalid_or_hostile_xml_is_7027(client: FlaskClient, body: bytes) -> None:
+    status, entries, _ = post(client, None, fmt="xml", raw=body)
+    assert (status, entries[0]["code"]) == (400, "7027")
+
+
+def test_text_xml_is_accepted(client: FlaskClient) -> None:
+    response = client.post(PATH, data=to_xml({"events": [GOOD_EVENT]}),
+                           headers={"key": "demo-key"}, content_type="text/xml")
+    assert response.status_code == 200
+    assert response.get_json()["response"][0]["code"] == "1002"
+
+
+def test_trailing_slash_is_optional_and_key_header_case_insensitive(client: FlaskClient) -> None:
+    response = client.post(PATH.rstrip("/"), json={"events": [GOOD_EVENT]},
+                           headers={"KEY": "demo-key"})
+    assert response.status_code == 200
+    assert response.get_json()["response"][0]["code"] == "1002"
+
+
+def test_too_many_events(make_client: Callable[..., FlaskClient]) -> None:
+    client = make_client(max_events_per_request=3)
+    status, entries, _ = post(client, {"events": [GOOD_EVENT] * 4})
+    assert (status, [e["code"] for e in entries]) == (400, ["7004"])
+    status, entries, _ = post(client, {"events": [GOOD_EVENT] * 3})
+    assert (status, [e["code"] for e in entries]) == (200, ["1002"] * 3)
+
+
+def test_body_over_the_limit_is_413_before_reading(
+    make_client: Callable[..., FlaskClient], broker: str
+) -> None:
+    client = make_client(max_body_bytes=2048)
+    big = {"events": [{**GOOD_EVENT, "parameters": {"host": "h", "note": "x" * 4000}}]}
+    status, entries, _ = post(client, big)
+    assert status == 413
+    assert entries[0]["code"] == "7004"
+    assert queued_messages(broker) == []
+
+
+def test_rate_limit_is_7020_with_retry_after(
+    make_client: Callable[..., FlaskClient], broker: str
+) -> None:
+    client = make_client(rate_limit_per_second=0.5, rate_limit_burst=3)
+    status, entries, _ = post(client, {"events": [GOOD_EVENT] * 2})
+    assert status == 200
+    status, entries, headers = post(client, {"events": [GOOD_EVENT] * 2})
+    assert (status, [e["code"] for e in entries]) == (429, ["7020"])
+    assert int(headers["Retry-After"]) >= 1
+    assert len(queued_messages(broker)) == 1
+
+
+def test_rate_limit_is_shared_between_api_processes(
+    make_client: Callable[..., FlaskClient],
+) -> None:
+    # Two app instances stand for two gunicorn workers: the bucket lives in Redis.
+    first = make_client(rate_limit_per_second=0.5, rate_limit_burst=2)
+    second = create_app().test_client()
+    assert post(first, {"events": [GOOD_EVENT] * 2})[0] == 200
+    assert post(second, {"events": [GOOD_EVENT]})[0] == 429
+
+
+def test_broker_down_is_7005_and_nothing_queued(
+    make_client: Callable[..., FlaskClient],
+) -> None:
+    client = make_client(broker_url="redis://127.0.0.1:1/0")
+    status, entries, _ = post(client, {"events": [GOOD_EVENT]})
+    assert (status, [e["code"] for e in entries]) == (503, ["7005"])
+    assert "transid" not in entries[0]
+
+
+def test_database_down_on_a_cache_miss_is_7005(
+    make_client: Callable[..., FlaskClient],
+) -> None:
+    client = make_client(database_url="postgresql+psycopg://nobody@127.0.0.1:1/none")
+    status, entries, _ = post(client, {"events": [GOOD_EVENT]})
+    assert (status, [e["code"] for e in entries]) == (503, ["7005"])
+
+
+def test_message_carries_what_the_worker_needs(client: FlaskClient, broker: str) -> None:
+    body = {"expiry": "2099-01-01T00:00:00", "notifyurl": "https://example.com/hook",
+            "events": [{**GOOD_EVENT, "parameters": {"host": "db1", "count": 3, "ok": True}}]}
+    status, _, _ = post(client, body)
+    assert status == 200
+    (batch,) = queued_messages(broker)
+    assert batch["channel"] == "webex"
+    assert batch["account_id"] == "wdc"
+    assert batch["expiry"] == "2099-01-01T00:00:00Z"
+    assert batch["notifyurl"] == "https://example.com/hook"
+    assert batch["events"][0]["parameters"] == {"host": "db1", "count": "3", "ok": "true"}
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner,
+                                                                 max_size=4),
+    max_leaves=20,
+)
+BODIES = st.one_of(
+    JSON_VALUES,
+    st.fixed_dictionaries({"events": JSON_VALUES}),
+    st.fixed_dictionaries({"events": st.lists(st.fixed_dictionaries(
+        {"evtid": JSON_VALUES}, optional={"parameters": JSON_VALUES, "correlationid": JSON_VALUES}
+    ), max_size=3)}, optional={"expiry": JSON_VALUES, "notifyurl": JSON_VALUES}),
+)
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=BODIES)
+def test_no_input_gets_a_500(client: FlaskClient, body: Any) -> None:
+    status, entries, _ = post(client, body)
+    assert status in (200, 400), entries
+    assert all(entry["code"] in {"1002", "7003", "7004", "7025"} for entry in entries)

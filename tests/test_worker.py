@@ -1,0 +1,232 @@
+"""Events through a real broker and a real Celery worker (subprocess, prefork), end to end.
+
+Stacks: Redis + PostgreSQL, Redis + SQLite, RabbitMQ + PostgreSQL. Each xdist process gets its
+own Redis database and PostgreSQL database; the RabbitMQ tests share one vhost, so they run in
+one xdist group.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from kombu import Connection, Queue
+from sqlalchemy import select
+from standardwebhooks import Webhook
+
+from api import create_app
+from shared.db.engine import session_scope
+from shared.db.models import Request
+from shared.publish import EVENTS_QUEUE, QUEUES, make_publisher, task_message
+from shared.transactions.schemas import PROCESS_TASK, EventBatch
+from tests.conftest import RABBITMQ_URL, Worker, redis_db_url, wait_until
+
+PATH = "/resources/v1/events/externalevent/"
+DEMO_SECRET = "whsec_ZGVtby1zaWduaW5nLXNlY3JldC0wMTIzNDU2Nzg5YWI="
+
+
+def purge(url: str) -> None:
+    with Connection(url) as connection:
+        channel = connection.default_channel
+        for name in QUEUES:
+            Queue(name, durable=True)(channel).declare()
+            Queue(name, durable=True)(channel).purge()
+
+
+class Stack:
+    def __init__(self, broker: str, database: str, log: Path) -> None:
+        self.broker, self.database = broker, database
+        self.worker = Worker({
+            "EVENTDESK_BROKER_URL": broker, "EVENTDESK_DATABASE_URL": database,
+            "EVENTDESK_SECRET_KEY": "test-secret", "EVENTDESK_NOTIFY_TIMEOUT_SECONDS": "5",
+        }, log)
+
+
+def _stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, broker: str,
+    database: str,
+) -> Iterator[Stack]:
+    if broker.startswith("amqp"):
+        purge(broker)
+    stack = Stack(broker, database, tmp_path_factory.mktemp("worker") / "worker.log")
+    yield stack
+    stack.worker.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_postgres(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, postgres_url: str
+) -> Iterator[Stack]:
+    yield from _stack(request, tmp_path_factory, redis_db_url(request, offset=1), postgres_url)
+
+
+@pytest.fixture(scope="session")
+def redis_sqlite(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, sqlite_url: str
+) -> Iterator[Stack]:
+    yield from _stack(request, tmp_path_factory, redis_db_url(request, offset=2), sqlite_url)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_postgres(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, postgres_url: str
+) -> Iterator[Stack]:
+    yield from _stack(request, tmp_path_factory, RABBITMQ_URL, postgres_url)
+
+
+STACKS = [
+    pytest.param("redis_postgres", marks=[pytest.mark.redis, pytest.mark.postgres]),
+    pytest.param("redis_sqlite", marks=[pytest.mark.redis]),
+    pytest.param("rabbitmq_postgres", marks=[
+        pytest.mark.rabbitmq, pytest.mark.postgres, pytest.mark.xdist_group("rabbitmq"),
+    ]),
+]
+
+
+@pytest.fixture(params=STACKS)
+def stack(request: pytest.FixtureRequest) -> Stack:
+    return request.getfixturevalue(request.param)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def api(stack: Stack, configure: Callable[..., None]) -> FlaskClient:
+    configure(broker_url=stack.broker, database_url=stack.database)
+    return create_app().test_client()
+
+
+def send(api: FlaskClient, body: dict[str, Any]) -> list[dict[str, Any]]:
+    response = api.post(PATH, json=body, headers={"key": "demo-key"})
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()["response"]  # type: ignore[no-any-return]
+
+
+def status(api: FlaskClient, transid: str) -> dict[str, Any]:
+    response = api.get(f"/v1/transactions/{transid}", headers={"key": "demo-key"})
+    assert response.status_code == 200
+    return response.get_json()  # type: ignore[no-any-return]
+
+
+def wait_done(api: FlaskClient, transid: str, timeout: float = 30) -> dict[str, Any]:
+    return wait_until(  # type: ignore[no-any-return]
+        lambda: (view := status(api, transid))["status"] not in ("queued", "processing") and view,
+        timeout,
+    )
+
+
+def event(source_id: str, **parameters: str) -> dict[str, Any]:
+    return {"evtid": "server-down", "correlationid": "c1", "parameters": {
+        "host": "db1", "subject": "Server Down", "source": "nagios", "sourceID": source_id,
+        **parameters,
+    }}
+
+
+def requests_for(database: str, source_id: str) -> list[Request]:
+    with session_scope(database) as session:
+        return list(session.scalars(select(Request).where(Request.source_id == source_id)))
+
+
+def test_event_becomes_a_request(api: FlaskClient, stack: Stack) -> None:
+    source_id = uuid.uuid4().hex
+    (entry,) = send(api, {"events": [event(source_id)]})
+    assert status(api, entry["transid"])["status"] in ("queued", "completed")
+    view = wait_done(api, entry["transid"])
+    assert view["status"] == "completed"
+    assert view["outcome"]["action"] == "created"
+    (request,) = requests_for(stack.database, source_id)
+    assert (view["outcome"]["request_id"], request.subject) == (request.id, "Server Down")
+
+
+def test_hundred_events_in_one_body(api: FlaskClient, stack: Stack) -> None:
+    source_id = uuid.uuid4().hex
+    entries = send(api, {"events": [event(source_id) for _ in range(100)]})
+    for entry in entries:
+        assert wait_done(api, entry["transid"])["status"] == "completed"
+    assert len(requests_for(stack.database, source_id)) == 100
+
+
+def test_same_message_delivered_twice_makes_one_request(api: FlaskClient, stack: Stack) -> None:
+    source_id = uuid.uuid4().hex
+    batch = EventBatch.model_validate({
+        "channel": "webex", "account_id": "wdc", "received_at": datetime.now(UTC),
+        "events": [{"transid": uuid.uuid4().hex, "evtid": "server-down",
+                    "parameters": event(source_id)["parameters"]}],
+    })
+    publisher = make_publisher(stack.broker, None, 1000, 1000)
+    task_ids = []
+    for _ in range(2):  # two messages, as a redelivery after a lost ack would be
+        message = task_message(PROCESS_TASK, EVENTS_QUEUE, f"[{batch.model_dump_json()}]")
+        assert publisher.publish(message, "test", 1) is None
+        task_ids.append(message.task_id)
+    log = stack.worker.log
+    wait_until(lambda: all(f"{task_id}] succeeded" in log.read_text() for task_id in task_ids))
+    assert len(requests_for(stack.database, source_id)) == 1
+    assert wait_done(api, batch.events[0].transid)["status"] == "completed"
+
+
+def test_expired_event_takes_no_action(api: FlaskClient, stack: Stack) -> None:
+    source_id = uuid.uuid4().hex
+    expiry = (datetime.now(UTC) + timedelta(milliseconds=1)).isoformat()
+    (entry,) = send(api, {"expiry": expiry, "events": [event(source_id)]})
+    view = wait_done(api, entry["transid"])
+    assert view["status"] == "expired"
+    assert "outcome" not in view
+    assert requests_for(stack.database, source_id) == []
+
+
+class Receiver:
+    """A notify URL on localhost that records what it is sent."""
+
+    def __init__(self) -> None:
+        received: list[tuple[dict[str, str], bytes]] = []
+        self.received = received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    yield server
+    server.close()
+
+
+def test_outcome_is_posted_signed_to_the_notify_url(
+    api: FlaskClient, stack: Stack, receiver: Receiver
+) -> None:
+    (entry,) = send(api, {"notifyurl": receiver.url, "events": [event(uuid.uuid4().hex)]})
+    wait_until(lambda: receiver.received)
+    headers, body = receiver.received[0]
+    payload = Webhook(DEMO_SECRET).verify(body, headers)
+    assert payload["transid"] == entry["transid"]
+    assert (payload["correlationid"], payload["status"], payload["code"]) == (
+        "c1", "completed", "1000"
+    )
+    assert payload["outcome"]["action"] == "created"
+    view = wait_until(lambda: (v := status(api, entry["transid"])).get("notification", {}).get(
+        "status") == "delivered" and v)
+    assert view["notification"]["attempts"] == 1
+    assert json.loads(body) == payload
