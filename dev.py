@@ -57,7 +57,7 @@ def test(extra: list[str]) -> int:
     return run(python, "-m", "pytest", "-n", workers, "--dist", "loadgroup", *extra)
 
 
-def main() -> int:
+def main() -> int:  # noqa: RET503 - the last branch execs
     args = sys.argv[1:]
     if not args or args[0] in ("-h", "--help"):
         print(__doc__)
