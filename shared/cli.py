@@ -214,3 +214,7 @@ def bench_intake(args: tuple[str, ...]) -> None:
     from bench.intake import main as intake_main
 
     sys.exit(intake_main(list(args)))
+
+
+if __name__ == "__main__":
+    main()

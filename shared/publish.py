@@ -171,6 +171,8 @@ class KombuPublisher:
         options: dict[str, Any] = {"max_retries": 1}
         if url.startswith(("amqp", "pyamqp")):
             options["confirm_publish"] = True
+        elif url.startswith("sqla+"):
+            options["connect_args"] = {"timeout": 30}
         self._connection = Connection(url, transport_options=options, connect_timeout=5)
         self._limiter = limiter
         exchange = Exchange("", type="direct")

@@ -32,7 +32,12 @@ def make_celery() -> Celery:
     if broker_url.startswith(("redis://", "rediss://")):
         transport_options["visibility_timeout"] = settings.visibility_timeout_seconds
     elif broker_url.startswith("sqla+"):
-        transport_options = {"polling_interval": 0.2, "connect_args": {"timeout": 30}}
+        # kombu hands every option of this transport to create_engine(), so its polling
+        # interval (1 s by default: the embedded mode's latency) is set on the class instead.
+        from kombu.transport.sqlalchemy import Transport
+
+        Transport.polling_interval = 0.1
+        transport_options = {"connect_args": {"timeout": 30}}
     app = Celery("eventdesk", broker=broker_url, include=TASK_MODULES)
     app.conf.update(
         task_serializer="json",
