@@ -28,7 +28,6 @@ from shared.settings import get_settings
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "examples" / "demo.yaml"
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
 SERVERS = {"redis": 6379, "postgres": 5432, "rabbitmq": 5672}
 
 
@@ -129,6 +128,23 @@ def redis_db_url(request: pytest.FixtureRequest, offset: int = 0) -> str:
     return url
 
 
+@pytest.fixture(scope="session")
+def rabbitmq_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A RabbitMQ vhost of its own for each xdist worker, so queues are not shared."""
+    require("rabbitmq")
+    vhost = f"eventdesk-test-{worker_id(request)}"
+
+    def ctl(*args: str) -> None:
+        subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True)
+
+    # A vhost left by an interrupted run would hold its old messages.
+    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, check=False)
+    ctl("add_vhost", vhost)
+    ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    ctl("delete_vhost", vhost)
+
+
 def wait_until(check: Callable[[], Any], timeout: float = 30, interval: float = 0.1) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -148,6 +164,7 @@ class Worker:
         command = [
             sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q",
             "events,mail,notify", "--concurrency", str(concurrency), "--loglevel", "INFO",
+            "--hostname", f"test-{uuid.uuid4().hex[:8]}@%h",
             "--without-gossip", "--without-mingle", "--without-heartbeat",
         ]
         self._log_file = log.open("w")

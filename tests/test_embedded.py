@@ -32,10 +32,10 @@ def free_port() -> int:
 
 def call(url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, headers={  # noqa: S310 - http on localhost
+    request = urllib.request.Request(url, data=data, headers={
         "key": "demo-key", "content-type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
@@ -48,7 +48,7 @@ class Service:
         self.folder = folder
         env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTDESK_")}
         self.log = (folder / "run.log").open("w")
-        self.proc = subprocess.Popen(  # noqa: S603
+        self.proc = subprocess.Popen(
             [sys.executable, "-m", "shared.cli", "run", "--demo", "--port", str(self.port)],
             cwd=folder, env={**env, "PYTHONPATH": str(REPO)}, stdout=self.log,
             stderr=subprocess.STDOUT,

@@ -1,8 +1,7 @@
 """Events through a real broker and a real Celery worker (subprocess, prefork), end to end.
 
 Stacks: Redis + PostgreSQL, Redis + SQLite, RabbitMQ + PostgreSQL. Each xdist process gets its
-own Redis database and PostgreSQL database; the RabbitMQ tests share one vhost, so they run in
-one xdist group.
+own Redis database, PostgreSQL database and RabbitMQ vhost.
 """
 
 from __future__ import annotations
@@ -18,27 +17,18 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from kombu import Connection, Queue
 from sqlalchemy import select
 from standardwebhooks import Webhook
 
 from api import create_app
 from shared.db.engine import session_scope
 from shared.db.models import Request
-from shared.publish import EVENTS_QUEUE, QUEUES, make_publisher, task_message
+from shared.publish import EVENTS_QUEUE, make_publisher, task_message
 from shared.transactions.schemas import PROCESS_TASK, EventBatch
-from tests.conftest import RABBITMQ_URL, Worker, redis_db_url, wait_until
+from tests.conftest import Worker, redis_db_url, wait_until
 
 PATH = "/resources/v1/events/externalevent/"
 DEMO_SECRET = "whsec_ZGVtby1zaWduaW5nLXNlY3JldC0wMTIzNDU2Nzg5YWI="
-
-
-def purge(url: str) -> None:
-    with Connection(url) as connection:
-        channel = connection.default_channel
-        for name in QUEUES:
-            Queue(name, durable=True)(channel).declare()
-            Queue(name, durable=True)(channel).purge()
 
 
 class Stack:
@@ -51,11 +41,8 @@ class Stack:
 
 
 def _stack(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, broker: str,
-    database: str,
+    tmp_path_factory: pytest.TempPathFactory, broker: str, database: str
 ) -> Iterator[Stack]:
-    if broker.startswith("amqp"):
-        purge(broker)
     stack = Stack(broker, database, tmp_path_factory.mktemp("worker") / "worker.log")
     yield stack
     stack.worker.stop()
@@ -65,29 +52,27 @@ def _stack(
 def redis_postgres(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, postgres_url: str
 ) -> Iterator[Stack]:
-    yield from _stack(request, tmp_path_factory, redis_db_url(request, offset=1), postgres_url)
+    yield from _stack(tmp_path_factory, redis_db_url(request, offset=1), postgres_url)
 
 
 @pytest.fixture(scope="session")
 def redis_sqlite(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, sqlite_url: str
 ) -> Iterator[Stack]:
-    yield from _stack(request, tmp_path_factory, redis_db_url(request, offset=2), sqlite_url)
+    yield from _stack(tmp_path_factory, redis_db_url(request, offset=2), sqlite_url)
 
 
 @pytest.fixture(scope="session")
 def rabbitmq_postgres(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, postgres_url: str
+    tmp_path_factory: pytest.TempPathFactory, rabbitmq_url: str, postgres_url: str
 ) -> Iterator[Stack]:
-    yield from _stack(request, tmp_path_factory, RABBITMQ_URL, postgres_url)
+    yield from _stack(tmp_path_factory, rabbitmq_url, postgres_url)
 
 
 STACKS = [
     pytest.param("redis_postgres", marks=[pytest.mark.redis, pytest.mark.postgres]),
     pytest.param("redis_sqlite", marks=[pytest.mark.redis]),
-    pytest.param("rabbitmq_postgres", marks=[
-        pytest.mark.rabbitmq, pytest.mark.postgres, pytest.mark.xdist_group("rabbitmq"),
-    ]),
+    pytest.param("rabbitmq_postgres", marks=[pytest.mark.rabbitmq, pytest.mark.postgres]),
 ]
 
 
