@@ -6,12 +6,13 @@ from flask import Flask
 
 from shared.intake.lookup import find_definition_info, find_key_info
 from shared.intake.service import WebexIntake
+from shared.metrics import initialize as initialize_metrics
 from shared.publish import make_publisher
 from shared.settings import Settings, get_settings
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    from api import errors, health, openapi, status, webex
+    from api import deliveries, errors, health, metrics, openapi, status, webex
 
     settings = settings or get_settings()
     app = Flask(__name__)
@@ -32,7 +33,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         max_events=settings.max_events_per_request,
         cache_ttl=settings.cache_ttl_seconds,
     )
-    for module in (webex, status, health, openapi):
+    for module in (webex, status, health, openapi, metrics, deliveries):
         app.register_blueprint(module.bp)
     errors.register(app)
+    initialize_metrics("api")
     return app

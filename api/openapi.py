@@ -10,6 +10,9 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from shared.intake.webex import WebexEventRequest, WebexResponse
+from shared.notify.payload import Notification
+from shared.notify.rules import STATES
+from shared.notify.schemas import DeliveryList, Redelivery
 from shared.transactions.schemas import TransactionView
 
 bp = Blueprint("openapi", __name__)
@@ -29,7 +32,8 @@ def _json_body(model: type[BaseModel], description: str) -> dict[str, Any]:
 def document() -> dict[str, Any]:
     _, schemas = models_json_schema(
         [(WebexEventRequest, "validation"), (WebexResponse, "serialization"),
-         (TransactionView, "serialization")],
+         (TransactionView, "serialization"), (Notification, "serialization"),
+         (DeliveryList, "serialization"), (Redelivery, "serialization")],
         ref_template=_REF,
     )
     webex_answer = _json_body(WebexResponse, "One entry per event, or one for the request")
@@ -43,6 +47,7 @@ def document() -> dict[str, Any]:
                 "bearer": {"type": "http", "scheme": "bearer"},
             },
         },
+        "webhooks": {"notification": _notification_webhook()},
         "paths": {
             "/resources/v1/events/externalevent/": {
                 "post": {
@@ -73,10 +78,86 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
+            **_delivery_paths(),
             "/healthz": {"get": {"responses": {"200": {"description": "Alive"}}}},
             "/readyz": {"get": {"responses": {"200": {"description": "Ready"},
                                               "503": {"description": "Broker or database down"}}}},
         },
+    }
+
+
+_TRANSID = {"name": "transid", "in": "path", "required": True, "schema": {"type": "string"}}
+_AUTH: list[dict[str, list[str]]] = [{"key": []}, {"bearer": []}]
+
+
+def _header(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "header", "required": name != "x-hub-signature",
+            "description": description, "schema": {"type": "string"}}
+
+
+def _notification_webhook() -> dict[str, Any]:
+    """The POST a notify URL receives (DESIGN 5; README "Notifications")."""
+    return {"post": {
+        "summary": "A transaction ended: its outcome, to the event's notifyurl",
+        "description": (
+            "Signed per Standard Webhooks (https://www.standardwebhooks.com/): verify "
+            "webhook-signature over `<webhook-id>.<webhook-timestamp>.<body>` with the account's "
+            "signing secret, e.g. with the standardwebhooks package. Any 2xx acknowledges it. "
+            "Retried on connection errors, timeouts, 408, 429 (Retry-After honoured) and 5xx "
+            "with capped exponential backoff and jitter (about 8 attempts over 24 h), always "
+            "with the same webhook-id; deduplicate on it. Not retried on other statuses; 410 "
+            "Gone disables the URL (later notifications to it are not sent; a redelivery "
+            "enables it again). Redirects are not followed."
+        ),
+        "parameters": [
+            _header("webhook-id", "The notification's id: the same on every attempt."),
+            _header("webhook-timestamp", "Unix time of this attempt, in seconds."),
+            _header("webhook-signature",
+                    "`v1,<base64 HMAC-SHA256>`, one per signing secret, space-separated."),
+            _header("x-hub-signature", "`sha256=<hex HMAC-SHA256 of the body>`, if the "
+                    "account asks for it, with its newest secret."),
+        ],
+        "requestBody": {"required": True, "content": {
+            "application/json": {"schema": _ref(Notification)},
+        }},
+        "responses": {
+            "2XX": {"description": "Received; not sent again"},
+            "410": {"description": "Gone: the URL is disabled; nothing more is sent to it"},
+            "default": {"description": "Retried if 408, 429 or 5xx; otherwise given up"},
+        },
+    }}
+
+
+def _delivery_paths() -> dict[str, Any]:
+    return {
+        "/v1/transactions/{transid}/redeliver": {"post": {
+            "summary": "Send a finished notification again (same webhook-id, fresh schedule)",
+            "security": _AUTH,
+            "parameters": [_TRANSID],
+            "responses": {
+                "202": _json_body(Redelivery, "Queued"),
+                "401": {"description": "No valid key"},
+                "404": {"description": "No notification for this transaction in this account"},
+                "409": {"description": "The notification is pending or being sent"},
+            },
+        }},
+        "/v1/deliveries": {"get": {
+            "summary": "The account's notification deliveries, newest first",
+            "security": _AUTH,
+            "parameters": [
+                {"name": "status", "in": "query", "schema": {
+                    "type": "string", "enum": list(STATES)}},
+                {"name": "limit", "in": "query",
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}},
+                {"name": "before", "in": "query", "description": "The previous page's `next`.",
+                 "schema": {"type": "string"}},
+            ],
+            "responses": {
+                "200": _json_body(DeliveryList, "A page of deliveries"),
+                "400": {"description": "A bad parameter"},
+                "401": {"description": "No valid key"},
+            },
+        }},
     }
 
 

@@ -25,16 +25,35 @@ def gunicorn_command(host: str, port: int, workers: int, threads: int) -> list[s
     return [
         sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", "--workers", str(workers),
         "--worker-class", "gthread", "--threads", str(threads), "--access-logfile", "-",
-        "--graceful-timeout", "20", "api.wsgi:app",
+        "--graceful-timeout", "20", "--config", "python:api.gunicorn_conf", "api.wsgi:app",
     ]
 
 
-def worker_command(queues: str, concurrency: int, loglevel: str = "INFO") -> list[str]:
+def worker_command(
+    queues: str, concurrency: int, loglevel: str = "INFO", *, beat: bool = False
+) -> list[str]:
     return [
         sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", queues,
         "--concurrency", str(concurrency), "--loglevel", loglevel, "--without-gossip",
-        "--without-mingle",
+        "--without-mingle", *(["--beat"] if beat else []),
     ]
+
+
+def beat_command(loglevel: str = "INFO") -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "worker.app", "beat", "--loglevel", loglevel]
+
+
+def role_env(role: str) -> dict[str, str]:
+    """The environment for one role's processes: its own empty metrics directory.
+
+    prometheus-client reads PROMETHEUS_MULTIPROC_DIR when it is imported, so it is set here,
+    before the role starts, to ``<PROMETHEUS_MULTIPROC_DIR or data dir/metrics>/<role>``.
+    """
+    from shared.metrics import multiproc_dir
+
+    settings = get_settings()
+    path = multiproc_dir(settings.prometheus_multiproc_dir, settings.data_dir, role)
+    return {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(path)}
 
 
 @click.group()
@@ -137,7 +156,8 @@ def keys_revoke(key_or_id: str) -> None:
 @click.option("--threads", default=4, show_default=True, help="threads per gunicorn worker")
 def api(host: str, port: int, workers: int, threads: int) -> None:
     """Serve the HTTP API under gunicorn."""
-    os.execv(sys.executable, gunicorn_command(host, port, workers, threads))  # noqa: S606
+    command = gunicorn_command(host, port, workers, threads)
+    os.execve(sys.executable, command, role_env(f"api-{port}"))  # noqa: S606
 
 
 @main.command()
@@ -145,7 +165,15 @@ def api(host: str, port: int, workers: int, threads: int) -> None:
 @click.option("--concurrency", default=2, show_default=True)
 def worker(queues: str, concurrency: int) -> None:
     """Run a Celery worker."""
-    os.execv(sys.executable, worker_command(queues, concurrency))  # noqa: S606
+    settings = get_settings()
+    command = worker_command(queues, concurrency, settings.log_level)
+    os.execve(sys.executable, command, role_env(f"worker-{settings.worker_metrics_port}"))  # noqa: S606
+
+
+@main.command()
+def beat() -> None:
+    """Run Celery beat: the notify sweeper's clock. Run exactly one per deployment."""
+    os.execv(sys.executable, beat_command(get_settings().log_level))  # noqa: S606
 
 
 @main.command()
@@ -170,8 +198,12 @@ def run(host: str, port: int, smtp_port: int, demo: bool, concurrency: int) -> N
         _import(DEMO_FILE)
         click.echo("demo records loaded: account wdc, key 'demo-key' (demo only)")
     procs = [
-        subprocess.Popen(worker_command("events,mail,notify", concurrency)),  # noqa: S603
-        subprocess.Popen(gunicorn_command(host, port, 2, 4)),  # noqa: S603
+        subprocess.Popen(  # noqa: S603
+            # With the beat (-B): one process in the embedded mode runs the notify sweeper too.
+            worker_command("events,mail,notify", concurrency, settings.log_level, beat=True),
+            env=role_env(f"worker-{settings.worker_metrics_port}"),
+        ),
+        subprocess.Popen(gunicorn_command(host, port, 2, 4), env=role_env(f"api-{port}")),  # noqa: S603
     ]
     click.echo(f"eventdesk listening on http://{host}:{port}  (Ctrl-C stops)")
     _supervise(procs)

@@ -39,9 +39,43 @@ class Settings(BaseSettings):
     # Celery/Redis: a message taken but not acknowledged returns to the queue after this long.
     # It bounds how long a crashed worker's events wait, and must exceed the longest task.
     visibility_timeout_seconds: int = Field(default=300, ge=30)
-    # A task that meets a database outage retries with capped backoff for this long.
-    db_retry_window_seconds: int = Field(default=24 * 3600, ge=60)
+    # The worker processes up to this many messages in one database transaction, waiting at most
+    # this long for a batch to fill.
+    worker_batch_size: int = Field(default=100, ge=1)
+    worker_batch_wait_seconds: float = Field(default=0.05, gt=0)
     notify_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Notify URL delivery (shared/notify/; README "Notifications"). notify_timeout_seconds is the
+    # read timeout; connect + read timeouts also bound a whole attempt (DNS, TLS, slow senders).
+    notify_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    # Seconds to wait before each attempt, comma-separated: the first is the first attempt's
+    # (0: at once), each next one counts from the attempt before. After the last: ``dead``.
+    notify_schedule: str = "0,30,120,600,1800,7200,21600,50400"
+    # Each wait is stretched or shrunk at random by up to this fraction.
+    notify_jitter: float = Field(default=0.2, ge=0, lt=1)
+    # A 429/503 Retry-After is honoured up to this many seconds.
+    notify_retry_after_max_seconds: float = Field(default=3600.0, ge=0)
+    # At most this many POSTs in flight to one receiver (host:port), across all workers.
+    notify_host_concurrency: int = Field(default=2, ge=1)
+    # A claimed delivery is a worker's for its attempt's time limit plus this margin; past it the
+    # sweeper takes it back (the worker died).
+    notify_lease_margin_seconds: float = Field(default=30.0, gt=0)
+    # The sweeper (``notify.sweep``, Celery beat) runs this often; a due delivery it has queued is
+    # queued again only if still not taken after notify_requeue_seconds (a lost message).
+    notify_sweep_interval_seconds: float = Field(default=5.0, gt=0)
+    notify_requeue_seconds: float = Field(default=300.0, gt=0)
+    # Networks notify URLs may reach although private or local (comma-separated CIDRs).
+    notify_allow_networks: str = ""
+
+    # Logs and metrics (DESIGN 7). The worker's main process serves /metrics on this port
+    # (0: no exporter); the api serves it on its own port.
+    log_level: str = "INFO"
+    worker_metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int = Field(default=9808, ge=0, le=65535)
+    # prometheus-client's own variable (multiprocess mode). The CLI gives each role it starts a
+    # subdirectory of it (default: <data dir>/metrics), emptied on start.
+    prometheus_multiproc_dir: Path | None = Field(
+        default=None, validation_alias="PROMETHEUS_MULTIPROC_DIR"
+    )
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'eventdesk.sqlite').resolve()}"

@@ -7,6 +7,7 @@ there, a skipped server test would prove nothing.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -43,6 +44,20 @@ def require(name: str) -> None:
     message = f"{name} is not running on localhost:{SERVERS[name]}"
     if os.environ.get("CI"):
         pytest.fail(message + " (CI must start it: see .ci/run)")
+    pytest.skip(message)
+
+
+def require_tool(name: str, package: str) -> str:
+    """The path of a command-line tool from a Debian package that .ci/run installs.
+
+    Missing, the test skips on a developer machine and fails in CI, like the servers.
+    """
+    path = shutil.which(name)
+    if path:
+        return path
+    message = f"{name} is not installed (apt-get install {package})"
+    if os.environ.get("CI"):
+        pytest.fail(message + " (CI must install it: see .ci/run)")
     pytest.skip(message)
 
 
@@ -120,9 +135,13 @@ def configure(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Calla
 
 
 def redis_db_url(request: pytest.FixtureRequest, offset: int = 0) -> str:
-    """A Redis database of its own for each xdist worker, so queues are not shared."""
+    """A Redis database of its own for each xdist worker, so queues are not shared.
+
+    Offsets 0-5 (six a worker; Redis has 16 databases, so two xdist workers): 0 the api tests,
+    1 and 2 test_worker.py's stacks, 3 test_notify.py's stack; 4 and 5 are free.
+    """
     worker = worker_id(request)
-    number = 1 + offset + (int(worker[2:]) * 3 if worker.startswith("gw") else 0)
+    number = 1 + offset + (int(worker[2:]) * 6 if worker.startswith("gw") else 0)
     url = f"redis://127.0.0.1:6379/{number}"
     redis.Redis.from_url(url).flushdb()
     return url
@@ -159,18 +178,23 @@ def wait_until(check: Callable[[], Any], timeout: float = 30, interval: float = 
 class Worker:
     """A real Celery worker in a subprocess (prefork), on the given broker and database."""
 
-    def __init__(self, env: dict[str, str], log: Path, concurrency: int = 2) -> None:
+    def __init__(
+        self, env: dict[str, str], log: Path, concurrency: int = 2, *,
+        queues: str = "events,mail,notify", extra: tuple[str, ...] = (),
+        new_session: bool = False,
+    ) -> None:
         self.log = log
         command = [
             sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q",
-            "events,mail,notify", "--concurrency", str(concurrency), "--loglevel", "INFO",
+            queues, "--concurrency", str(concurrency), "--loglevel", "INFO",
             "--hostname", f"test-{uuid.uuid4().hex[:8]}@%h",
-            "--without-gossip", "--without-mingle", "--without-heartbeat",
+            "--without-gossip", "--without-mingle", "--without-heartbeat", *extra,
         ]
         self._log_file = log.open("w")
+        # new_session: its own process group, so a test can kill the whole worker at once.
         self.proc = subprocess.Popen(
             command, cwd=REPO, env={**os.environ, **env}, stdout=self._log_file,
-            stderr=subprocess.STDOUT,
+            stderr=subprocess.STDOUT, start_new_session=new_session,
         )
         wait_until(lambda: "ready." in log.read_text() or self.proc.poll() is not None, 60)
         if self.proc.poll() is not None:

@@ -11,8 +11,10 @@ from sqlalchemy import select
 
 from shared.db.engine import session_scope
 from shared.db.models import Note, NotificationDelivery, Request, Transaction
+from shared.records.directory import Directory
+from shared.transactions.processing import process_batches
 from shared.transactions.schemas import EventBatch
-from shared.transactions.service import process_batch, transaction_view
+from shared.transactions.service import transaction_view
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -32,7 +34,7 @@ def batch(*events: dict[str, Any], **fields: Any) -> EventBatch:
 
 def run(db: str, events: EventBatch, now: datetime = NOW) -> list[int]:
     with session_scope(db) as session:
-        return process_batch(session, events, now)
+        return process_batches(session, [events], now, Directory(0))
 
 
 def transaction(db: str, transid: str) -> Transaction:
@@ -69,8 +71,8 @@ def test_event_becomes_a_request(db: str) -> None:
 
 def test_same_batch_twice_changes_nothing(db: str) -> None:
     source_id = uuid.uuid4().hex
-    events = batch({"parameters": {"host": "h", "sourceID": source_id}},
-                   {"parameters": {"host": "h2", "sourceID": source_id}})
+    events = batch({"parameters": {"host": "h", "sourceID": source_id, "subject": "one"}},
+                   {"parameters": {"host": "h2", "sourceID": source_id, "subject": "two"}})
     run(db, events)
     first = [transaction(db, e.transid).outcome for e in events.events]
     assert run(db, events) == []
@@ -97,7 +99,7 @@ def test_expiry_still_ahead_is_processed(db: str) -> None:
 def test_definition_defaults_fill_what_the_event_leaves_out(db: str) -> None:
     source_id = uuid.uuid4().hex
     events = batch({"parameters": {"host": "h", "sourceID": source_id, "category": "rfc",
-                                   "impact": ""}})
+                                   "impact": "", "note": source_id}})
     run(db, events)
     (request,) = requests_with(db, source_id)
     # The event's category wins; its empty impact leaves the definition's default in place.
@@ -108,9 +110,9 @@ def test_definition_defaults_fill_what_the_event_leaves_out(db: str) -> None:
 
 def test_a_value_the_worker_cannot_use_fails_that_event_only(db: str) -> None:
     source_id = uuid.uuid4().hex
-    events = batch({"parameters": {"host": "h", "sourceID": source_id,
+    events = batch({"parameters": {"host": "h", "sourceID": source_id, "subject": source_id,
                                    "desired_completion_at": "soon"}},
-                   {"parameters": {"host": "h", "sourceID": source_id}})
+                   {"parameters": {"host": "h", "sourceID": source_id, "subject": source_id}})
     run(db, events)
     bad, good = (transaction(db, e.transid) for e in events.events)
     assert bad.status == "failed"
@@ -128,8 +130,8 @@ def test_deleted_definition_fails_the_event(db: str) -> None:
 
 
 def test_notifyurl_gets_one_delivery_per_event(db: str) -> None:
-    events = batch({"correlationid": "a", "parameters": {"host": "h"}},
-                   {"correlationid": "b", "parameters": {"host": "h"}},
+    events = batch({"correlationid": "a", "parameters": {"host": "h", "note": uuid.uuid4().hex}},
+                   {"correlationid": "b", "parameters": {"host": "h", "note": uuid.uuid4().hex}},
                    notifyurl="https://example.com/hook")
     ids = run(db, events)
     assert len(ids) == 2

@@ -49,6 +49,8 @@ DEMO_COUNTS = {
     "configuration_items": 3,
     "request_templates": 2,
     "support_agreements": 1,
+    "problems": 1,
+    "workflows": 1,
     "event_definitions": 1,
     "api_keys": 1,
 }

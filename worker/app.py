@@ -21,8 +21,9 @@ from kombu import Queue
 from shared.db.engine import dispose_engines
 from shared.publish import QUEUES
 from shared.settings import get_settings
+from worker import signals  # noqa: F401 - connects the log and metrics handlers
 
-TASK_MODULES = ["worker.events", "worker.notify"]
+TASK_MODULES = ["worker.events", "worker.notify", "worker.sweeper"]
 
 
 def make_celery() -> Celery:
@@ -38,6 +39,7 @@ def make_celery() -> Celery:
 
         Transport.polling_interval = 0.1
         transport_options = {"connect_args": {"timeout": 30}}
+    sweep_every = settings.notify_sweep_interval_seconds
     app = Celery("eventdesk", broker=broker_url, include=TASK_MODULES)
     app.conf.update(
         task_serializer="json",
@@ -46,7 +48,8 @@ def make_celery() -> Celery:
         result_backend=None,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
+        # Enough messages in hand to fill a batch of events.process (worker/events.py).
+        worker_prefetch_multiplier=settings.worker_batch_size,
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
         task_queues=[Queue(name, routing_key=name, durable=True) for name in QUEUES],
@@ -55,6 +58,15 @@ def make_celery() -> Celery:
                      "mail.*": {"queue": "mail"}},
         worker_hijack_root_logger=False,
         enable_utc=True,
+        # The notify sweeper (worker/sweeper.py), run by ``celery beat`` (``eventdesk beat``, or
+        # the worker's -B in ``eventdesk run``). Its schedule is kept in memory only: missing a
+        # sweep costs nothing, and there is no state file to write.
+        beat_scheduler="celery.beat:Scheduler",
+        beat_schedule={"notify.sweep": {
+            "task": "notify.sweep", "schedule": sweep_every,
+            # A sweep that waited in a long queue is dropped: a newer one is behind it.
+            "options": {"queue": "notify", "expires": max(6 * sweep_every, 30)},
+        }},
     )
     return app
 

@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -71,6 +72,10 @@ class Account(Base):
     mail_domain: Mapped[str | None] = mapped_column(String(255))
     # Standard Webhooks secrets ("whsec_..."), newest first; several during a rotation.
     signing_secrets: Mapped[list[Any]] = mapped_column(default=list)
+    # Also send ``x-hub-signature: sha256=<hex HMAC of the body>`` (Webex style) to notify URLs.
+    notify_hub_signature: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
 
 
 class ApiKey(Base):
@@ -191,6 +196,22 @@ class SupportAgreement(Base):
     service_desk_team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id"))
 
 
+class Problem(Base):
+    __tablename__ = "problems"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    subject: Mapped[str] = mapped_column(String(255))
+
+
+class Workflow(Base):
+    __tablename__ = "workflows"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    subject: Mapped[str] = mapped_column(String(255))
+
+
 class Transaction(Base):
     """One accepted event. Written by the worker; until then the api answers ``queued``."""
 
@@ -222,6 +243,8 @@ class Request(Base):
     __table_args__ = (
         Index("ix_requests_account_source", "account_id", "source", "source_id"),
         Index("ix_requests_account_created", "account_id", "created_at"),
+        Index("ix_requests_match", "account_id", "match_key", "created_at"),
+        Index("ix_requests_updated", "account_id", "updated_at"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -243,33 +266,42 @@ class Request(Base):
     ci_id: Mapped[int | None] = mapped_column(ForeignKey("configuration_items.id"))
     template_id: Mapped[int | None] = mapped_column(ForeignKey("request_templates.id"))
     supplier_id: Mapped[int | None] = mapped_column(ForeignKey("organizations.id"))
-    problem_id: Mapped[int | None] = mapped_column(BigId)
-    workflow_id: Mapped[int | None] = mapped_column(BigId)
+    problem_id: Mapped[int | None] = mapped_column(ForeignKey("problems.id"))
+    workflow_id: Mapped[int | None] = mapped_column(ForeignKey("workflows.id"))
     desired_completion_at: Mapped[datetime | None]
     downtime_start_at: Mapped[datetime | None]
     downtime_end_at: Mapped[datetime | None]
     waiting_until: Mapped[datetime | None]
-    # Reference values the event gave that are not (yet) resolved to records, kept verbatim.
+    # Values kept verbatim: references that did not resolve, supplier_requestID, custom fields.
     references: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Event matching (shared/requests/matching.py): the hash of the key an event is matched on.
+    match_key: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Note(Base):
     __tablename__ = "notes"
+    __table_args__ = (Index("ix_notes_request_hash", "request_id", "text_hash"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    request_id: Mapped[int] = mapped_column(ForeignKey("requests.id"), index=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("requests.id"))
     text: Mapped[str] = mapped_column(Text)
+    # SHA-256 of the text: "is this note new on the request?" without comparing long texts.
+    text_hash: Mapped[str] = mapped_column(String(64))
     internal: Mapped[bool] = mapped_column(Boolean, default=False)
     transid: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class NotificationDelivery(Base):
-    """The outcome of one transaction, owed to its notify URL."""
+    """The outcome of one transaction, owed to its notify URL (states: shared/notify/rules.py)."""
 
     __tablename__ = "notification_deliveries"
+    __table_args__ = (
+        Index("ix_notification_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_notification_deliveries_account", "account_id", "status", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     # One delivery per transaction: a redelivered event cannot owe a second notification.
@@ -284,6 +316,15 @@ class NotificationDelivery(Base):
     next_attempt_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The URL's host (lower case), for the per-host concurrency limit.
+    host: Mapped[str | None] = mapped_column(String(255))
+    # While ``sending``: the worker holding the delivery and until when; past it, anyone may retake.
+    lease_until: Mapped[datetime | None]
+    lease_token: Mapped[str | None] = mapped_column(String(32))
+    last_error: Mapped[str | None] = mapped_column(String(255))
+    completed_at: Mapped[datetime | None]
+    # ``attempts`` when the current schedule began (0, or its count at the last redelivery).
+    schedule_offset: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class NotificationAttempt(Base):
@@ -293,6 +334,40 @@ class NotificationAttempt(Base):
     delivery_id: Mapped[int] = mapped_column(ForeignKey("notification_deliveries.id"), index=True)
     attempted_at: Mapped[datetime] = mapped_column(default=utcnow)
     status_code: Mapped[int | None] = mapped_column(Integer)
+    # The error class (ConnectError, ReadTimeout, ForbiddenAddress, ...), None for a response.
     error: Mapped[str | None] = mapped_column(String(255))
     response: Mapped[str | None] = mapped_column(String(1024))
     duration_ms: Mapped[int] = mapped_column(Integer, default=0)
+    # 1 for the first try of a delivery (counting on across redeliveries).
+    number: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # What the rules made of it: delivered, retry, failed, disable.
+    verdict: Mapped[str | None] = mapped_column(String(16))
+    # The IP address connected to, when a connection was made.
+    address: Mapped[str | None] = mapped_column(String(64))
+
+
+class NotifyDisabledUrl(Base):
+    """A notify URL that answered 410 Gone: later deliveries to it go straight to ``disabled``."""
+
+    __tablename__ = "notify_disabled_urls"
+    __table_args__ = (UniqueConstraint("account_id", "url_hash"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    # SHA-256 of the URL: a unique key on a short column rather than on unbounded text.
+    url_hash: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(Text)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    delivery_id: Mapped[int | None] = mapped_column(BigId)
+    disabled_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class NotifyHostSlot(Base):
+    """One of the N concurrent-delivery slots of a receiving host (shared/notify/slots.py)."""
+
+    __tablename__ = "notify_host_slots"
+
+    host: Mapped[str] = mapped_column(String(255), primary_key=True)
+    slot: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    holder: Mapped[str | None] = mapped_column(String(32))
+    lease_until: Mapped[datetime | None]

@@ -7,10 +7,12 @@ the Webex error code that fits (``7004`` for a value the worker could not use, `
 
 from __future__ import annotations
 
+import json
+import sys
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from shared.intake.codes import Code
 
@@ -21,19 +23,39 @@ ENDINGS: dict[str, tuple[str, str]] = {
 
 
 class NotificationOutcome(BaseModel):
-    action: str | None = None
-    request_id: int | None = None
+    action: str | None = Field(
+        default=None, description="What was done: created, updated or unchanged (a request)."
+    )
+    request_id: int | None = Field(default=None, description="The request acted on.")
 
 
 class Notification(BaseModel):
-    transid: str
-    correlationid: str | None
-    evtid: str | None
-    status: str
-    code: str
-    description: str
+    """The body POSTed to a notify URL when a transaction ends (JSON, signed: see README)."""
+
+    transid: str = Field(description="The transaction id the event was accepted under.")
+    correlationid: str | None = Field(description="The caller's correlationid, if it gave one.")
+    evtid: str | None = Field(description="The event definition the event ran.")
+    status: str = Field(description="How the transaction ended: completed, expired or failed.")
+    code: str = Field(description="Webex-style code: 1000 Completed, 1001 Expired, 7004, 7005.")
+    description: str = Field(description="The code's text.")
     outcome: NotificationOutcome
-    timestamp: datetime
+    timestamp: datetime = Field(description="When the transaction ended (UTC, ISO 8601).")
+
+
+SCHEMA_ID = "https://eventdesk.invalid/schemas/notification.schema.json"
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of :class:`Notification`, as in ``docs/notification.schema.json``."""
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        **Notification.model_json_schema(mode="serialization"),
+    }
+
+
+def json_schema_text() -> str:
+    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
 
 
 def build(
@@ -53,3 +75,7 @@ def build(
         ),
         timestamp=timestamp,
     ).model_dump(mode="json")
+
+
+if __name__ == "__main__":  # python -m shared.notify.payload > docs/notification.schema.json
+    sys.stdout.write(json_schema_text())

@@ -4,6 +4,12 @@
 signing secret, space-separated, so a receiver keeps verifying while a secret is rotated.
 Written here rather than with the ``standardwebhooks`` package's ``sign`` so that several secrets
 sign one message; the tests verify every notification with that package.
+
+An account may also ask for the Webex-style ``x-hub-signature: sha256=<hex HMAC-SHA256 of the
+body>`` (``accounts.notify_hub_signature``), keyed with its newest secret (the bytes after
+``whsec_``, base64-decoded: the same key as the Standard Webhooks signature). That scheme has one
+signature and no timestamp, so it neither survives a rotation nor resists a replay; receivers
+that can should verify ``webhook-signature``.
 """
 
 from __future__ import annotations
@@ -25,7 +31,13 @@ def sign(secrets: list[str], message_id: str, timestamp: int, body: bytes) -> st
     return " ".join("v1," + base64.b64encode(d).decode() for d in digests)
 
 
-def headers(secrets: list[str], message_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+def hub_signature(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret_bytes(secret), body, hashlib.sha256).hexdigest()
+
+
+def headers(
+    secrets: list[str], message_id: str, timestamp: int, body: bytes, *, hub: bool = False
+) -> dict[str, str]:
     result = {
         "content-type": "application/json",
         "webhook-id": message_id,
@@ -33,4 +45,6 @@ def headers(secrets: list[str], message_id: str, timestamp: int, body: bytes) ->
     }
     if secrets:
         result["webhook-signature"] = sign(secrets, message_id, timestamp, body)
+        if hub:
+            result["x-hub-signature"] = hub_signature(secrets[0], body)
     return result

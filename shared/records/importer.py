@@ -39,10 +39,12 @@ from shared.db.models import (
     EventDefinition,
     Organization,
     Person,
+    Problem,
     RequestTemplate,
     ServiceInstance,
     SupportAgreement,
     Team,
+    Workflow,
 )
 from shared.records.keys import hash_key
 
@@ -115,6 +117,8 @@ KINDS: dict[str, Kind] = {
             "service_desk_team_id": "teams",
         },
     ),
+    "problems": Kind(Problem, refs=_ACCOUNT),
+    "workflows": Kind(Workflow, refs=_ACCOUNT),
     "event_definitions": Kind(
         EventDefinition, ("account_id", "evtid"), _ACCOUNT, has_id=False, str_lists=("mandatory",)
     ),

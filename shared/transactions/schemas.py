@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from shared.notify.schemas import DeliveryView
+
 PROCESS_TASK = "events.process"
 
 Status = Literal["queued", "processing", "completed", "expired", "failed"]
@@ -34,13 +36,13 @@ class EventBatch(BaseModel):
 class Outcome(BaseModel):
     action: Literal["created", "updated", "unchanged"]
     request_id: int | None = None
+    match: Literal["ci", "subject"] | None = Field(
+        default=None, description="The event matching key an existing request was found on."
+    )
     reason: str | None = Field(default=None, description="Why a request was matched, if it was.")
-
-
-class DeliveryView(BaseModel):
-    status: str
-    attempts: int
-    url: str
+    unresolved: dict[str, str] | None = Field(
+        default=None, description="References given that name no record (left empty)."
+    )
 
 
 class TransactionView(BaseModel):

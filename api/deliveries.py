@@ -1,0 +1,72 @@
+"""Notification deliveries for operators: list them, replay one.
+
+``GET /v1/deliveries?status=dead&limit=50&before=<cursor>``: the caller's account's deliveries,
+newest first. ``POST /v1/transactions/<transid>/redeliver``: start a finished delivery over with
+the same webhook-id and a fresh schedule (a delivery's attempts: ``GET /v1/transactions/<id>``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json as stdjson
+from datetime import UTC, datetime
+
+from flask import Blueprint, Response, current_app, json, request
+
+from api.auth import caller
+from api.errors import error_json
+from shared.db.engine import session_scope
+from shared.notify import rules
+from shared.notify.delivery import REDELIVER_MISSING, Replay, redeliver
+from shared.notify.schemas import Redelivery
+from shared.notify.views import list_deliveries
+from shared.publish import NOTIFY_QUEUE, Publisher, PublishError, task_message
+
+bp = Blueprint("deliveries", __name__)
+
+DELIVER_TASK = "notify.deliver"
+MAX_LIMIT = 200
+
+
+def _json(body: dict[str, object], status: int = 200) -> Response:
+    return Response(json.dumps(body), status, mimetype="application/json")
+
+
+@bp.get("/v1/deliveries")
+def deliveries() -> Response:
+    key = caller()
+    if key is None:
+        return error_json(401, "authentication failed")
+    status = request.args.get("status") or None
+    if status is not None and status not in rules.STATES:
+        return error_json(400, f"status must be one of {', '.join(rules.STATES)}")
+    try:
+        limit = int(request.args.get("limit", "50"))
+        before = int(request.args["before"]) if request.args.get("before") else None
+    except ValueError:
+        return error_json(400, "limit and before must be integers")
+    if not 1 <= limit <= MAX_LIMIT:
+        return error_json(400, f"limit must be between 1 and {MAX_LIMIT}")
+    with session_scope() as session:
+        page = list_deliveries(session, key.account_id, status=status, limit=limit, before=before)
+    return _json(page.model_dump(mode="json", exclude_none=True))
+
+
+@bp.post("/v1/transactions/<transid>/redeliver")
+def redeliver_transaction(transid: str) -> Response:
+    key = caller()
+    if key is None:
+        return error_json(401, "authentication failed")
+    with session_scope() as session:
+        started = redeliver(session, key.account_id, transid, datetime.now(UTC))
+    if started == REDELIVER_MISSING:
+        return error_json(404, "no notification for this transaction")
+    if not isinstance(started, Replay):
+        return error_json(409, "the notification is on its way already")
+    publisher: Publisher = current_app.extensions["eventdesk.publisher"]
+    message = task_message(DELIVER_TASK, NOTIFY_QUEUE, stdjson.dumps([started.delivery_id]))
+    # Not queued (rate limit, broker down): it is pending and due, so the sweeper queues it.
+    with contextlib.suppress(PublishError):
+        publisher.publish(message, f"redeliver:{key.account_id}", 1)
+    answer = Redelivery(transid=transid, status="pending", message_id=started.message_id)
+    return _json(answer.model_dump(mode="json"), 202)

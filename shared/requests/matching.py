@@ -1,0 +1,78 @@
+"""Event matching (4me Events API; DESIGN 4.4): a storm of one event makes one request.
+
+An event matches an **open** request (not completed or declined) of the same account **created
+within the last 24 hours** that has
+- when the event relates a CI: the same source, service instance and CI (key ``ci``);
+- otherwise: the same source, subject, note and requested_for (key ``subject``).
+
+A matched request is updated instead of a new one created: the event's note is added only when
+its text is not already a note of the request, and only completion_reason,
+desired_completion_at, downtime_start_at, downtime_end_at, status, waiting_until, team and
+member may change, and only when the event sets them itself (a default never changes a request).
+
+The key is hashed into ``requests.match_key``. Correctness under concurrency comes from the
+caller: on PostgreSQL it takes a transaction-scoped advisory lock per key before looking
+(shared/transactions/service.py); SQLite serialises writers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from shared.requests.defaults import Draft
+
+WINDOW = timedelta(hours=24)
+CLOSED_STATUSES = frozenset({"completed", "declined"})
+MatchKind = Literal["ci", "subject"]
+REASONS: dict[str, str] = {
+    "ci": "open request created within 24 h with the same account, source, service instance "
+          "and CI",
+    "subject": "open request created within 24 h with the same account, source, subject, note "
+               "and requested_for",
+}
+# Request column -> the event fields that set it explicitly.
+UPDATABLE: dict[str, tuple[str, ...]] = {
+    "completion_reason": ("completion_reason",),
+    "desired_completion_at": ("desired_completion_at",),
+    "downtime_start_at": ("downtime_start_at",),
+    "downtime_end_at": ("downtime_end_at",),
+    "status": ("status",),
+    "waiting_until": ("waiting_until",),
+    "team_id": ("team", "team_id"),
+    "member_id": ("member", "member_id"),
+}
+
+
+def _digest(*parts: object) -> str:
+    text = "\x1f".join("" if part is None else str(part) for part in parts)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def match_key(draft: Draft) -> tuple[MatchKind, str]:
+    if draft.ci_id is not None:
+        return "ci", _digest("ci", draft.account_id, draft.source, draft.service_instance_id,
+                             draft.ci_id)
+    return "subject", _digest("subject", draft.account_id, draft.source, draft.subject,
+                              draft.note, draft.requested_for_id)
+
+
+def note_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def can_match(status: str, created_at: datetime, now: datetime) -> bool:
+    return status not in CLOSED_STATUSES and now - created_at <= WINDOW
+
+
+def changes(draft: Draft, current: dict[str, Any]) -> dict[str, Any]:
+    """The updatable fields the event sets explicitly and that differ from the request's."""
+    found: dict[str, Any] = {}
+    for column, sources in UPDATABLE.items():
+        if not draft.explicit.intersection(sources):
+            continue
+        value = getattr(draft, column)
+        if value is not None and value != current.get(column):
+            found[column] = value
+    return found

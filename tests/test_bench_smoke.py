@@ -1,0 +1,92 @@
+"""The intake benchmark still runs: a very short run of the baseline app under gunicorn.
+
+Only the machinery is checked (servers start, the load generator counts, the figures come out);
+the figures themselves are not compared with any target.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import intake
+
+pytestmark = [pytest.mark.slow, pytest.mark.redis]
+
+# Not the bench's default database (15), so a bench run by hand does not collide with this test.
+REDIS_URL = "redis://127.0.0.1:6379/14"
+
+
+def test_baseline_intake_bench_reports_positive_figures(capsys: pytest.CaptureFixture[str]) -> None:
+    status = intake.main([
+        "--apps", "baseline", "--loadgen", "python", "--duration", "0.5", "--warmup", "0",
+        "--connections", "2", "--redis-url", REDIS_URL, "--json",
+    ])
+    out = capsys.readouterr().out
+
+    assert status == 0, out
+    report = json.loads(out)
+    assert report["generator"] == "python"
+    assert report["failed"] == ""
+    assert "--workers" in report["gunicorn"]
+    figures = {f["scenario"]: f for f in report["figures"]}
+    assert set(figures) == set(intake.SCENARIOS)
+    for scenario, f in figures.items():
+        assert f["app"] == "baseline"
+        assert f["requests"] > 0, scenario
+        assert f["requests_per_s"] > 0
+        assert f["events_per_s"] == pytest.approx(
+            f["requests_per_s"] * intake.SCENARIOS[scenario]
+        )
+        assert 0 < f["p50_ms"] <= f["p99_ms"]
+        assert f["rss_mib"] > 0
+        assert f["server_cpu_percent"] > 0
+        assert f["cpu_us_per_event"] > 0
+        assert f["non_200"] == {}
+        assert f["errors"] == 0
+        # Every 200 was a real RPUSH (plus requests answered after the end of the run).
+        assert f["queued_messages"] >= f["requests"]
+    # Only the baseline ran: the ratios are not computed.
+    assert report["ratios"]["eventdesk_single_vs_baseline_single"]["value"] is None
+
+
+def test_report_table_and_ratios() -> None:
+    report = intake.Report(
+        generator="python", generator_version="3.11", gunicorn="--workers 2", duration_s=5.0,
+        warmup_s=1.0, connections=16, repeat=1, cpus=2,
+    )
+
+    def figures(app: str, scenario: str, events_per_s: float) -> intake.Figures:
+        events = intake.SCENARIOS[scenario]
+        return intake.Figures(
+            app=app, scenario=scenario, events_per_request=events, seconds=5.0,
+            requests=int(events_per_s / events * 5), requests_per_s=events_per_s / events,
+            events_per_s=events_per_s, p50_ms=1.0, p99_ms=2.0, non_200={"429": 3}, errors=0,
+            rss_mib=100.0, server_cpu_percent=150.0, loadgen_cpu_percent=10.0,
+            redis_cpu_percent=5.0, other_cpu_percent=0.0, cpu_us_per_event=1e6 / events_per_s,
+            queued_messages=10,
+            events_per_s_runs=[events_per_s],
+        )
+
+    report.figures = [
+        figures("baseline", intake.SINGLE, 1000.0),
+        figures("baseline", intake.BATCH, 50000.0),
+        figures("eventdesk", intake.SINGLE, 900.0),
+        figures("eventdesk", intake.BATCH, 8000.0),
+    ]
+    ratios = report.as_json()["ratios"]
+    assert ratios["eventdesk_single_vs_baseline_single"] == {
+        "value": pytest.approx(0.9), "target": 0.8, "met": True
+    }
+    assert ratios["eventdesk_batch100_vs_eventdesk_single"]["met"] is False
+    assert set(ratios) == {
+        "eventdesk_single_vs_baseline_single", "eventdesk_batch100_vs_eventdesk_single"
+    }
+    table = report.table()
+    assert "0.90 (target >= 0.8: met)" in table
+    assert "8.89 (target >= 10: MISSED)" in table
+    assert "non-200 statuses: {'429': 3}" in table
+    assert "WARNING" not in table
+    report.figures[0].other_cpu_percent = 80.0
+    assert "WARNING: other processes used up to 80% CPU" in report.table()
