@@ -16,7 +16,7 @@ from shared.cache import TTLCache
 from shared.ids import make_transid
 from shared.intake import webex
 from shared.intake.codes import Code, IntakeError
-from shared.publish import EVENTS_QUEUE, Publisher, PublishError, task_message
+from shared.publish import EVENTS_QUEUE, Limited, Publisher, PublishError, task_message
 from shared.requests.fields import FieldErrors, check_fields, event_fields
 from shared.transactions.schemas import PROCESS_TASK, EventBatch, QueuedEvent
 
@@ -53,6 +53,21 @@ class LookupUnavailable(Exception):
 
 def key_hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def publish_batch(publisher: Publisher, batch: EventBatch) -> Limited | None:
+    """Queue ``batch`` for ``events.process``, charged to its key's rate limit (a token an event).
+
+    None means queued; a :class:`Limited` means refused by the rate limit, nothing queued.
+    Raises PublishError when the broker did not take it. Every front door publishes this way.
+    """
+    message = task_message(PROCESS_TASK, EVENTS_QUEUE, f"[{batch.model_dump_json()}]")
+    return publisher.publish(message, f"key:{batch.key_id}", len(batch.events))
+
+
+def retry_after(limited: Limited) -> str:
+    """The ``Retry-After`` header for a refusal of the rate limit: whole seconds, at least 1."""
+    return str(max(1, int(limited.retry_after + 0.999)))
 
 
 class WebexIntake:
@@ -147,12 +162,11 @@ class WebexIntake:
             received_at=datetime.now(UTC), expiry=parsed.expiry, notifyurl=parsed.notifyurl,
             events=[event for _, event in queued],
         )
-        message = task_message(PROCESS_TASK, EVENTS_QUEUE, f"[{batch.model_dump_json()}]")
         try:
-            limited = self._publisher.publish(message, f"key:{caller.key_id}", len(queued))
+            limited = publish_batch(self._publisher, batch)
         except PublishError:
             return Answer.failure(IntakeError(Code.INTERNAL_ERROR))
         if limited is not None:
-            retry_after = str(max(1, int(limited.retry_after + 0.999)))
-            return Answer.failure(IntakeError(Code.RATE_LIMITED), {"Retry-After": retry_after})
+            return Answer.failure(IntakeError(Code.RATE_LIMITED),
+                                  {"Retry-After": retry_after(limited)})
         return Answer(200, entries)
