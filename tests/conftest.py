@@ -6,6 +6,8 @@ there, a skipped server test would prove nothing.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import shutil
 import socket
@@ -21,6 +23,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+from flask.testing import FlaskClient
 
 from shared.db.engine import dispose_engines, session_scope
 from shared.db.migrate import upgrade
@@ -138,7 +141,7 @@ def redis_db_url(request: pytest.FixtureRequest, offset: int = 0) -> str:
     """A Redis database of its own for each xdist worker, so queues are not shared.
 
     Offsets 0-5 (six a worker; Redis has 16 databases, so two xdist workers): 0 the api tests,
-    1 and 2 test_worker.py's stacks, 3 test_notify.py's stack; 4 and 5 are free.
+    1 and 2 test_worker.py's stacks, 3 and 4 test_notify.py's, 5 test_concurrency.py's.
     """
     worker = worker_id(request)
     number = 1 + offset + (int(worker[2:]) * 6 if worker.startswith("gw") else 0)
@@ -147,11 +150,46 @@ def redis_db_url(request: pytest.FixtureRequest, offset: int = 0) -> str:
     return url
 
 
-@pytest.fixture(scope="session")
-def rabbitmq_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """A RabbitMQ vhost of its own for each xdist worker, so queues are not shared."""
+@pytest.fixture
+def broker(request: pytest.FixtureRequest) -> str:
+    """The api tests' Redis broker (offset 0), emptied for each test."""
+    return redis_db_url(request)
+
+
+@pytest.fixture
+def make_client(
+    configure: Callable[..., None], sqlite_url: str, broker: str
+) -> Callable[..., FlaskClient]:
+    """An in-process api on ``broker`` and the demo records, with settings ``overrides``."""
+    from api import create_app
+
+    def make(**overrides: Any) -> FlaskClient:
+        configure(**{"database_url": sqlite_url, "broker_url": broker, **overrides})
+        return create_app().test_client()
+
+    return make
+
+
+@pytest.fixture
+def client(make_client: Callable[..., FlaskClient]) -> FlaskClient:
+    return make_client()
+
+
+def queued_messages(broker: str) -> list[dict[str, Any]]:
+    """Decode what the api pushed onto the ``events`` queue: each message's batch argument."""
+    client = redis.Redis.from_url(broker)
+    batches = []
+    for raw in client.lrange("events", 0, -1):
+        envelope = json.loads(raw)
+        assert envelope["headers"]["task"] == "events.process"
+        args, _, _ = json.loads(base64.b64decode(envelope["body"]))
+        batches.append(args[0])
+    return batches
+
+
+def _vhost(request: pytest.FixtureRequest, name: str) -> Iterator[str]:
     require("rabbitmq")
-    vhost = f"eventdesk-test-{worker_id(request)}"
+    vhost = f"eventdesk-{name}-{worker_id(request)}"
 
     def ctl(*args: str) -> None:
         subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True)
@@ -162,6 +200,18 @@ def rabbitmq_url(request: pytest.FixtureRequest) -> Iterator[str]:
     ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
     yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
     ctl("delete_vhost", vhost)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A RabbitMQ vhost of its own for each xdist worker, so queues are not shared."""
+    yield from _vhost(request, "test")
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_crash_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Another vhost, for tests that kill their workers (test_crash.py)."""
+    yield from _vhost(request, "crash")
 
 
 def wait_until(check: Callable[[], Any], timeout: float = 30, interval: float = 0.1) -> Any:
