@@ -69,7 +69,8 @@ event_latency = Histogram(
     ["channel"], buckets=LATENCY_BUCKETS,
 )
 notifications = Counter(
-    "eventdesk_notifications", "Notifications that reached a final state (delivered, dead).",
+    "eventdesk_notifications",
+    "Notifications that reached a final state: delivered, failed, disabled or dead.",
     ["result"],
 )
 notification_attempts = Counter(
@@ -111,7 +112,7 @@ def initialize(role: str) -> None:
             event_latency.labels(channel)
             for outcome in OUTCOMES:
                 events_processed.labels(channel, outcome)
-        for result in ("delivered", "dead"):
+        for result in ("delivered", "failed", "disabled", "dead"):
             notifications.labels(result)
         for result in ("success", "failure"):
             notification_attempts.labels(result)

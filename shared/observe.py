@@ -73,27 +73,3 @@ def processed(
                      request_id=request_id, latency_s=round(latency, 3))
 
     after_commit(session, observe)
-
-
-def notify_attempt(session: Session, delivery_id: int, delivered: bool,
-                   status_code: int | None, error: str | None) -> None:
-    """One POST to a notify URL was recorded: ``eventdesk_notification_attempts_total``."""
-    result = "success" if delivered else "failure"
-
-    def observe() -> None:
-        metrics.notification_attempts.labels(result).inc()
-        log.info("notify attempt", delivery_id=delivery_id, result=result,
-                 status_code=status_code, error=error)
-
-    after_commit(session, observe)
-
-
-def notify_final(session: Session, delivery_id: int, transid: str, result: str) -> None:
-    """A delivery reached its final state, ``delivered`` or ``dead``:
-    ``eventdesk_notifications_total`` and a ``delivered``/``dead`` log line (never the URL)."""
-
-    def observe() -> None:
-        metrics.notifications.labels(result).inc()
-        log.info(result, delivery_id=delivery_id, transid=transid)
-
-    after_commit(session, observe)

@@ -243,7 +243,9 @@ class Worker:
         self._log_file = log.open("w")
         # new_session: its own process group, so a test can kill the whole worker at once.
         self.proc = subprocess.Popen(
-            command, cwd=REPO, env={**os.environ, **env}, stdout=self._log_file,
+            command, cwd=REPO, stdout=self._log_file,
+            # No metrics exporter: test workers would race for its port.
+            env={**os.environ, "EVENTDESK_WORKER_METRICS_PORT": "0", **env},
             stderr=subprocess.STDOUT, start_new_session=new_session,
         )
         wait_until(lambda: "ready." in log.read_text() or self.proc.poll() is not None, 60)
