@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from flask import Flask
 
-from shared.intake.lookup import find_definition_info, find_key_info
+from shared.intake.fourme import FourMeIntake
+from shared.intake.lookup import (
+    find_definition_info,
+    find_key_info,
+    find_request,
+    find_transaction,
+)
 from shared.intake.service import WebexIntake
 from shared.metrics import initialize as initialize_metrics
 from shared.publish import make_publisher
@@ -12,7 +18,7 @@ from shared.settings import Settings, get_settings
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    from api import deliveries, errors, health, metrics, openapi, status, webex
+    from api import deliveries, errors, fourme, health, metrics, openapi, requests, status, webex
 
     settings = settings or get_settings()
     app = Flask(__name__)
@@ -25,7 +31,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["eventdesk.settings"] = settings
     app.extensions["eventdesk.secret"] = secret
     app.extensions["eventdesk.publisher"] = publisher
-    app.extensions["eventdesk.webex"] = WebexIntake(
+    app.extensions["eventdesk.webex"] = webex_intake = WebexIntake(
         publisher=publisher,
         find_key=find_key_info,
         find_definition=find_definition_info,
@@ -33,7 +39,12 @@ def create_app(settings: Settings | None = None) -> Flask:
         max_events=settings.max_events_per_request,
         cache_ttl=settings.cache_ttl_seconds,
     )
-    for module in (webex, status, health, openapi, metrics, deliveries):
+    # The 4me Events API: the same keys (and key cache), publisher and rate limit.
+    app.extensions["eventdesk.fourme"] = FourMeIntake(
+        publisher=publisher, authenticate=webex_intake.authenticate, secret=secret,
+        find_transaction=find_transaction, find_request=find_request,
+    )
+    for module in (webex, fourme, requests, status, health, openapi, metrics, deliveries):
         app.register_blueprint(module.bp)
     errors.register(app)
     initialize_metrics("api")

@@ -9,10 +9,12 @@ from flask import Blueprint, Response, json
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from shared.intake.fourme import FourMeError, FourMeEventParameters, FourMeQueued
 from shared.intake.webex import WebexEventRequest, WebexResponse
 from shared.notify.payload import Notification
 from shared.notify.rules import STATES
 from shared.notify.schemas import DeliveryList, Redelivery
+from shared.requests.views import NoteView, RequestView
 from shared.transactions.schemas import TransactionView
 
 bp = Blueprint("openapi", __name__)
@@ -33,7 +35,10 @@ def document() -> dict[str, Any]:
     _, schemas = models_json_schema(
         [(WebexEventRequest, "validation"), (WebexResponse, "serialization"),
          (TransactionView, "serialization"), (Notification, "serialization"),
-         (DeliveryList, "serialization"), (Redelivery, "serialization")],
+         (DeliveryList, "serialization"), (Redelivery, "serialization"),
+         (FourMeEventParameters, "validation"), (FourMeQueued, "serialization"),
+         (FourMeError, "serialization"), (RequestView, "serialization"),
+         (NoteView, "serialization")],
         ref_template=_REF,
     )
     webex_answer = _json_body(WebexResponse, "One entry per event, or one for the request")
@@ -79,6 +84,7 @@ def document() -> dict[str, Any]:
                 }
             },
             **_delivery_paths(),
+            **_fourme_paths(),
             "/healthz": {"get": {"responses": {"200": {"description": "Alive"}}}},
             "/readyz": {"get": {"responses": {"200": {"description": "Ready"},
                                               "503": {"description": "Broker or database down"}}}},
@@ -157,6 +163,69 @@ def _delivery_paths() -> dict[str, Any]:
                 "400": {"description": "A bad parameter"},
                 "401": {"description": "No valid key"},
             },
+        }},
+    }
+
+
+def _fourme_paths() -> dict[str, Any]:
+    """The 4me Events API and the read API of requests (README "4me Events API")."""
+    error = _json_body(FourMeError, "{message}; errors: the fields at fault (422 only)")
+    account = {"name": "X-4me-Account", "in": "header", "schema": {"type": "string"},
+               "description": "The account id; must be the token's account."}
+    page = [
+        {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1, "default": 1}},
+        {"name": "per_page", "in": "query",
+         "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 25}},
+    ]
+    request_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}
+    listed = {"description": "A page; Link (first, prev, next, last) and X-Pagination-* headers"}
+    reads: dict[str, Any] = {
+        "security": _AUTH, "parameters": [{**account, "required": False}],
+    }
+    missing = {"404": {"description": "No such request in the caller's account"}}
+    return {
+        "/v1/events": {"post": {
+            "summary": "4me Events API: create or update a request from an event",
+            "description": "Parameters as a JSON body, a form body or the query string (the body "
+                           "wins). `Prefer: wait=N` (N <= 30) waits for the outcome.",
+            "security": [{"bearer": []}],
+            "parameters": [
+                {**account, "required": True},
+                {"name": "Prefer", "in": "header", "schema": {"type": "string"},
+                 "description": "`wait=N`: wait up to N seconds (at most 30) for the outcome."},
+            ],
+            "requestBody": {"content": {
+                "application/json": {"schema": _ref(FourMeEventParameters)},
+                "application/x-www-form-urlencoded": {"schema": _ref(FourMeEventParameters)},
+            }},
+            "responses": {
+                "200": _json_body(RequestView, "Prefer: wait: the event matched this request"),
+                "201": _json_body(RequestView, "Prefer: wait: the request the event created"),
+                "202": _json_body(FourMeQueued, "Queued; Location: the transaction"),
+                **{str(status): error for status in (400, 401, 413, 415, 422, 429, 503)},
+            },
+        }},
+        "/v1/requests": {"get": {
+            **reads, "summary": "The account's requests, oldest first",
+            "parameters": [*reads["parameters"], *page, *(
+                {"name": name, "in": "query", "schema": {"type": "string"}}
+                for name in ("source", "sourceID", "status", "updated_since"))],
+            "responses": {"200": {**listed, "content": {"application/json": {"schema": {
+                "type": "array", "items": _ref(RequestView)}}}},
+                          "400": error, "401": error},
+        }},
+        "/v1/requests/{id}": {"get": {
+            **reads, "summary": "One request",
+            "parameters": [*reads["parameters"], request_id],
+            "responses": {"200": _json_body(RequestView, "The request"), "401": error,
+                          **missing},
+        }},
+        "/v1/requests/{id}/notes": {"get": {
+            **reads, "summary": "The request's notes, oldest first",
+            "parameters": [*reads["parameters"], request_id, *page],
+            "responses": {"200": {**listed, "content": {"application/json": {"schema": {
+                "type": "array", "items": _ref(NoteView)}}}},
+                          "400": error, "401": error, **missing},
         }},
     }
 

@@ -5,20 +5,18 @@ The api publishes to a real Redis (no worker here: the message is read back off 
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Callable
 from typing import Any
 from xml.sax.saxutils import escape
 
 import pytest
-import redis
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from api import create_app
-from tests.conftest import redis_db_url
+from tests.conftest import queued_messages
 
 pytestmark = pytest.mark.redis
 
@@ -42,27 +40,6 @@ def to_xml(data: dict[str, Any]) -> bytes:
     return ("<request>" + "".join(parts) + "</request>").encode()
 
 
-@pytest.fixture
-def broker(request: pytest.FixtureRequest) -> str:
-    return redis_db_url(request)
-
-
-@pytest.fixture
-def make_client(
-    configure: Callable[..., None], sqlite_url: str, broker: str
-) -> Callable[..., FlaskClient]:
-    def make(**overrides: Any) -> FlaskClient:
-        configure(**{"database_url": sqlite_url, "broker_url": broker, **overrides})
-        return create_app().test_client()
-
-    return make
-
-
-@pytest.fixture
-def client(make_client: Callable[..., FlaskClient]) -> FlaskClient:
-    return make_client()
-
-
 def post(client: FlaskClient, data: Any, fmt: str = "json", key: str | None = "demo-key",
          raw: bytes | None = None) -> tuple[int, list[dict[str, Any]], dict[str, str]]:
     headers = {"key": key} if key is not None else {}
@@ -75,18 +52,6 @@ def post(client: FlaskClient, data: Any, fmt: str = "json", key: str | None = "d
     response = client.post(PATH, data=body, headers=headers, content_type=content_type)
     assert response.is_json, response.data
     return response.status_code, response.get_json()["response"], dict(response.headers)
-
-
-def queued_messages(broker: str) -> list[dict[str, Any]]:
-    """Decode what the api pushed onto the ``events`` queue: each message's batch argument."""
-    client = redis.Redis.from_url(broker)
-    batches = []
-    for raw in client.lrange("events", 0, -1):
-        envelope = json.loads(raw)
-        assert envelope["headers"]["task"] == "events.process"
-        args, _, _ = json.loads(base64.b64decode(envelope["body"]))
-        batches.append(args[0])
-    return batches
 
 
 CASES = [

@@ -1,8 +1,11 @@
-"""Database loaders behind the api's caches; a database outage becomes LookupUnavailable."""
+"""Database loaders of the api (behind its caches, and for `Prefer: wait`); a database outage
+becomes LookupUnavailable.
+"""
 
 from __future__ import annotations
 
 import hmac
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
@@ -10,6 +13,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from shared.db.engine import session_scope
 from shared.db.models import ApiKey, EventDefinition
 from shared.intake.service import DefinitionInfo, KeyInfo, LookupUnavailable
+from shared.requests.views import get_request, to_json
+from shared.transactions.schemas import TransactionView
+from shared.transactions.service import transaction_view
 
 
 def find_key_info(hashed: str) -> KeyInfo | None:
@@ -43,3 +49,22 @@ def find_definition_info(account_and_evtid: tuple[str, str]) -> DefinitionInfo |
         defaults=dict(definition.defaults),
         mapping=dict(definition.mapping),
     )
+
+
+def find_transaction(account_id: str, transid: str) -> TransactionView | None:
+    """The transaction's state, for the 4me Events API's ``Prefer: wait``."""
+    try:
+        with session_scope() as session:
+            return transaction_view(session, account_id, transid)
+    except SQLAlchemyError as exc:
+        raise LookupUnavailable(str(exc)) from exc
+
+
+def find_request(account_id: str, request_id: int) -> dict[str, Any] | None:
+    """The request, 4me-shaped JSON, for the 4me Events API's ``Prefer: wait``."""
+    try:
+        with session_scope() as session:
+            view = get_request(session, account_id, request_id)
+    except SQLAlchemyError as exc:
+        raise LookupUnavailable(str(exc)) from exc
+    return None if view is None else to_json(view)

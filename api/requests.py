@@ -1,0 +1,168 @@
+"""The read API of 4me-shaped requests (DESIGN 3.4; shapes: shared/requests/views.py).
+
+``GET /v1/requests/<id>``, ``GET /v1/requests?source=&sourceID=&status=&updated_since=`` and
+``GET /v1/requests/<id>/notes``, for the caller's account only (any other id is a 404).
+Auth: ``Authorization: Bearer <token>`` or the Webex ``key`` header; ``X-4me-Account`` is
+optional, and when given must be the token's account. Lists are paginated like 4me's:
+``page`` (from 1), ``per_page`` (default 25, at most 100), a ``Link`` header (first, prev,
+next, last) and the ``X-Pagination-*`` headers.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from urllib.parse import urlencode
+
+from flask import Blueprint, Response, request
+
+from api.auth import caller
+from api.errors import error_json
+from api.fourme import respond
+from shared.db.engine import session_scope
+from shared.intake.fourme import Refused, check_account
+from shared.intake.service import KeyInfo
+from shared.requests.fields import CHOICES, parse_datetime
+from shared.requests.views import (
+    Page,
+    RequestFilter,
+    get_request,
+    list_notes,
+    list_requests,
+    to_json,
+)
+
+bp = Blueprint("requests", __name__)
+
+PER_PAGE = 25
+MAX_PER_PAGE = 100
+MAX_PAGE = 1_000_000
+# Ids beyond a BIGINT are no request's: a 404, not a database error.
+REQUEST_ID = "<int(max=9223372036854775807):request_id>"
+
+
+class BadRequest(Exception):
+    pass
+
+
+def _caller() -> KeyInfo | Response:
+    key = caller()
+    if key is None:
+        return error_json(401, "Authentication failed: send Authorization: Bearer <token>")
+    try:
+        check_account(key, request.headers.get("X-4me-Account"), required=False)
+    except Refused as refused:
+        return respond(refused.reply)
+    return key
+
+
+def _json(body: object, headers: dict[str, str] | None = None) -> Response:
+    response = Response(json.dumps(body), 200, mimetype="application/json")
+    response.headers.update(headers or {})
+    return response
+
+
+def _number(name: str, default: int, highest: int) -> int:
+    raw = request.args.get(name, "").strip()
+    if not raw:
+        return default
+    value = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 12 else 0
+    if value < 1:
+        raise BadRequest(f"{name} must be a positive integer")
+    if name == "per_page":
+        return min(value, highest)  # as 4me: more than the maximum gives the maximum
+    if value > highest:
+        raise BadRequest(f"{name} must be at most {highest}")
+    return value
+
+
+def _paging() -> tuple[int, int]:
+    return _number("page", 1, MAX_PAGE), _number("per_page", PER_PAGE, MAX_PER_PAGE)
+
+
+def _page_url(number: int, size: int) -> str:
+    args = [(k, v) for k, v in request.args.items(multi=True) if k not in ("page", "per_page")]
+    return f"{request.base_url}?{urlencode([*args, ('page', number), ('per_page', size)])}"
+
+
+def pagination_headers(page: Page) -> dict[str, str]:
+    links = [(1, "first")]
+    if page.number > 1:
+        links.append((min(page.number - 1, max(page.pages, 1)), "prev"))
+    if page.number < page.pages:
+        links.append((page.number + 1, "next"))
+    links.append((max(page.pages, 1), "last"))
+    return {
+        "Link": ", ".join(f'<{_page_url(n, page.size)}>; rel="{rel}"' for n, rel in links),
+        "X-Pagination-Per-Page": str(page.size),
+        "X-Pagination-Current-Page": str(page.number),
+        "X-Pagination-Total-Pages": str(page.pages),
+        "X-Pagination-Total-Entries": str(page.total),
+    }
+
+
+def _since(raw: str) -> datetime:
+    """``yyyy-mm-ddThh:mm[:ss][Z]`` like the event fields, or any ISO 8601 time (UTC if no zone)."""
+    try:
+        return parse_datetime(raw)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(raw)
+    except ValueError as exc:
+        raise BadRequest("updated_since must be a time: yyyy-mm-ddThh:mm:ssZ") from exc
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def _filter() -> RequestFilter:
+    def given(name: str) -> str | None:
+        return request.args.get(name, "").strip() or None
+
+    status, since = given("status"), given("updated_since")
+    if status is not None and status not in CHOICES["status"]:
+        raise BadRequest(f"status must be one of {', '.join(CHOICES['status'])}")
+    return RequestFilter(source=given("source"), source_id=given("sourceID"), status=status,
+                         updated_since=_since(since) if since else None)
+
+
+@bp.get("/v1/requests")
+def requests_list() -> Response:
+    key = _caller()
+    if isinstance(key, Response):
+        return key
+    try:
+        where, (number, size) = _filter(), _paging()
+    except BadRequest as exc:
+        return error_json(400, str(exc))
+    with session_scope() as session:
+        views, page = list_requests(session, key.account_id, where, number, size)
+    return _json([to_json(view) for view in views], pagination_headers(page))
+
+
+@bp.get(f"/v1/requests/{REQUEST_ID}")
+def request_one(request_id: int) -> Response:
+    key = _caller()
+    if isinstance(key, Response):
+        return key
+    with session_scope() as session:
+        view = get_request(session, key.account_id, request_id)
+    if view is None:
+        return error_json(404, "Not found")
+    return _json(to_json(view))
+
+
+@bp.get(f"/v1/requests/{REQUEST_ID}/notes")
+def request_notes(request_id: int) -> Response:
+    key = _caller()
+    if isinstance(key, Response):
+        return key
+    try:
+        number, size = _paging()
+    except BadRequest as exc:
+        return error_json(400, str(exc))
+    with session_scope() as session:
+        found = list_notes(session, key.account_id, request_id, number, size)
+    if found is None:
+        return error_json(404, "Not found")
+    views, page = found
+    return _json([to_json(view) for view in views], pagination_headers(page))

@@ -1,0 +1,352 @@
+"""The 4me Events API front door's work, free of Flask (DESIGN 3.2; README "4me Events API").
+
+``POST /v1/events``: authenticate the bearer token for the ``X-4me-Account`` account, gather the
+parameters (a JSON body, a form body or the query string; body fields win over query fields),
+check them as 4me event fields (shared/requests/fields.py), queue them as one event and answer
+``202 Accepted``. With ``Prefer: wait=N`` it then waits up to N seconds (at most 30) for the
+outcome and answers like 4me: ``201 Created`` with the new request, ``200 OK`` with the matched
+one, ``422`` when the event failed, still ``202`` when it is not done in time.
+
+Like the Webex intake (shared/intake/service.py), nothing on the hot path touches the database:
+the token is an API key found through the Webex intake's TTL cache (the same table, the same
+cache), and the event goes to the broker through the same publisher and per-key rate limit
+(:func:`~shared.intake.service.publish_batch`). Only ``Prefer: wait`` reads the database, after
+the event is queued.
+
+Decisions where the seed is silent:
+- a parameter that is not a 4me event field is a 422 naming it (a typo such as ``sourceId``
+  would otherwise silently lose a value);
+- JSON numbers and booleans become text (``"template_id": 1234`` is ``"1234"``), null or ``""``
+  mean "not given" (so the default applies), arrays and objects are a 422;
+- a form body (``application/x-www-form-urlencoded``) that is one JSON object is read as JSON:
+  ``curl -d '{...}'`` sends exactly that; a body without a content type is read the same way;
+- a name given twice in a form body or query string: the last value counts (as in Rails);
+- other content types are a 415.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+from urllib.parse import unquote_plus
+
+import pydantic_core
+from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints, create_model
+
+from shared.ids import make_transid
+from shared.intake.codes import IntakeError
+from shared.intake.service import KeyInfo, LookupUnavailable, publish_batch, retry_after
+from shared.publish import Publisher, PublishError
+from shared.requests.fields import (
+    CHOICES,
+    DATETIME_FIELDS,
+    FIELDS,
+    ID_FIELDS,
+    TEXT_FIELDS,
+    FieldErrors,
+    check_fields,
+)
+from shared.transactions.schemas import EventBatch, QueuedEvent, TransactionView
+
+MAX_WAIT_SECONDS = 30
+POLL_SECONDS = 0.05
+FORM = "application/x-www-form-urlencoded"
+DONE = frozenset({"completed", "failed", "expired"})
+
+
+class FourMeFieldError(BaseModel):
+    field: str = Field(examples=["category"])
+    message: str = Field(examples=["must be one of incident, rfc, rfi, ..."])
+
+
+class FourMeError(BaseModel):
+    """Every error answer of the 4me Events API; ``errors`` only with 422 Validation failed."""
+
+    message: str = Field(examples=["Validation failed"])
+    errors: list[FourMeFieldError] | None = None
+
+
+class FourMeQueued(BaseModel):
+    """``202 Accepted``: the broker holds the event; its state is at the ``Location``."""
+
+    transid: str
+    status: Literal["queued"] = "queued"
+
+
+_ID = Annotated[str, StringConstraints(pattern=r"^\d{1,18}$")] \
+    | Annotated[int, Strict(), Field(ge=0, lt=10**18)]
+_DATETIME = Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2})?Z?$")]
+
+
+def _parameter(name: str) -> tuple[Any, Any]:
+    """The schema of one event field, from the same tables check_fields validates with."""
+    if name in TEXT_FIELDS:
+        limit = TEXT_FIELDS[name]
+        unit = "bytes (UTF-8)" if name in ("note", "internal_note") else "characters"
+        return str | None, Field(default=None, max_length=limit,
+                                 description=f"At most {limit} {unit}.")
+    if name in CHOICES:
+        return Literal[CHOICES[name]] | None, None
+    if name in ID_FIELDS:
+        return _ID | None, Field(default=None, description="A record id (text or a number).")
+    if name in DATETIME_FIELDS:
+        return _DATETIME | None, Field(default=None, description="UTC, yyyy-mm-ddThh:mm[:ss][Z].")
+    return str | None, Field(default=None, max_length=255,
+                             description="A record's name, label, email or sourceID.")
+
+
+# The parameters of POST /v1/events, for the OpenAPI document. Validation is check_fields's
+# (tests/test_fourme_api.py checks that the two agree); unknown parameters are refused.
+FourMeEventParameters: type[BaseModel] = create_model(  # type: ignore[call-overload]
+    "FourMeEventParameters",
+    __config__=ConfigDict(extra="forbid"),
+    __doc__="The 4me event fields. `subject` is required unless `template_id` is given; an "
+            "empty value means not given.",
+    **{name: _parameter(name) for name in sorted(FIELDS)},
+)
+
+
+@dataclass
+class Reply:
+    """An answer: HTTP status, JSON body, headers, and the transid when an event was queued."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+    transid: str | None = None
+
+
+class Refused(Exception):
+    def __init__(self, status: int, message: str, errors: list[tuple[str, str]] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        body = FourMeError(message=message, errors=None if errors is None else [
+            FourMeFieldError(field=name, message=text) for name, text in errors])
+        self.reply = Reply(status, body.model_dump(exclude_none=True), headers or {})
+
+
+def _unauthenticated(message: str) -> Refused:
+    return Refused(401, message, headers={"WWW-Authenticate": 'Bearer realm="eventdesk"'})
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
+def check_account(caller: KeyInfo, account: str | None, *, required: bool) -> None:
+    """The ``X-4me-Account`` header must name the token's account (when given, or required)."""
+    account = (account or "").strip()
+    if not account:
+        if required:
+            raise _unauthenticated("X-4me-Account header required")
+        return
+    if account != caller.account_id:
+        raise _unauthenticated("The token is not valid for this account")
+
+
+def parse_wait(prefer: str | None) -> int | None:
+    """The ``wait`` preference of a ``Prefer`` header (RFC 7240), capped at 30 s; else None."""
+    for preference in (prefer or "").split(","):
+        name, _, value = preference.split(";", 1)[0].partition("=")
+        if name.strip().lower() == "wait":
+            value = value.strip().strip('"')
+            if value.isascii() and value.isdigit():
+                return MAX_WAIT_SECONDS if len(value) > 3 else min(int(value), MAX_WAIT_SECONDS)
+    return None
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        data = pydantic_core.from_json(body)
+    except ValueError as exc:
+        raise Refused(400, f"Invalid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise Refused(400, "The JSON body must be an object of parameters")
+    return data
+
+
+def _form(body: bytes) -> dict[str, Any]:
+    try:
+        text = body.decode()
+        pairs: list[tuple[str, str]] = []
+        for piece in text.split("&"):
+            if not piece:
+                continue
+            name, equals, value = piece.partition("=")
+            if not equals:
+                raise ValueError(f"no '=' in {name[:40]!r}")
+            pairs.append((unquote_plus(name, errors="strict"),
+                          unquote_plus(value, errors="strict")))
+    except ValueError as exc:  # UnicodeDecodeError too
+        raise Refused(400, f"Invalid form body: {exc}") from exc
+    return dict(pairs)
+
+
+def load_body(content_type: str, body: bytes) -> dict[str, Any]:
+    """The body's parameters: JSON, form encoding, or a JSON object sent as a form (curl -d)."""
+    if not body.strip():
+        return {}
+    if content_type == "application/json" or content_type.endswith("+json"):
+        return _json_object(body)
+    if content_type in (FORM, ""):
+        return _json_object(body) if body.lstrip().startswith(b"{") else _form(body)
+    raise Refused(415, f"Unsupported Content-Type {content_type[:100]!r}: send "
+                       f"application/json or {FORM}")
+
+
+def _text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    raise TypeError
+
+
+def _given(values: dict[str, str | None], name: str) -> bool:
+    value = values.get(name)
+    return bool(value and value.strip())
+
+
+def event_parameters(
+    query: Iterable[tuple[str, str]], body: dict[str, Any]
+) -> dict[str, str | None]:
+    """Query and body parameters (the body wins), checked; raises Refused (422) naming faults."""
+    given: dict[str, Any] = dict(query)
+    given.update(body)
+    errors: list[tuple[str, str]] = []
+    values: dict[str, str | None] = {}
+    for name, value in given.items():
+        if name not in FIELDS:
+            errors.append((name, "is not a 4me event field"))
+            continue
+        try:
+            values[name] = _text(value)
+        except TypeError:
+            errors.append((name, "must be text, a number or null"))
+    try:
+        clean = check_fields(values)
+    except FieldErrors as exc:
+        errors.extend(exc.errors)
+        clean = values
+    if not _given(clean, "subject") and not _given(clean, "template_id") \
+            and all(name != "subject" for name, _ in errors):
+        errors.append(("subject", "is required unless template_id is given"))
+    if errors:
+        raise Refused(422, "Validation failed", errors)
+    return clean
+
+
+class FourMeIntake:
+    def __init__(
+        self,
+        *,
+        publisher: Publisher,
+        authenticate: Callable[[str | None], KeyInfo],
+        secret: bytes,
+        find_transaction: Callable[[str, str], TransactionView | None],
+        find_request: Callable[[str, int], dict[str, Any] | None],
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``authenticate``: the Webex intake's (its key cache); ``find_*`` read the database."""
+        self._publisher = publisher
+        self._authenticate = authenticate
+        self._secret = secret
+        self._find_transaction = find_transaction
+        self._find_request = find_request
+        self._sleep = sleep
+        self._clock = clock
+
+    def authenticate(self, authorization: str | None, account: str | None, *,
+                     account_required: bool = True) -> KeyInfo:
+        """The caller of ``Authorization: Bearer <token>`` for ``account``; raises Refused."""
+        token = bearer_token(authorization)
+        if token is None:
+            raise _unauthenticated("Authorization header with a Bearer token required")
+        try:
+            caller = self._authenticate(token)
+        except IntakeError as exc:
+            raise _unauthenticated("Invalid token") from exc
+        except LookupUnavailable as exc:
+            raise Refused(503, "Service unavailable, try again later") from exc
+        check_account(caller, account, required=account_required)
+        return caller
+
+    def handle(
+        self, *, authorization: str | None, account: str | None, content_type: str,
+        read_body: Callable[[], bytes], query: Iterable[tuple[str, str]], prefer: str | None,
+    ) -> Reply:
+        """``POST /v1/events``. The body is read only once the caller is known."""
+        try:
+            caller = self.authenticate(authorization, account)
+            parameters = event_parameters(query, load_body(content_type, read_body()))
+            reply = self._queue(caller, parameters)
+        except Refused as refused:
+            return refused.reply
+        wait = parse_wait(prefer)
+        if wait is None:
+            return reply
+        reply = self._outcome(caller, reply, wait)
+        reply.headers["Preference-Applied"] = f"wait={wait}"
+        return reply
+
+    def _queue(self, caller: KeyInfo, parameters: dict[str, str | None]) -> Reply:
+        transid = make_transid(self._secret, caller.account_id)
+        batch = EventBatch(
+            channel="4me", account_id=caller.account_id, key_id=caller.key_id,
+            received_at=datetime.now(UTC),
+            events=[QueuedEvent(transid=transid, parameters=parameters)],
+        )
+        try:
+            limited = publish_batch(self._publisher, batch)
+        except PublishError as exc:
+            raise Refused(503, "Service unavailable: the event was not queued") from exc
+        if limited is not None:
+            wait = retry_after(limited)
+            raise Refused(429, f"Too many requests: retry after {wait} s",
+                          headers={"Retry-After": wait})
+        return Reply(202, FourMeQueued(transid=transid).model_dump(),
+                     {"Location": f"/v1/transactions/{transid}", "X-Transid": transid}, transid)
+
+    def _wait(self, account_id: str, transid: str, seconds: float) -> TransactionView | None:
+        """Poll the transaction until it is done or ``seconds`` have passed."""
+        deadline = self._clock() + seconds
+        while True:
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                return None
+            self._sleep(min(POLL_SECONDS, remaining))
+            try:
+                view = self._find_transaction(account_id, transid)
+            except LookupUnavailable:
+                return None  # queued all the same: the caller can poll the Location
+            if view is not None and view.status in DONE:
+                return view
+
+    def _outcome(self, caller: KeyInfo, queued: Reply, seconds: int) -> Reply:
+        transid = queued.transid
+        assert transid is not None
+        view = self._wait(caller.account_id, transid, seconds)
+        if view is None:
+            return queued
+        headers = {"X-Transid": transid}
+        if view.status != "completed" or view.outcome is None or view.outcome.request_id is None:
+            message = view.error or f"The event ended {view.status}"
+            return Reply(422, FourMeError(message=message).model_dump(exclude_none=True),
+                         headers, transid)
+        request_id = view.outcome.request_id
+        try:
+            body = self._find_request(caller.account_id, request_id)
+        except LookupUnavailable:
+            body = None
+        if body is None:
+            return queued
+        if view.outcome.action == "created":
+            return Reply(201, body, {**headers, "Location": f"/v1/requests/{request_id}"}, transid)
+        return Reply(200, body, headers, transid)
