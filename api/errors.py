@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, json, request
+from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from api.webex import PATH as WEBEX_PATH
 from api.webex import respond
 from shared.intake.codes import Code, IntakeError
-from shared.intake.service import Answer
+from shared.intake.service import Answer, LookupUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,16 @@ def register(app: Flask) -> None:
             answer.status = 413
             return respond(answer)
         return error_json(413, detail)
+
+    @app.errorhandler(LookupUnavailable)
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)
+    def database_down(_: Exception) -> Response:
+        # Reading a transaction, a request or a key needs the database; intake itself does not.
+        log.warning("database unreachable on %s %s", request.method, request.path)
+        if _is_webex():
+            return respond(Answer.failure(IntakeError(Code.INTERNAL_ERROR)))
+        return error_json(503, "the database is unreachable; try again shortly")
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:

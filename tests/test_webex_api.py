@@ -237,3 +237,12 @@ def test_no_input_gets_a_500(client: FlaskClient, body: Any) -> None:
     status, entries, _ = post(client, body)
     assert status in (200, 400), entries
     assert all(entry["code"] in {"1002", "7003", "7004", "7025"} for entry in entries)
+
+
+def test_status_lookup_with_the_database_down_is_503(
+    make_client: Callable[..., FlaskClient],
+) -> None:
+    client = make_client(database_url="postgresql+psycopg://nobody@127.0.0.1:1/none")
+    response = client.get("/v1/transactions/0123", headers={"key": "demo-key"})
+    assert response.status_code == 503
+    assert "database" in response.get_json()["message"]
