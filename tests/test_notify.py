@@ -1,6 +1,6 @@
 """Notify URL delivery: the rules (pure), the state machine (database, no broker), and delivery
-end to end by real workers (subprocesses, Redis + PostgreSQL, and Redis + SQLite for the crash)
-to real HTTP receivers on localhost.
+end to end by real workers (subprocesses; RabbitMQ + PostgreSQL, and Redis + SQLite for the
+crash) to real HTTP receivers on localhost.
 
 Every notification a receiver gets is verified with the ``standardwebhooks`` package and checked
 against ``docs/notification.schema.json``. Schedules and timeouts are shortened through the
@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -216,6 +217,25 @@ def test_openapi_documents_the_notification_as_a_webhook() -> None:
     assert "/v1/transactions/{transid}/redeliver" in doc["paths"]
     history = doc["components"]["schemas"]["DeliveryView"]["properties"]["history"]
     assert "AttemptView" in json.dumps(history)
+
+
+def test_the_sweeper_runs_on_celery_beat() -> None:
+    from click.testing import CliRunner
+
+    from shared.cli import beat_command, main, worker_command
+    from worker.app import TASK_MODULES, app
+    from worker.sweeper import SWEEP_TASK
+
+    entry = app.conf.beat_schedule["notify.sweep"]
+    assert (entry["task"], entry["options"]["queue"]) == (SWEEP_TASK, "notify")
+    assert "worker.sweeper" in TASK_MODULES
+    assert SWEEP_TASK in app.tasks
+    assert "--beat" in worker_command("events,mail,notify", 2, beat=True)
+    assert "--beat" not in worker_command("events,mail,notify", 2)
+    assert beat_command()[-3:] == ["beat", "--loglevel", "INFO"]
+    result = CliRunner().invoke(main, ["beat", "--help"])
+    assert result.exit_code == 0
+    assert "sweeper" in result.output
 
 
 # ==========================================================================================
@@ -445,7 +465,7 @@ def test_the_host_limit_defers_a_delivery_without_spending_an_attempt(db: str) -
     # Another port is another receiver: not held back.
     _, other = make_delivery(db, "http://127.0.0.1:10/hook")
     with session_scope(db) as session:
-        assert claim(session, other, now, POLICY, 0.5) is not None
+        assert claim(session, other, datetime.now(UTC), POLICY, 0.5) is not None
     # A slot is free again once an attempt is recorded.
     first = claims[0]
     assert first is not None
@@ -594,7 +614,7 @@ def test_delivery_endpoints(
 
 
 # ==========================================================================================
-# End to end: real workers (with the beat), Redis, PostgreSQL
+# End to end: real workers (with the beat), RabbitMQ, PostgreSQL
 
 
 @pytest.fixture(scope="session")
@@ -638,11 +658,29 @@ class Stack:
 
 
 @pytest.fixture(scope="session")
+def notify_vhost() -> Iterator[str]:
+    """A RabbitMQ vhost of these tests' own, unique to this run.
+
+    Unique, not one per xdist process: these tests publish delivery ids and run a sweeper, so a
+    second test run on the same machine (another developer's) must not share their queues.
+    """
+    require("rabbitmq")
+    vhost = f"eventdesk-notify-{uuid.uuid4().hex[:10]}"
+
+    def ctl(*args: str) -> None:
+        subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True)
+
+    ctl("add_vhost", vhost)
+    ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    ctl("delete_vhost", vhost)
+
+
+@pytest.fixture(scope="session")
 def stack(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, notify_pg: str,
+    tmp_path_factory: pytest.TempPathFactory, notify_vhost: str, notify_pg: str,
 ) -> Iterator[Stack]:
-    require("redis")
-    broker = redis_db_url(request, offset=3)
+    broker = notify_vhost
     data = tmp_path_factory.mktemp("notify-data")
     worker = Worker({**NOTIFY_ENV, "EVENTDESK_BROKER_URL": broker,
                      "EVENTDESK_DATABASE_URL": notify_pg, "EVENTDESK_DATA_DIR": str(data)},
@@ -673,7 +711,7 @@ def gaps(receiver: Receiver) -> list[float]:
     return [b - a for a, b in itertools.pairwise(times)]
 
 
-@pytest.mark.redis
+@pytest.mark.rabbitmq
 @pytest.mark.postgres
 def test_delivered_once_signed_with_every_secret(
     e2e: Stack, receivers: Callable[..., Receiver],
@@ -688,7 +726,7 @@ def test_delivered_once_signed_with_every_secret(
     assert len(attempts_of(e2e.database, delivery_id)) == 1
 
 
-@pytest.mark.redis
+@pytest.mark.rabbitmq
 @pytest.mark.postgres
 def test_500_is_retried_on_schedule_with_one_webhook_id_then_dead_then_redelivered(
     e2e: Stack, receivers: Callable[..., Receiver], api: FlaskClient,
@@ -715,7 +753,7 @@ def test_500_is_retried_on_schedule_with_one_webhook_id_then_dead_then_redeliver
     assert len(receiver.received) == len(SCHEDULE) + 1
 
 
-@pytest.mark.redis
+@pytest.mark.rabbitmq
 @pytest.mark.postgres
 def test_retry_after_is_honoured_and_capped(
     e2e: Stack, receivers: Callable[..., Receiver],
@@ -734,7 +772,7 @@ def test_retry_after_is_honoured_and_capped(
     verify_all(capped)
 
 
-@pytest.mark.redis
+@pytest.mark.rabbitmq
 @pytest.mark.postgres
 def test_404_is_not_retried_and_301_is_not_followed(
     e2e: Stack, receivers: Callable[..., Receiver],
@@ -750,9 +788,11 @@ def test_404_is_not_retried_and_301_is_not_followed(
     assert (len(missing.received), len(moved.received), len(target.received)) == (1, 1, 0)
     ((code, verdict),) = [(a.status_code, a.verdict) for a in attempts_of(e2e.database, second)]
     assert (code, verdict) == (301, "failed")
+    verify_all(missing)
+    verify_all(moved)
 
 
-@pytest.mark.redis
+@pytest.mark.rabbitmq
 @pytest.mark.postgres
 def test_410_disables_the_url_for_later_notifications(
     e2e: Stack, receivers: Callable[..., Receiver], api: FlaskClient,
@@ -773,9 +813,10 @@ def test_410_disables_the_url_for_later_notifications(
     assert answer.status_code == 202
     e2e.wait_status(first, "delivered")
     assert len(receiver.ids()) == 1
+    verify_all(receiver)
 
 
-@pytest.mark.redis
+@pytest.mark.rabbitmq
 @pytest.mark.postgres
 def test_a_hanging_receiver_is_cut_off_by_the_timeout(
     e2e: Stack, receivers: Callable[..., Receiver],
@@ -788,9 +829,10 @@ def test_a_hanging_receiver_is_cut_off_by_the_timeout(
     assert READ_TIMEOUT * 1000 <= cut.duration_ms < (CONNECT_TIMEOUT + READ_TIMEOUT) * 1000 + 500
     assert (done.status_code, done.verdict) == (204, "delivered")
     assert len(receiver.ids()) == 1
+    verify_all(receiver)
 
 
-@pytest.mark.redis
+@pytest.mark.rabbitmq
 @pytest.mark.postgres
 def test_a_receiver_down_for_three_attempts_gets_it_when_it_comes_back(
     e2e: Stack, receivers: Callable[..., Receiver],
@@ -808,7 +850,7 @@ def test_a_receiver_down_for_three_attempts_gets_it_when_it_comes_back(
     verify_all(receiver)
 
 
-@pytest.mark.redis
+@pytest.mark.rabbitmq
 @pytest.mark.postgres
 def test_a_slow_receiver_delays_neither_intake_nor_a_fast_receiver(
     e2e: Stack, receivers: Callable[..., Receiver], api: FlaskClient,
