@@ -122,26 +122,28 @@ class WebexIntake:
             if isinstance(event, dict):
                 entries.append(event)
                 continue
-            answer = self._check_event(caller, event)
+            parameters = event.text_parameters()
+            answer = self._check_event(caller, event, parameters)
             if answer is not None:
                 entries.append(answer)
                 continue
             transid = make_transid(self._secret, caller.account_id)
             queued.append((len(entries), QueuedEvent(
                 transid=transid, evtid=event.evtid, correlationid=event.correlationid,
-                parameters=event.text_parameters(),
+                parameters=parameters,
             )))
             entries.append(webex.entry(
                 Code.QUEUED, transid=transid, correlationid=event.correlationid
             ))
         return entries, queued
 
-    def _check_event(self, caller: KeyInfo, event: webex.WebexEvent) -> dict[str, Any] | None:
+    def _check_event(
+        self, caller: KeyInfo, event: webex.WebexEvent, parameters: dict[str, str | None]
+    ) -> dict[str, Any] | None:
         definition = self._definitions.get((caller.account_id, event.evtid))
         if definition is None:
             return webex.entry(Code.INVALID_VALUES, correlationid=event.correlationid,
                                detail=f"unknown evtid {event.evtid!r}")
-        parameters = event.text_parameters()
         missing = webex.missing_mandatory(definition.mandatory, definition.defaults, parameters)
         if missing:
             return webex.entry(Code.MANDATORY_CUSTOM_MISSING, correlationid=event.correlationid,
