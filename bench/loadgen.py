@@ -4,6 +4,7 @@ Both keep a fixed number of HTTP/1.1 keep-alive connections busy for a fixed tim
 the same POST again as soon as the previous answer is complete (a closed loop), and both report
 the same figures: responses with status 200, other statuses, socket errors, latency percentiles,
 and the CPU time the generator itself used (this machine's cores are shared with the servers).
+The other mode, ``run_each``, POSTs each body of a list exactly once and stops (bench/e2e.py).
 
 ``wrk`` (Debian package ``wrk``) is a C event loop. Measured on the 2-core machine against the
 baseline app: wrk ~60-80 µs of CPU per request, most of it kernel time of the loopback TCP that any
@@ -21,9 +22,11 @@ import math
 import re
 import resource
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,22 +120,44 @@ def run(
     return run_python(target, duration_s, connections, timeout_s)
 
 
+def run_each(
+    generator: str, target: Target, bodies: Sequence[bytes], connections: int, *,
+    timeout_s: float = 30.0, max_seconds: float = 3600.0,
+) -> RunResult:
+    """POST each of ``bodies`` exactly once to ``target`` (whose own body is unused), then stop.
+
+    ``connections`` keep-alive connections (never more than there are bodies) share the list
+    evenly; ``duration_s`` of the result is the time until the last answer.
+    """
+    if not bodies:
+        raise ValueError("run_each needs at least one body")
+    connections = max(1, min(connections, len(bodies)))
+    if generator == WRK:
+        return run_wrk_each(target, bodies, connections, timeout_s, max_seconds)
+    requests = [
+        Target(target.host, target.port, target.path, body, target.headers).request_bytes()
+        for body in bodies
+    ]
+    return run_python(target, max_seconds, connections, timeout_s, requests=requests)
+
+
 # --- wrk ------------------------------------------------------------------------------------
 
-_WRK_SCRIPT = """
-wrk.method = "POST"
-wrk.body = {body}
-{headers}
-
-local threads = {{}}
+# Both modes: count the answers per thread, and print them merged as one JSON line at the end.
+# A mode's header sets the request and may define prepare() (run by init) and answered_one().
+_WRK_COMMON = """
+local threads = {}
 
 function setup(thread)
+  thread:set("index", #threads)
   table.insert(threads, thread)
 end
 
 function init(args)
   ok = 0
-  other = {{}}
+  other = {}
+  answered = 0
+  if prepare then prepare() end
 end
 
 function response(status, headers, body)
@@ -141,12 +166,14 @@ function response(status, headers, body)
   else
     other[status] = (other[status] or 0) + 1
   end
+  answered = answered + 1
+  if answered_one then answered_one() end
 end
 
 function done(summary, latency, requests)
   local total_ok = 0
-  local parts = {{}}
-  local merged = {{}}
+  local parts = {}
+  local merged = {}
   for _, thread in ipairs(threads) do
     total_ok = total_ok + thread:get("ok")
     for status, count in pairs(thread:get("other")) do
@@ -158,13 +185,45 @@ function done(summary, latency, requests)
   end
   local e = summary.errors
   io.write(string.format(
-    '\\nBENCH-RESULT {{"ok":%d,"other":{{%s}},"duration_us":%d,"requests":%d,' ..
-    '"errors":%d,"p50_us":%d,"p99_us":%d}}\\n',
+    '\\nBENCH-RESULT {"ok":%d,"other":{%s},"duration_us":%d,"requests":%d,' ..
+    '"errors":%d,"p50_us":%d,"p99_us":%d}\\n',
     total_ok, table.concat(parts, ","), summary.duration, summary.requests,
     e.connect + e.read + e.write + e.timeout,
     latency:percentile(50.0), latency:percentile(99.0)))
 end
 """
+
+# run_each: one connection per thread, so a thread sends its next request only once the previous
+# one is answered, and the next request is the one after the answers so far (request() must have
+# no side effect: wrk calls it once more on the first thread, to check the script). Thread i takes
+# lines i, i + threads, ... of the bodies file (one body a line); after its last answer it stops
+# and says so (wrk's main thread sleeps for the whole -d: the caller interrupts it once every
+# thread is done).
+_WRK_EACH = """
+function prepare()
+  requests = {}
+  local line_no = 0
+  for line in io.lines(BODIES) do
+    if line_no % THREADS == index then
+      table.insert(requests, wrk.format(nil, nil, nil, line))
+    end
+    line_no = line_no + 1
+  end
+end
+
+function request()
+  return requests[math.min(answered + 1, #requests)]
+end
+
+function answered_one()
+  if answered == #requests then
+    io.write("BENCH-THREAD-DONE\\n")
+    io.flush()
+    wrk.thread:stop()
+  end
+end
+"""
+_THREAD_DONE = "BENCH-THREAD-DONE"
 
 
 def _lua_string(text: str) -> str:
@@ -177,12 +236,45 @@ def _lua_string(text: str) -> str:
     return f"[{eq}[{text}]{eq}]"
 
 
-def wrk_script(target: Target) -> str:
-    headers = "\n".join(
+def _wrk_headers(target: Target) -> str:
+    lines = ['wrk.method = "POST"'] + [
         f"wrk.headers[ {_lua_string(name)} ] = {_lua_string(value)}"
         for name, value in target.headers.items()
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def wrk_script(target: Target) -> str:
+    return _wrk_headers(target) + f"wrk.body = {_lua_string(target.body.decode())}\n" + _WRK_COMMON
+
+
+def wrk_each_script(target: Target, bodies_file: Path, threads: int) -> str:
+    return (
+        _wrk_headers(target) + f"BODIES = {_lua_string(str(bodies_file))}\nTHREADS = {threads}\n"
+        + _WRK_EACH + _WRK_COMMON
     )
-    return _WRK_SCRIPT.format(body=_lua_string(target.body.decode()), headers=headers)
+
+
+def _wrk_result(returncode: int, stdout: str, stderr: str, cpu_s: float) -> RunResult:
+    match = re.search(r"^BENCH-RESULT (\{.*\})$", stdout, re.MULTILINE)
+    if returncode != 0 or match is None:
+        raise RuntimeError(f"wrk failed ({returncode}): {stdout}\n{stderr}")
+    data = json.loads(match.group(1))
+    return RunResult(
+        generator=WRK,
+        duration_s=data["duration_us"] / 1e6,
+        ok=int(data["ok"]),
+        non_ok={int(status): int(count) for status, count in data["other"].items()},
+        errors=int(data["errors"]),
+        p50_ms=data["p50_us"] / 1000.0,
+        p99_ms=data["p99_us"] / 1000.0,
+        cpu_s=cpu_s,
+    )
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_wrk(target: Target, duration_s: float, connections: int, timeout_s: float) -> RunResult:
@@ -194,7 +286,7 @@ def run_wrk(target: Target, duration_s: float, connections: int, timeout_s: floa
     with tempfile.TemporaryDirectory(prefix="bench-wrk-") as tmp:
         script = Path(tmp) / "post.lua"
         script.write_text(wrk_script(target))
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        before = _children_cpu_s()
         proc = subprocess.run(
             [
                 path, "-t1", f"-c{connections}", f"-d{seconds}s",
@@ -202,30 +294,78 @@ def run_wrk(target: Target, duration_s: float, connections: int, timeout_s: floa
             ],
             capture_output=True, text=True, check=False, timeout=seconds + timeout_s + 30,
         )
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    match = re.search(r"^BENCH-RESULT (\{.*\})$", proc.stdout, re.MULTILINE)
-    if proc.returncode != 0 or match is None:
-        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stdout}\n{proc.stderr}")
-    data = json.loads(match.group(1))
-    return RunResult(
-        generator=WRK,
-        duration_s=data["duration_us"] / 1e6,
-        ok=int(data["ok"]),
-        non_ok={int(status): int(count) for status, count in data["other"].items()},
-        errors=int(data["errors"]),
-        p50_ms=data["p50_us"] / 1000.0,
-        p99_ms=data["p99_us"] / 1000.0,
-        cpu_s=(after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
-    )
+        cpu_s = _children_cpu_s() - before
+    return _wrk_result(proc.returncode, proc.stdout, proc.stderr, cpu_s)
+
+
+def run_wrk_each(
+    target: Target, bodies: Sequence[bytes], connections: int, timeout_s: float,
+    max_seconds: float,
+) -> RunResult:
+    """``run_each`` with wrk: ``connections`` threads of one connection each."""
+    path = wrk_path()
+    if path is None:
+        raise RuntimeError("wrk is not installed")
+    if any(b"\n" in body for body in bodies):
+        raise ValueError("wrk reads one body a line: a body holds a newline")
+    with tempfile.TemporaryDirectory(prefix="bench-wrk-") as tmp:
+        bodies_file = Path(tmp) / "bodies.txt"
+        bodies_file.write_bytes(b"".join(body + b"\n" for body in bodies))
+        script = Path(tmp) / "each.lua"
+        script.write_text(wrk_each_script(target, bodies_file, connections))
+        before = _children_cpu_s()
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            [
+                path, f"-t{connections}", f"-c{connections}", f"-d{math.ceil(max_seconds)}s",
+                f"--timeout={math.ceil(timeout_s)}s", "-s", str(script), target.url,
+            ],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        assert proc.stdout is not None
+        finished = 0
+        lines: list[str] = []
+        for line in proc.stdout:  # ends when wrk exits (after max_seconds at the latest)
+            lines.append(line)
+            finished += line.strip() == _THREAD_DONE
+            if finished == connections:
+                break
+        elapsed = time.perf_counter() - started
+        # SIGINT ends wrk's sleep, then it reports. A signal taken by a thread that is still
+        # winding down is lost for the main thread's sleep: send it until wrk is gone.
+        while proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=0.02)
+            except subprocess.TimeoutExpired:
+                continue
+        rest, stderr = proc.communicate()
+        cpu_s = _children_cpu_s() - before
+    result = _wrk_result(proc.returncode, "".join(lines) + rest, stderr, cpu_s)
+    if finished < connections:
+        raise RuntimeError(
+            f"wrk: {connections - finished} of {connections} connections did not get all their "
+            f"answers within {max_seconds:g} s (lost to socket errors: {result.errors})"
+        )
+    return RunResult(**{**result.__dict__, "duration_s": elapsed})
 
 
 # --- pure Python ----------------------------------------------------------------------------
 
 
 class _Stats:
-    def __init__(self, request: bytes, deadline: float) -> None:
+    """The run's state: what to send, until when, and the answers so far.
+
+    ``requests``: send each of them once (``run_each``) instead of ``request`` again and again.
+    """
+
+    def __init__(
+        self, request: bytes, deadline: float, requests: Sequence[bytes] | None = None
+    ) -> None:
         self.request = request
         self.deadline = deadline
+        self.requests = requests
+        self.sent = 0
         self.ok = 0
         self.non_ok: dict[int, int] = {}
         self.errors = 0
@@ -233,7 +373,12 @@ class _Stats:
 
     @property
     def running(self) -> bool:
-        return time.perf_counter() < self.deadline
+        more = self.requests is None or self.sent < len(self.requests)
+        return more and time.perf_counter() < self.deadline
+
+    def next_request(self) -> bytes:
+        self.sent += 1
+        return self.request if self.requests is None else self.requests[self.sent - 1]
 
     def record(self, status: int, started: float) -> None:
         now = time.perf_counter()
@@ -289,7 +434,7 @@ class _Connection(asyncio.Protocol):
             return
         self.started = time.perf_counter()
         self.waiting = True
-        self.transport.write(self.stats.request)
+        self.transport.write(self.stats.next_request())
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -352,11 +497,12 @@ async def _connection_loop(target: Target, stats: _Stats) -> None:
             transport.close()
 
 
-async def _run_python(target: Target, duration_s: float, connections: int, timeout_s: float) -> (
-    tuple[_Stats, float]
-):
+async def _run_python(
+    target: Target, duration_s: float, connections: int, timeout_s: float,
+    requests: Sequence[bytes] | None,
+) -> tuple[_Stats, float]:
     start = time.perf_counter()
-    stats = _Stats(target.request_bytes(), start + duration_s)
+    stats = _Stats(target.request_bytes(), start + duration_s, requests)
     tasks = [asyncio.create_task(_connection_loop(target, stats)) for _ in range(connections)]
     _done, pending = await asyncio.wait(tasks, timeout=duration_s + timeout_s)
     for task in pending:  # a request hung past the timeout
@@ -374,9 +520,15 @@ def _percentile(sorted_values: list[float], percent: float) -> float:
     return sorted_values[rank - 1]
 
 
-def run_python(target: Target, duration_s: float, connections: int, timeout_s: float) -> RunResult:
+def run_python(
+    target: Target, duration_s: float, connections: int, timeout_s: float,
+    requests: Sequence[bytes] | None = None,
+) -> RunResult:
+    """Closed loop for ``duration_s``; with ``requests``: each once, ``duration_s`` at most."""
     cpu_before = time.process_time()
-    stats, elapsed = asyncio.run(_run_python(target, duration_s, connections, timeout_s))
+    stats, elapsed = asyncio.run(
+        _run_python(target, duration_s, connections, timeout_s, requests)
+    )
     cpu_s = time.process_time() - cpu_before
     latencies = sorted(stats.latencies)
     return RunResult(

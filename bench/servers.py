@@ -1,4 +1,4 @@
-"""Start, probe, measure and stop an app under gunicorn for the benchmarks."""
+"""Start, probe, measure and stop the benchmarks' processes: apps under gunicorn, Celery workers."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from bench.loadgen import Target
 
@@ -111,17 +112,16 @@ def probe(target: Target, timeout_s: float = 5.0) -> tuple[int, bytes] | None:
         conn.close()
 
 
-class GunicornServer:
-    """``gunicorn APP`` on 127.0.0.1 and a free port, run from the repository root."""
+class Service:
+    """A process the benchmark starts from the repository root, in a session of its own, with
+    its output in a temporary log; measured with its children (RSS, CPU). Subclasses say what
+    to run (``command``) and when it is ready."""
 
-    def __init__(
-        self, name: str, app: str, settings: GunicornSettings, env: dict[str, str] | None = None
-    ) -> None:
+    kind = "process"
+
+    def __init__(self, name: str, env: dict[str, str] | None = None) -> None:
         self.name = name
-        self.app = app
-        self.settings = settings
         self.env = dict(env if env is not None else os.environ)
-        self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self._log = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log")  # noqa: SIM115
 
@@ -131,44 +131,29 @@ class GunicornServer:
         return self.proc.pid
 
     def command(self) -> list[str]:
-        return [
-            sys.executable, "-m", "gunicorn", *self.settings.args(),
-            "--bind", f"127.0.0.1:{self.port}", "--chdir", str(ROOT),
-            "--log-level", "warning", "--timeout", "60", "--graceful-timeout", "5",
-            self.app,
-        ]
+        raise NotImplementedError
 
-    def start(self, probe_target: Target, timeout_s: float = 30.0) -> tuple[int, bytes]:
-        """Start, then wait until ``probe_target`` gets an HTTP answer; returns that answer."""
+    def launch(self) -> None:
         env = dict(self.env)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen(
             self.command(), cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise ServerError(
-                    f"{self.name}: gunicorn exited with {self.proc.returncode}\n{self.log_tail()}"
-                )
-            answer = probe(probe_target, timeout_s=max(0.5, deadline - time.monotonic()))
-            if answer is not None:
-                return answer
-            time.sleep(0.1)
-        self.stop()
-        raise ServerError(f"{self.name}: no answer within {timeout_s:.0f} s\n{self.log_tail()}")
+
+    def exited(self) -> bool:
+        return self.proc is None or self.proc.poll() is not None
 
     def check_alive(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            raise ServerError(f"{self.name}: gunicorn died\n{self.log_tail()}")
+        if self.exited():
+            raise ServerError(f"{self.name}: {self.kind} died\n{self.log_tail()}")
 
     def rss_mib(self) -> float:
-        """Resident memory of the master and its workers, summed."""
+        """Resident memory of the process and its children, summed."""
         return sum(rss_kib(pid) for pid in process_tree(self.pid)) / 1024.0
 
     def cpu_seconds(self) -> float:
-        """CPU time used so far by the master and its workers, summed."""
+        """CPU time used so far by the process and its children, summed."""
         return sum(cpu_seconds(pid) for pid in process_tree(self.pid))
 
     def log_tail(self, lines: int = 40) -> str:
@@ -190,7 +175,7 @@ class GunicornServer:
         self.stop()
         self._log.close()
 
-    def __enter__(self) -> GunicornServer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -198,3 +183,78 @@ class GunicornServer:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class GunicornServer(Service):
+    """``gunicorn APP`` on 127.0.0.1 and a free port."""
+
+    kind = "gunicorn"
+
+    def __init__(
+        self, name: str, app: str, settings: GunicornSettings, env: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(name, env)
+        self.app = app
+        self.settings = settings
+        self.port = free_port()
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "gunicorn", *self.settings.args(),
+            "--bind", f"127.0.0.1:{self.port}", "--chdir", str(ROOT),
+            "--log-level", "warning", "--timeout", "60", "--graceful-timeout", "5",
+            self.app,
+        ]
+
+    def start(self, probe_target: Target, timeout_s: float = 30.0) -> tuple[int, bytes]:
+        """Start, then wait until ``probe_target`` gets an HTTP answer; returns that answer."""
+        self.launch()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.exited():
+                raise ServerError(f"{self.name}: gunicorn exited\n{self.log_tail()}")
+            answer = probe(probe_target, timeout_s=max(0.5, deadline - time.monotonic()))
+            if answer is not None:
+                return answer
+            time.sleep(0.1)
+        self.stop()
+        raise ServerError(f"{self.name}: no answer within {timeout_s:.0f} s\n{self.log_tail()}")
+
+
+class CeleryWorker(Service):
+    """``celery -A APP worker`` (prefork) on the given queues."""
+
+    kind = "celery worker"
+
+    def __init__(
+        self, name: str, app: str, queues: str, concurrency: int, *,
+        env: dict[str, str] | None = None, loglevel: str = "WARNING",
+    ) -> None:
+        super().__init__(name, env)
+        self.app = app
+        self.queues = queues
+        self.concurrency = concurrency
+        self.loglevel = loglevel
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "celery", "-A", self.app, "worker", "-Q", self.queues,
+            "--concurrency", str(self.concurrency), "--hostname", f"{self.name}-{os.getpid()}@%h",
+            "--without-gossip", "--without-mingle", "--without-heartbeat",
+            "--loglevel", self.loglevel,
+        ]
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        """Start, then wait until the pool processes are forked (not yet that it consumes:
+        the caller checks that with a message of its own)."""
+        self.launch()
+        deadline = time.monotonic() + timeout_s
+        while len(process_tree(self.pid)) < self.concurrency + 1:
+            if self.exited():
+                raise ServerError(f"{self.name}: the celery worker exited\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServerError(
+                    f"{self.name}: no pool processes within {timeout_s:.0f} s\n{self.log_tail()}"
+                )
+            time.sleep(0.1)

@@ -238,14 +238,26 @@ def bench() -> None:
     """Benchmarks (they print figures; they are not tests)."""
 
 
+def _bench_main(name: str, args: tuple[str, ...]) -> None:
+    """Run ``bench/<name>.py``'s ``main`` with the arguments as given (bench/ is not installed)."""
+    import importlib
+
+    sys.path.insert(0, str(REPO))
+    sys.exit(importlib.import_module(f"bench.{name}").main(list(args)))
+
+
 @bench.command("intake", context_settings={"ignore_unknown_options": True})
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def bench_intake(args: tuple[str, ...]) -> None:
     """The front door against a bare Flask + Redis baseline (see bench/intake.py)."""
-    sys.path.insert(0, str(REPO))
-    from bench.intake import main as intake_main
+    _bench_main("intake", args)
 
-    sys.exit(intake_main(list(args)))
+
+@bench.command("e2e", context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench_e2e(args: tuple[str, ...]) -> None:
+    """Events posted until processed on PostgreSQL, against a no-op Celery worker (bench/e2e.py)."""
+    _bench_main("e2e", args)
 
 
 if __name__ == "__main__":

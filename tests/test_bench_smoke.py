@@ -1,7 +1,8 @@
-"""The intake benchmark still runs: a very short run of the baseline app under gunicorn.
+"""The benchmarks still run: a very short run of the intake bench's baseline app under gunicorn,
+and of the end-to-end bench (api, worker, PostgreSQL) on a few events.
 
-Only the machinery is checked (servers start, the load generator counts, the figures come out);
-the figures themselves are not compared with any target.
+Only the machinery is checked (servers start, the load generator counts, every event is
+processed, the figures come out); the figures themselves are not compared with any target.
 """
 
 from __future__ import annotations
@@ -9,12 +10,15 @@ from __future__ import annotations
 import json
 
 import pytest
+import redis
 
 from bench import intake
 
-pytestmark = [pytest.mark.slow, pytest.mark.redis]
+# One xdist worker runs them all, one after the other: they share a Redis database.
+pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.xdist_group("bench")]
 
-# Not the bench's default database (15), so a bench run by hand does not collide with this test.
+# Not the benches' default databases (15 intake, 13 e2e), so a bench run by hand does not collide
+# with these tests.
 REDIS_URL = "redis://127.0.0.1:6379/14"
 
 
@@ -90,3 +94,72 @@ def test_report_table_and_ratios() -> None:
     assert "WARNING" not in table
     report.figures[0].other_cpu_percent = 80.0
     assert "WARNING: other processes used up to 80% CPU" in report.table()
+
+
+@pytest.mark.postgres
+def test_e2e_bench_processes_every_event(capsys: pytest.CaptureFixture[str]) -> None:
+    import psycopg
+
+    from bench import e2e
+
+    status = e2e.main([
+        "--events", "200", "--scenarios", "storm", "--connections", "4",
+        "--noop-messages", "200", "--stall-timeout", "20", "--start-timeout", "30",
+        "--redis-url", REDIS_URL, "--json",
+    ])
+    out = capsys.readouterr().out
+
+    assert status == 0, out
+    report = json.loads(out)
+    assert report["failed"] == ""
+    baseline = report["baseline"]
+    assert baseline["drained"]
+    assert baseline["messages"] == 200
+    assert baseline["tasks_per_s"] > 0
+    assert baseline["worker_rss_peak_mib"] > 0
+    [f] = report["figures"]
+    print(f)  # shown when an assertion fails
+    assert f["scenario"] == "storm"
+    assert f["bodies"] == f["answered_200"] == f["accepted"] == 200
+    assert f["non_200"] == {}
+    assert f["errors"] == 0
+    # Every accepted event was processed, and none failed; the storm made its requests only.
+    assert f["completed"] == f["distinct_events"] == 200  # each event posted once
+    assert f["failed"] == 0
+    assert f["queue_left"] == 0
+    assert f["requests_created"] == f["expected_requests"] == 22  # 20 distinct + 2 CIs
+    assert 0 < f["post_s"] <= f["e2e_s"]
+    assert f["e2e_events_per_s"] == pytest.approx(200 / f["e2e_s"], rel=0.01)  # s rounded
+    assert f["post_events_per_s"] > 0
+    assert f["vs_noop"] == pytest.approx(f["e2e_events_per_s"] / baseline["tasks_per_s"])
+    assert f["worker_rss_peak_mib"] > 0
+    assert f["api_rss_peak_mib"] > 0
+    assert f["cpu_us_per_event"]["api"] > 0
+    assert f["cpu_us_per_event"]["consumer"] > 0
+    assert f["cpu_us_per_event"]["pool"] > 0
+    assert f["cpu_us_per_event"]["postgres"] > 0
+    assert f["target_events_per_s"] == 1000
+    # The throwaway database is gone, and so is the bench's Redis data.
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres") as admin:
+        row = admin.execute(
+            "SELECT count(*) FROM pg_database WHERE datname = %s", (report["database"],)
+        ).fetchone()
+    assert row == (0,)
+    assert redis.Redis.from_url(REDIS_URL).dbsize() == 0
+
+
+def test_e2e_scenario_events() -> None:
+    from bench import e2e
+
+    storm, storm_requests = e2e.scenario_events(e2e.STORM, 1000)
+    distinct, distinct_requests = e2e.scenario_events(e2e.DISTINCT, 1000)
+    assert storm_requests == 100 + 2
+    assert distinct_requests == 1000
+    assert len({json.dumps(event["parameters"], sort_keys=True) for event in storm}) == 100 + 4
+    assert len({event["correlationid"] for event in storm + distinct}) == 1000
+    batches = e2e.bodies(storm, 100)
+    assert len(batches) == 10
+    assert all(b"\n" not in body for body in batches)  # wrk reads one body a line
+    assert [len(json.loads(body)["events"]) for body in e2e.bodies(storm[:250], 100)] == [
+        100, 100, 50
+    ]
