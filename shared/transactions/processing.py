@@ -78,12 +78,14 @@ def _claim(session: Session, batches: Sequence[EventBatch], now: datetime) -> se
         for batch in batches for event in batch.events
     ]
     insert = postgresql.insert if _is_postgres(session) else sqlite.insert
+    # Rows as parameters (executemany), not .values(rows): the statement stays the same for
+    # every batch, so it is compiled once and prepared by the driver instead of parsed anew.
     statement = (
-        insert(Transaction).values(rows)
+        insert(Transaction)
         .on_conflict_do_nothing(index_elements=["transid"])
         .returning(Transaction.transid)
     )
-    return set(session.scalars(statement))
+    return set(session.scalars(statement, rows))
 
 
 def _is_postgres(session: Session) -> bool:
