@@ -16,7 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -97,20 +97,29 @@ def load_demo(url: str) -> None:
         import_records(session, load_file(DEMO))
 
 
-@pytest.fixture(scope="session")
-def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """A throwaway PostgreSQL database, migrated and loaded with the demo records."""
+@contextmanager
+def throwaway_database(prefix: str) -> Iterator[str]:
+    """A PostgreSQL database of its own, migrated; dropped when the block ends."""
     require("postgres")
-    name = f"eventdesk_test_{worker_id(request)}_{uuid.uuid4().hex[:8]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    upgrade(url)
-    load_demo(url)
-    yield url
-    dispose_engines()
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        dispose_engines()
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A throwaway PostgreSQL database, migrated and loaded with the demo records."""
+    with throwaway_database(f"eventdesk_test_{worker_id(request)}") as url:
+        load_demo(url)
+        yield url
 
 
 @pytest.fixture(scope="session")

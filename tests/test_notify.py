@@ -31,7 +31,6 @@ from pathlib import Path
 from select import select as wait_readable
 from typing import Any
 
-import psycopg
 import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select, update
@@ -66,7 +65,15 @@ from shared.notify.ssrf import parse_networks
 from shared.notify.views import list_deliveries
 from shared.publish import NOTIFY_QUEUE, make_publisher, task_message
 from shared.settings import Settings
-from tests.conftest import PG_ADMIN, REPO, Worker, load_demo, redis_db_url, require, wait_until
+from tests.conftest import (
+    REPO,
+    Worker,
+    load_demo,
+    redis_db_url,
+    require,
+    throwaway_database,
+    wait_until,
+)
 
 pytestmark = pytest.mark.xdist_group("notify")
 
@@ -620,18 +627,10 @@ def test_delivery_endpoints(
 @pytest.fixture(scope="session")
 def notify_pg() -> Iterator[str]:
     """A PostgreSQL database of these tests' own: their sweeper must not see other tests' rows."""
-    require("postgres")
-    name = f"eventdesk_notify_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    upgrade(url)
-    load_demo(url)
-    add_hooks_account(url)
-    yield url
-    dispose_engines()
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with throwaway_database("eventdesk_notify") as url:
+        load_demo(url)
+        add_hooks_account(url)
+        yield url
 
 
 @dataclass

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import yaml
 from sqlalchemy import event, func, select, text
@@ -37,6 +34,7 @@ from shared.records.importer import (
     load_file,
 )
 from shared.records.keys import create_key, find_key, hash_key, revoke_key
+from tests.conftest import throwaway_database
 
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "demo.yaml"
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -69,24 +67,8 @@ def fresh_sqlite(directory: Path, name: str = "records.sqlite") -> str:
 @pytest.fixture(scope="session")
 def records_pg_database() -> Iterator[str]:
     """A throwaway PostgreSQL database for this test session, migrated, dropped at the end."""
-    name = f"eventdesk_test_records_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        message = f"PostgreSQL is not reachable on localhost:5432: {exc}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    try:
-        upgrade(url)
+    with throwaway_database("eventdesk_test_records") as url:
         yield url
-    finally:
-        get_engine(url).dispose()
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
