@@ -37,7 +37,3 @@ class TTLCache(Generic[K, V]):
                 self._items.clear()
             self._items[key] = (now + self._ttl, value)
         return value
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()

@@ -6,7 +6,6 @@ fall back to the database on a miss (DESIGN 2).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,6 +16,7 @@ from shared.ids import make_transid
 from shared.intake import webex
 from shared.intake.codes import Code, IntakeError
 from shared.publish import EVENTS_QUEUE, Limited, Publisher, PublishError, task_message
+from shared.records.keys import hash_key
 from shared.requests.fields import FieldErrors, check_fields, event_fields
 from shared.transactions.schemas import PROCESS_TASK, EventBatch, QueuedEvent
 
@@ -49,10 +49,6 @@ class Answer:
 
 class LookupUnavailable(Exception):
     """The database behind a cache miss could not be reached."""
-
-
-def key_hash(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def publish_batch(publisher: Publisher, batch: EventBatch) -> Limited | None:
@@ -92,7 +88,7 @@ class WebexIntake:
     def authenticate(self, key: str | None) -> KeyInfo:
         if not key:
             raise IntakeError(Code.AUTH_FAILED)
-        info = self._keys.get(key_hash(key))
+        info = self._keys.get(hash_key(key))
         if info is None:
             raise IntakeError(Code.AUTH_FAILED)
         return info

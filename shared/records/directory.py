@@ -209,10 +209,6 @@ class Directory:
             self._accounts[account_id] = (now + self._ttl, records)
         return records
 
-    def clear(self) -> None:
-        with self._lock:
-            self._accounts.clear()
-
 
 class Scope:
     """The accounts a reference may be resolved in: the request's account, then its directory."""
