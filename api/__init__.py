@@ -11,6 +11,7 @@ from shared.intake.lookup import (
     find_request,
     find_transaction,
 )
+from shared.intake.queueing import EventQueue
 from shared.intake.service import WebexIntake
 from shared.metrics import initialize as initialize_metrics
 from shared.publish import make_publisher
@@ -31,17 +32,19 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["eventdesk.settings"] = settings
     app.extensions["eventdesk.secret"] = secret
     app.extensions["eventdesk.publisher"] = publisher
+    # One per process, shared by both front doors: their concurrent batches share messages.
+    queue = EventQueue(publisher)
     app.extensions["eventdesk.webex"] = webex_intake = WebexIntake(
-        publisher=publisher,
+        queue=queue,
         find_key=find_key_info,
         find_definition=find_definition_info,
         secret=secret,
         max_events=settings.max_events_per_request,
         cache_ttl=settings.cache_ttl_seconds,
     )
-    # The 4me Events API: the same keys (and key cache), publisher and rate limit.
+    # The 4me Events API: the same keys (and key cache), queue and rate limit.
     app.extensions["eventdesk.fourme"] = FourMeIntake(
-        publisher=publisher, authenticate=webex_intake.authenticate, secret=secret,
+        queue=queue, authenticate=webex_intake.authenticate, secret=secret,
         find_transaction=find_transaction, find_request=find_request,
     )
     for module in (webex, fourme, requests, status, health, openapi, metrics, deliveries):

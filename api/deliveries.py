@@ -67,6 +67,6 @@ def redeliver_transaction(transid: str) -> Response:
     message = task_message(DELIVER_TASK, NOTIFY_QUEUE, stdjson.dumps([started.delivery_id]))
     # Not queued (rate limit, broker down): it is pending and due, so the sweeper queues it.
     with contextlib.suppress(PublishError):
-        publisher.publish(message, f"redeliver:{key.account_id}", 1)
+        publisher.publish(message, {f"redeliver:{key.account_id}": 1})
     answer = Redelivery(transid=transid, status="pending", message_id=started.message_id)
     return _json(answer.model_dump(mode="json"), 202)

@@ -1,20 +1,38 @@
 """gunicorn settings for the api role: ``gunicorn -c python:api.gunicorn_conf api.wsgi:app``.
 
-JSON logs for gunicorn's own lines and the access log (``shared.logs``), and the multiprocess
-metrics bookkeeping when a worker process exits.
+JSON logs for gunicorn's own lines and, with ``EVENTDESK_ACCESS_LOG=true``, the access log
+(``shared.logs``), and the multiprocess metrics bookkeeping when a worker process exits.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from gunicorn import glogging
+
 from shared import logs, metrics
 from shared.settings import get_settings
 
-logconfig_dict = logs.dict_config("api", get_settings().log_level)
+_settings = get_settings()
+logconfig_dict = logs.dict_config("api", _settings.log_level)
 # The access log as one JSON line per request: the request line, status, bytes, duration (µs).
 access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(D)s'
 
 
+class Logger(glogging.Logger):  # type: ignore[misc]
+    """gunicorn's logger, with the access log only when asked for.
+
+    With ``logconfig_dict`` set, gunicorn formats an access line for every request whatever the
+    ``gunicorn.access`` logger's level; this skips the formatting itself.
+    """
+
+    def access(self, *args: Any, **kwargs: Any) -> None:
+        if _settings.access_log:
+            super().access(*args, **kwargs)
+
+
+logger_class = Logger
+
+
 def child_exit(_server: Any, worker: Any) -> None:
-    metrics.mark_process_dead(worker.pid, get_settings().prometheus_multiproc_dir)
+    metrics.mark_process_dead(worker.pid, _settings.prometheus_multiproc_dir)

@@ -24,7 +24,7 @@ DEMO_FILE = REPO / "examples" / "demo.yaml"
 def gunicorn_command(host: str, port: int, workers: int, threads: int) -> list[str]:
     return [
         sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", "--workers", str(workers),
-        "--worker-class", "gthread", "--threads", str(threads), "--access-logfile", "-",
+        "--worker-class", "gthread", "--threads", str(threads),
         "--graceful-timeout", "20", "--config", "python:api.gunicorn_conf", "api.wsgi:app",
     ]
 

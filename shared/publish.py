@@ -11,12 +11,14 @@ their rate limit is a separate Redis call, or in-process when there is no Redis 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import socket
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -66,53 +68,110 @@ def task_message(task: str, queue: str, args_json: str) -> TaskMessage:
 
 
 class Publisher(Protocol):
-    def publish(self, message: TaskMessage, limit_key: str, cost: int) -> Limited | None:
-        """Rate-limit ``cost`` units on ``limit_key``, then queue. None means queued."""
+    def publish(self, message: TaskMessage, costs: Mapping[str, int]) -> Limited | None:
+        """Take each limit key's cost from its bucket, all or none, then queue.
+
+        None means queued; a :class:`Limited` means a bucket refused and nothing was taken or
+        queued. Raises PublishError when the broker did not take the message.
+        """
 
     def ping(self) -> None:
         """Raise if the broker is unreachable."""
 
 
-# KEYS: bucket, queue. ARGV: rate/s, burst, cost, message ('' = check only).
-_BUCKET_AND_PUSH = """
+# KEYS: queue, bucket... ARGV: rate/s, burst, message ('' = check only), cost of each bucket.
+# Every bucket is checked before any is charged, so a refusal takes nothing.
+_BUCKETS_AND_PUSH = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1]) or burst
-local ts = tonumber(state[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
-if tokens < cost then
-  return tostring((cost - tokens) / rate)
+local left = {}
+for i = 2, #KEYS do
+  local state = redis.call('HMGET', KEYS[i], 'tokens', 'ts')
+  local tokens = tonumber(state[1]) or burst
+  local ts = tonumber(state[2]) or now
+  tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+  local cost = tonumber(ARGV[i + 2])
+  if tokens < cost then
+    return tostring((cost - tokens) / rate)
+  end
+  left[i] = tokens - cost
 end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens - cost), 'ts', tostring(now))
-redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
-if ARGV[4] ~= '' then
-  redis.call('LPUSH', KEYS[2], ARGV[4])
+for i = 2, #KEYS do
+  redis.call('HSET', KEYS[i], 'tokens', tostring(left[i]), 'ts', tostring(now))
+  redis.call('EXPIRE', KEYS[i], math.ceil(burst / rate) + 1)
+end
+if ARGV[3] ~= '' then
+  redis.call('LPUSH', KEYS[1], ARGV[3])
 end
 return '0'
 """
 
 
+class LuaScript:
+    """One Lua script, called with EVALSHA on a Redis connection of the calling thread's own.
+
+    redis-py's ``Redis.execute_command`` (pool checkout, retry and observability wrappers) costs
+    several times the round trip itself on the hot path, so each thread keeps one connection
+    and talks to it directly. A connection made before a fork is never reused by the child.
+    No retry here: a command that may have run is not sent twice.
+    """
+
+    def __init__(self, url: str, script: str) -> None:
+        self._pool = redis.ConnectionPool.from_url(
+            url, socket_timeout=5, socket_connect_timeout=2
+        )
+        self._script = script
+        self._sha = hashlib.sha1(script.encode()).hexdigest()  # noqa: S324 - Redis's script id
+        self._local = threading.local()
+
+    def _connection(self) -> Any:
+        held: tuple[int, Any] | None = getattr(self._local, "held", None)
+        if held is None or held[0] != os.getpid():
+            held = self._local.held = (os.getpid(), self._pool.make_connection())
+        return held[1]
+
+    def __call__(self, keys: list[str], args: list[Any]) -> Any:
+        connection = self._connection()
+        try:
+            try:
+                connection.send_command("EVALSHA", self._sha, len(keys), *keys, *args)
+                return connection.read_response()
+            except redis.exceptions.NoScriptError:  # a restarted or flushed Redis: load it again
+                connection.send_command("EVAL", self._script, len(keys), *keys, *args)
+                return connection.read_response()
+        except redis.ResponseError:
+            raise
+        except BaseException:
+            # Whatever happened mid-command, the connection's state is unknown: start afresh.
+            connection.disconnect()
+            raise
+
+    def ping(self) -> None:
+        redis.Redis(connection_pool=self._pool).ping()
+
+
 class RedisLimiter:
     """Token bucket per key, shared by every api process through Redis."""
 
-    def __init__(self, client: redis.Redis, rate: float, burst: int) -> None:
-        self._client = client
-        self._script = client.register_script(_BUCKET_AND_PUSH)
+    def __init__(self, url: str, rate: float, burst: int) -> None:
+        self._script = LuaScript(url, _BUCKETS_AND_PUSH)
         self._rate = rate
         self._burst = burst
 
-    def take(self, limit_key: str, cost: int, queue: str = "", payload: str = "") -> Limited | None:
+    def take(
+        self, costs: Mapping[str, int], queue: str = "", payload: str = ""
+    ) -> Limited | None:
+        """Charge every bucket its cost, or none; then push ``payload`` onto ``queue``, if any."""
+        keys = [queue or "-", *(f"eventdesk:rl:{key}" for key in costs)]
         # A request larger than the burst could never pass; charge it as a full bucket instead.
-        cost = min(cost, self._burst)
-        wait = float(self._script(
-            keys=[f"eventdesk:rl:{limit_key}", queue or "-"],
-            args=[self._rate, self._burst, cost, payload],
-        ))
+        charges = [min(cost, self._burst) for cost in costs.values()]
+        wait = float(self._script(keys, [self._rate, self._burst, payload, *charges]))
         return Limited(wait) if wait > 0 else None
+
+    def ping(self) -> None:
+        self._script.ping()
 
 
 class LocalLimiter:
@@ -124,15 +183,18 @@ class LocalLimiter:
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
-    def take(self, limit_key: str, cost: int) -> Limited | None:
-        cost = min(cost, self._burst)
+    def take(self, costs: Mapping[str, int]) -> Limited | None:
         now = time.monotonic()
         with self._lock:
-            tokens, ts = self._buckets.get(limit_key, (float(self._burst), now))
-            tokens = min(float(self._burst), tokens + (now - ts) * self._rate)
-            if tokens < cost:
-                return Limited((cost - tokens) / self._rate)
-            self._buckets[limit_key] = (tokens - cost, now)
+            left: dict[str, tuple[float, float]] = {}
+            for key, asked in costs.items():
+                cost = min(asked, self._burst)
+                tokens, ts = self._buckets.get(key, (float(self._burst), now))
+                tokens = min(float(self._burst), tokens + (now - ts) * self._rate)
+                if tokens < cost:
+                    return Limited((cost - tokens) / self._rate)
+                left[key] = (tokens - cost, now)
+            self._buckets.update(left)
         return None
 
 
@@ -140,10 +202,9 @@ class RedisPublisher:
     """Writes kombu's Redis envelope straight onto the queue's list, in the limiter's Lua call."""
 
     def __init__(self, url: str, rate: float, burst: int) -> None:
-        self._client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
-        self._limiter = RedisLimiter(self._client, rate, burst)
+        self._limiter = RedisLimiter(url, rate, burst)
 
-    def publish(self, message: TaskMessage, limit_key: str, cost: int) -> Limited | None:
+    def publish(self, message: TaskMessage, costs: Mapping[str, int]) -> Limited | None:
         envelope = json.dumps({
             "body": base64.b64encode(message.body.encode()).decode(),
             "content-encoding": "utf-8",
@@ -152,16 +213,17 @@ class RedisPublisher:
             "properties": {
                 "correlation_id": message.task_id, "reply_to": "", "delivery_mode": 2,
                 "delivery_info": {"exchange": "", "routing_key": message.queue},
-                "priority": 0, "body_encoding": "base64", "delivery_tag": str(uuid.uuid4()),
+                # The task id is already unique: it serves as kombu's delivery tag too.
+                "priority": 0, "body_encoding": "base64", "delivery_tag": message.task_id,
             },
         })
         try:
-            return self._limiter.take(limit_key, cost, message.queue, envelope)
+            return self._limiter.take(costs, message.queue, envelope)
         except redis.RedisError as exc:
             raise PublishError(str(exc)) from exc
 
     def ping(self) -> None:
-        self._client.ping()
+        self._limiter.ping()
 
 
 class KombuPublisher:
@@ -180,9 +242,9 @@ class KombuPublisher:
             name: Queue(name, exchange, routing_key=name, durable=True) for name in QUEUES
         }
 
-    def publish(self, message: TaskMessage, limit_key: str, cost: int) -> Limited | None:
+    def publish(self, message: TaskMessage, costs: Mapping[str, int]) -> Limited | None:
         try:
-            limited = self._limiter.take(limit_key, cost)
+            limited = self._limiter.take(costs)
         except redis.RedisError as exc:
             raise PublishError(str(exc)) from exc
         if limited is not None:
@@ -214,9 +276,7 @@ class KombuPublisher:
 def make_publisher(broker_url: str, redis_url: str | None, rate: float, burst: int) -> Publisher:
     if broker_url.startswith(("redis://", "rediss://")) and redis_url == broker_url:
         return RedisPublisher(broker_url, rate, burst)
-    limiter: RedisLimiter | LocalLimiter
-    if redis_url:
-        limiter = RedisLimiter(redis.Redis.from_url(redis_url, socket_timeout=5), rate, burst)
-    else:
-        limiter = LocalLimiter(rate, burst)
+    limiter: RedisLimiter | LocalLimiter = (
+        RedisLimiter(redis_url, rate, burst) if redis_url else LocalLimiter(rate, burst)
+    )
     return KombuPublisher(broker_url, limiter)

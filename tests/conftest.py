@@ -185,14 +185,14 @@ def client(make_client: Callable[..., FlaskClient]) -> FlaskClient:
 
 
 def queued_messages(broker: str) -> list[dict[str, Any]]:
-    """Decode what the api pushed onto the ``events`` queue: each message's batch argument."""
+    """Decode what the api pushed onto the ``events`` queue: the batches of every message."""
     client = redis.Redis.from_url(broker)
     batches = []
     for raw in client.lrange("events", 0, -1):
         envelope = json.loads(raw)
         assert envelope["headers"]["task"] == "events.process"
         args, _, _ = json.loads(base64.b64decode(envelope["body"]))
-        batches.append(args[0])
+        batches += args
     return batches
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,6 +25,7 @@ from api import create_app
 from shared.db.engine import session_scope
 from shared.db.models import Note, Request
 from shared.intake.fourme import FourMeEventParameters, FourMeIntake, parse_wait
+from shared.intake.queueing import EventQueue
 from shared.intake.service import KeyInfo, LookupUnavailable
 from shared.publish import Limited, TaskMessage
 from shared.requests.fields import FIELDS, FieldErrors, check_fields
@@ -229,10 +230,10 @@ def test_parse_wait(header: str | None, wait: int | None) -> None:
 
 class Publisher:
     def __init__(self) -> None:
-        self.messages: list[tuple[TaskMessage, str, int]] = []
+        self.messages: list[tuple[TaskMessage, Mapping[str, int]]] = []
 
-    def publish(self, message: TaskMessage, limit_key: str, cost: int) -> Limited | None:
-        self.messages.append((message, limit_key, cost))
+    def publish(self, message: TaskMessage, costs: Mapping[str, int]) -> Limited | None:
+        self.messages.append((message, costs))
         return None
 
     def ping(self) -> None:
@@ -255,7 +256,7 @@ def waiting_intake(find_transaction: Callable[[str, str], TransactionView | None
     clock = Clock()
     caller = KeyInfo(key_id=1, account_id="wdc", person_id=301)
     intake = FourMeIntake(
-        publisher=Publisher(), authenticate=lambda _: caller, secret=b"s",
+        queue=EventQueue(Publisher()), authenticate=lambda _: caller, secret=b"s",
         find_transaction=find_transaction,
         find_request=lambda _, request_id: {"id": request_id, "subject": "s"},
         sleep=clock.sleep, clock=clock,

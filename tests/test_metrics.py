@@ -191,6 +191,23 @@ def test_stdlib_records_become_json_lines_with_the_bound_context() -> None:
     assert line["timestamp"].endswith("Z")
 
 
+def test_gunicorn_access_log_is_written_only_when_asked_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gunicorn import glogging
+
+    from api import gunicorn_conf
+
+    written: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(glogging.Logger, "access", lambda _self, *args: written.append(args))
+    logger = object.__new__(gunicorn_conf.Logger)  # its own __init__ would set up handlers
+    logger.access("response", "request", {}, 0.01)
+    assert written == []
+    monkeypatch.setattr(gunicorn_conf._settings, "access_log", True)
+    logger.access("response", "request", {}, 0.01)
+    assert written == [("response", "request", {}, 0.01)]
+
+
 # ---------------------------------------------------------------------------------------------
 # Real processes
 

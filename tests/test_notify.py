@@ -642,7 +642,7 @@ class Stack:
     def publish(self, delivery_id: int) -> None:
         publisher = make_publisher(self.broker, None, 1000, 1000)
         message = task_message("notify.deliver", NOTIFY_QUEUE, f"[{delivery_id}]")
-        assert publisher.publish(message, "test", 1) is None
+        assert publisher.publish(message, {"test": 1}) is None
 
     def deliver(self, url: str, account: str = "wdc") -> tuple[str, int]:
         transid, delivery_id = make_delivery(self.database, url, account)

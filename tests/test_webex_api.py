@@ -11,11 +11,13 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 import pytest
+import redis
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from api import create_app
+from shared.publish import RedisLimiter
 from tests.conftest import queued_messages
 
 pytestmark = pytest.mark.redis
@@ -183,6 +185,18 @@ def test_rate_limit_is_shared_between_api_processes(
     second = create_app().test_client()
     assert post(first, {"events": [GOOD_EVENT] * 2})[0] == 200
     assert post(second, {"events": [GOOD_EVENT]})[0] == 429
+
+
+def test_a_group_is_charged_all_its_keys_or_none(broker: str) -> None:
+    limiter = RedisLimiter(broker, rate=0.01, burst=5)
+    assert limiter.take({"key:a": 4}) is None
+    # key:b could pay, key:a cannot: neither is charged, nothing is pushed.
+    limited = limiter.take({"key:b": 5, "key:a": 2}, "events", "message")
+    assert limited is not None
+    assert limited.retry_after > 0
+    assert redis.Redis.from_url(broker).llen("events") == 0
+    assert limiter.take({"key:b": 5}, "events", "message") is None
+    assert redis.Redis.from_url(broker).lrange("events", 0, -1) == [b"message"]
 
 
 def test_broker_down_is_7005_and_nothing_queued(

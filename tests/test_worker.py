@@ -152,13 +152,53 @@ def test_same_message_delivered_twice_makes_one_request(api: FlaskClient, stack:
     publisher = make_publisher(stack.broker, None, 1000, 1000)
     for _ in range(2):  # two messages, as a redelivery after a lost ack would be
         message = task_message(PROCESS_TASK, EVENTS_QUEUE, f"[{batch.model_dump_json()}]")
-        assert publisher.publish(message, "test", 1) is None
+        assert publisher.publish(message, {"test": 1}) is None
     # A marker queued behind both: once it is done, both copies have been taken.
     (marker,) = send(api, {"events": [event(uuid.uuid4().hex)]})
     wait_done(api, marker["transid"])
     assert wait_done(api, batch.events[0].transid)["status"] == "completed"
     time.sleep(1)  # the copies may sit in another pool process's batch a moment longer
     assert len(requests_for(stack.database, source_id)) == 1
+
+
+def test_one_message_with_several_batches_processes_them_all(
+    api: FlaskClient, stack: Stack
+) -> None:
+    # The api's group commit puts the batches of concurrent requests in one message.
+    source_ids = [uuid.uuid4().hex for _ in range(3)]
+    batches = [EventBatch.model_validate({
+        "channel": "webex", "account_id": "wdc", "received_at": datetime.now(UTC),
+        "events": [{"transid": uuid.uuid4().hex, "evtid": "server-down",
+                    "parameters": event(source_id)["parameters"]}],
+    }) for source_id in source_ids]
+    args = ",".join(batch.model_dump_json() for batch in batches)
+    publisher = make_publisher(stack.broker, None, 1000, 1000)
+    assert publisher.publish(task_message(PROCESS_TASK, EVENTS_QUEUE, f"[{args}]"),
+                             {"test": 3}) is None
+    # Our api did not sign these transids, so the status endpoint knows them only once written.
+    def made(source_id: str) -> bool:
+        return len(requests_for(stack.database, source_id)) == 1
+
+    for source_id in source_ids:
+        assert wait_until(lambda: made(source_id))  # noqa: B023 - called before the next turn
+    for batch in batches:
+        assert wait_done(api, batch.events[0].transid)["status"] == "completed"
+
+
+class _Message:
+    def __init__(self, *events: int) -> None:
+        self.args: list[dict[str, Any]] = [{"events": [{}] * count} for count in events]
+
+
+def test_a_flush_is_cut_into_jobs_by_event_count() -> None:
+    from worker.events import jobs
+
+    one, two, big, odd = _Message(1), _Message(1, 1), _Message(100), _Message()
+    assert jobs([], 3) == []
+    assert jobs([one, two, one], 3) == [[one, two], [one]]
+    # A message is never split, even when it alone is over the limit.
+    assert jobs([one, big, one], 3) == [[one], [big], [one]]
+    assert jobs([odd, one], 1) == [[odd, one]]
 
 
 def test_expired_event_takes_no_action(api: FlaskClient, stack: Stack) -> None:

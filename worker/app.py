@@ -30,8 +30,12 @@ def make_celery() -> Celery:
     settings = get_settings()
     broker_url = settings.resolved_broker_url()
     transport_options: dict[str, Any] = {}
+    transport: str | None = None
     if broker_url.startswith(("redis://", "rediss://")):
         transport_options["visibility_timeout"] = settings.visibility_timeout_seconds
+        # rediss:// keeps kombu's own transport, which derives its TLS settings from the scheme.
+        if broker_url.startswith("redis://"):
+            transport = "worker.broker:Transport"
     elif broker_url.startswith("sqla+"):
         # kombu hands every option of this transport to create_engine(), so its polling
         # interval (1 s by default: the embedded mode's latency) is set on the class instead.
@@ -50,6 +54,7 @@ def make_celery() -> Celery:
         task_reject_on_worker_lost=True,
         # Enough messages in hand to fill a batch of events.process (worker/events.py).
         worker_prefetch_multiplier=settings.worker_batch_size,
+        broker_transport=transport,
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
         task_queues=[Queue(name, routing_key=name, durable=True) for name in QUEUES],

@@ -3,8 +3,10 @@
 A plain one-task-per-message worker drains about 800 messages a second on two cores (DESIGN 2),
 so the task is a celery-batches task: the worker's consumer buffers up to
 ``EVENTDESK_WORKER_BATCH_SIZE`` messages (or what arrived within
-``EVENTDESK_WORKER_BATCH_WAIT_SECONDS``) and hands them to one pool process as one batch,
-processed in one database transaction.
+``EVENTDESK_WORKER_BATCH_WAIT_SECONDS``) and hands them to its pool processes in jobs of up to
+``EVENTDESK_WORKER_BATCH_EVENTS`` events, each processed in one database transaction: a burst
+of large messages keeps every pool process busy instead of one. A message holds one or more
+event batches (the api's group commit, shared/intake/queueing.py).
 
 Acknowledgement is ours, because celery-batches' own acknowledges a batch whatever happened to
 it: the messages of a batch are acknowledged only after its transaction committed; they go back
@@ -61,11 +63,36 @@ def _run(batches: Sequence[EventBatch]) -> list[int]:
         return process_batches(session, batches, datetime.now(UTC), DIRECTORY)
 
 
+def _events_in(request: Any) -> int:
+    try:
+        return sum(len(arg["events"]) for arg in request.args)
+    except (TypeError, KeyError):  # not a message of ours: process() logs it and drops it
+        return 1
+
+
+def jobs(requests: Sequence[Any], max_events: int) -> list[list[Any]]:
+    """``requests`` in order, cut into runs of at most ``max_events`` events (one at least)."""
+    cut: list[list[Any]] = []
+    size = 0
+    for request in requests:
+        events = _events_in(request)
+        if not cut or size + events > max_events:
+            cut.append([])
+            size = 0
+        cut[-1].append(request)
+        size += events
+    return cut
+
+
 class EventBatches(Batches):  # type: ignore[misc]
     flush_every = settings.worker_batch_size
     flush_interval = settings.worker_batch_wait_seconds
 
-    def flush(self, requests: Sequence[Any]) -> Any:
+    def flush(self, requests: Sequence[Any]) -> None:
+        for job in jobs(requests, settings.worker_batch_events):
+            self._apply(job)
+
+    def _apply(self, requests: list[Any]) -> None:
         def on_return(done: object) -> None:
             for request in requests:
                 if done is True:
@@ -78,7 +105,7 @@ class EventBatches(Batches):  # type: ignore[misc]
                 request.reject(requeue=True)
 
         simple = ([SimpleRequest.from_request(request) for request in requests],)
-        return self._pool.apply_async(
+        self._pool.apply_async(
             apply_batches_task, (self, simple, 0, None),
             callback=on_return, error_callback=on_error,
         )
@@ -90,8 +117,8 @@ def process(requests: list[SimpleRequest]) -> bool:
     batches: list[EventBatch] = []
     for request in requests:
         try:
-            batches.append(EventBatch.model_validate(request.args[0]))
-        except (ValidationError, IndexError, TypeError):
+            batches += [EventBatch.model_validate(arg) for arg in request.args]
+        except (ValidationError, TypeError):
             # Not a message our api wrote; nothing in it can be recorded. Dropped, loudly.
             log.error("events.process: unreadable message %s dropped", request.id)
     try:

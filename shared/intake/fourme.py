@@ -9,8 +9,8 @@ one, ``422`` when the event failed, still ``202`` when it is not done in time.
 
 Like the Webex intake (shared/intake/service.py), nothing on the hot path touches the database:
 the token is an API key found through the Webex intake's TTL cache (the same table, the same
-cache), and the event goes to the broker through the same publisher and per-key rate limit
-(:func:`~shared.intake.service.publish_batch`). Only ``Prefer: wait`` reads the database, after
+cache), and the event goes to the broker through the same queue and per-key rate limit
+(:class:`~shared.intake.queueing.EventQueue`). Only ``Prefer: wait`` reads the database, after
 the event is queued.
 
 Decisions where the seed is silent:
@@ -38,8 +38,9 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints, cr
 
 from shared.ids import make_transid
 from shared.intake.codes import IntakeError
-from shared.intake.service import KeyInfo, LookupUnavailable, publish_batch, retry_after
-from shared.publish import Publisher, PublishError
+from shared.intake.queueing import EventQueue
+from shared.intake.service import KeyInfo, LookupUnavailable, retry_after
+from shared.publish import PublishError
 from shared.requests.fields import (
     CHOICES,
     DATETIME_FIELDS,
@@ -246,7 +247,7 @@ class FourMeIntake:
     def __init__(
         self,
         *,
-        publisher: Publisher,
+        queue: EventQueue,
         authenticate: Callable[[str | None], KeyInfo],
         secret: bytes,
         find_transaction: Callable[[str, str], TransactionView | None],
@@ -255,7 +256,7 @@ class FourMeIntake:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``authenticate``: the Webex intake's (its key cache); ``find_*`` read the database."""
-        self._publisher = publisher
+        self._events = queue
         self._authenticate = authenticate
         self._secret = secret
         self._find_transaction = find_transaction
@@ -304,7 +305,7 @@ class FourMeIntake:
             events=[QueuedEvent(transid=transid, parameters=parameters)],
         )
         try:
-            limited = publish_batch(self._publisher, batch)
+            limited = self._events.publish(batch)
         except PublishError as exc:
             raise Refused(503, "Service unavailable: the event was not queued") from exc
         if limited is not None:

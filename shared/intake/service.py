@@ -15,10 +15,11 @@ from shared.cache import TTLCache
 from shared.ids import make_transid
 from shared.intake import webex
 from shared.intake.codes import Code, IntakeError
-from shared.publish import EVENTS_QUEUE, Limited, Publisher, PublishError, task_message
+from shared.intake.queueing import EventQueue
+from shared.publish import Limited, PublishError
 from shared.records.keys import hash_key
 from shared.requests.fields import FieldErrors, check_fields, event_fields
-from shared.transactions.schemas import PROCESS_TASK, EventBatch, QueuedEvent
+from shared.transactions.schemas import EventBatch, QueuedEvent
 
 
 @dataclass(frozen=True)
@@ -51,16 +52,6 @@ class LookupUnavailable(Exception):
     """The database behind a cache miss could not be reached."""
 
 
-def publish_batch(publisher: Publisher, batch: EventBatch) -> Limited | None:
-    """Queue ``batch`` for ``events.process``, charged to its key's rate limit (a token an event).
-
-    None means queued; a :class:`Limited` means refused by the rate limit, nothing queued.
-    Raises PublishError when the broker did not take it. Every front door publishes this way.
-    """
-    message = task_message(PROCESS_TASK, EVENTS_QUEUE, f"[{batch.model_dump_json()}]")
-    return publisher.publish(message, f"key:{batch.key_id}", len(batch.events))
-
-
 def retry_after(limited: Limited) -> str:
     """The ``Retry-After`` header for a refusal of the rate limit: whole seconds, at least 1."""
     return str(max(1, int(limited.retry_after + 0.999)))
@@ -70,14 +61,14 @@ class WebexIntake:
     def __init__(
         self,
         *,
-        publisher: Publisher,
+        queue: EventQueue,
         find_key: Callable[[str], KeyInfo | None],
         find_definition: Callable[[tuple[str, str]], DefinitionInfo | None],
         secret: bytes,
         max_events: int,
         cache_ttl: float,
     ) -> None:
-        self._publisher = publisher
+        self._queue = queue
         self._keys: TTLCache[str, KeyInfo | None] = TTLCache(find_key, cache_ttl)
         self._definitions: TTLCache[tuple[str, str], DefinitionInfo | None] = TTLCache(
             find_definition, cache_ttl
@@ -161,7 +152,7 @@ class WebexIntake:
             events=[event for _, event in queued],
         )
         try:
-            limited = publish_batch(self._publisher, batch)
+            limited = self._queue.publish(batch)
         except PublishError:
             return Answer.failure(IntakeError(Code.INTERNAL_ERROR))
         if limited is not None:
