@@ -149,6 +149,30 @@ def test_notifyurl_gets_one_delivery_per_event(db: str) -> None:
     assert run(db, events) == []
 
 
+def test_an_event_given_twice_in_one_run_is_acted_on_once(db: str) -> None:
+    note = uuid.uuid4().hex
+    events = batch({"parameters": {"host": "h", "note": note}},
+                   notifyurl="https://example.com/hook")
+    with session_scope(db) as session:  # a message redelivered into the same worker batch
+        ids = process_batches(session, [events, events], NOW, Directory(0))
+    assert len(ids) == 1
+    outcome = transaction(db, events.events[0].transid).outcome
+    assert outcome is not None
+    assert outcome["action"] == "created"
+    with session_scope(db) as session:
+        assert session.scalars(select(Note.request_id).where(Note.text == note)).all() == [
+            outcome["request_id"]
+        ]
+
+
+def test_a_nul_character_in_a_parameter_is_kept(db: str) -> None:
+    events = batch({"parameters": {"host": "h", "comment": "a\x00b"}})
+    run(db, events)
+    row = transaction(db, events.events[0].transid)
+    assert row.status == "completed"
+    assert row.parameters["comment"] == "a\x00b"
+
+
 def test_status_view_is_scoped_to_the_account(db: str) -> None:
     events = batch({"parameters": {"host": "h"}})
     run(db, events)

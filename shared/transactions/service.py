@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -16,17 +17,21 @@ from shared.transactions.schemas import Outcome, TransactionView
 
 
 def new_delivery(
-    row: Transaction, url: str, failure: Code | None, now: datetime
-) -> NotificationDelivery:
+    *, transid: str, account_id: str, correlationid: str | None, evtid: str | None, status: str,
+    outcome: dict[str, Any] | None, url: str, failure: Code | None, now: datetime,
+) -> dict[str, Any]:
+    """The ``notification_deliveries`` row a finished transaction owes its notify URL."""
     body = payload.build(
-        transid=row.transid, correlationid=row.correlationid, evtid=row.evtid, status=row.status,
-        outcome=row.outcome, failure=failure, timestamp=now,
+        transid=transid, correlationid=correlationid, evtid=evtid, status=status,
+        outcome=outcome, failure=failure, timestamp=now,
     )
-    return NotificationDelivery(
-        transid=row.transid, account_id=row.account_id, url=url,
-        message_id=f"msg_{uuid.uuid4().hex}", payload=body, status="pending",
-        created_at=now, updated_at=now, next_attempt_at=now,
-    )
+    # Every column a plain INSERT would otherwise leave to the model's Python-side defaults.
+    return {
+        "transid": transid, "account_id": account_id, "url": url,
+        "message_id": f"msg_{uuid.uuid4().hex}", "payload": body, "status": "pending",
+        "attempts": 0, "schedule_offset": 0, "created_at": now, "updated_at": now,
+        "next_attempt_at": now,
+    }
 
 
 def transaction_view(session: Session, account_id: str, transid: str) -> TransactionView | None:
