@@ -33,6 +33,9 @@ def events() -> Response:
         prefer=", ".join(request.headers.getlist("Prefer")) or None,
     )
     metrics.record_received("4me", [{"code": str(reply.status)}])
+    # As for Webex events (api/webex.py): accepted at DEBUG, refused at INFO.
     if reply.transid is not None:
-        log.info("accepted", channel="4me", status=reply.status, transids=[reply.transid])
+        log.debug("accepted", channel="4me", status=reply.status, transids=[reply.transid])
+    elif reply.status >= 400:
+        log.info("rejected", channel="4me", status=reply.status)
     return respond(reply)

@@ -30,7 +30,11 @@ def external_event() -> Response:
     intake: WebexIntake = current_app.extensions["eventdesk.webex"]
     answer = intake.handle(request.headers.get("key"), request.mimetype, request.get_data())
     queued = [entry["transid"] for entry in answer.entries if entry["code"] == Code.QUEUED]
+    rejected = [entry["code"] for entry in answer.entries if entry["code"] != Code.QUEUED]
+    # Accepted events are logged again when processed ("processed", worker); a line for each
+    # request at thousands a second is DEBUG. Refusals are rarer and each one is a finding.
     if queued:
-        log.info("accepted", channel="webex", queued=len(queued),
-                 rejected=len(answer.entries) - len(queued), transids=queued)
+        log.debug("accepted", channel="webex", queued=len(queued), transids=queued)
+    if rejected:
+        log.info("rejected", channel="webex", status=answer.status, codes=rejected)
     return respond(answer)

@@ -5,10 +5,11 @@ Run from the repository root::
     python -m bench.intake [--duration 5] [--connections 16] [--json]
     python bench/intake.py ...
 
-For each app in turn (never both at once: they share this machine's cores with the load
-generator), gunicorn is started with the same settings, then each scenario is driven for a warm-up
-and a measured run by a closed-loop HTTP/1.1 keep-alive load generator (``wrk`` when installed,
-else a pure-Python client):
+Both apps are started under gunicorn with the same settings, then each scenario is driven, one
+app at a time (they share this machine's cores with the load generator), for a warm-up and
+measured runs that alternate between the apps (``--repeat``; the median is shown), by a
+closed-loop HTTP/1.1 keep-alive load generator (``wrk`` when installed, else a pure-Python
+client):
 
 - **baseline** (``bench.baseline_app``): validate with a small pydantic model, one raw Redis RPUSH.
 - **eventdesk** (``api.wsgi:app``): the real api on a fresh SQLite database loaded with
@@ -27,6 +28,7 @@ import json
 import os
 import sys
 import tempfile
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -204,7 +206,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--loadgen", choices=("auto", "wrk", "python"), default="auto",
         help="load generator (auto: wrk when installed, else the Python client)",
     )
-    parser.add_argument("--repeat", type=int, default=1, help="measured runs per scenario (median)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="measured runs per scenario and app, alternating apps (median)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
     parser.add_argument("--worker-class", default="gthread", help="gunicorn worker class")
     parser.add_argument("--threads", type=int, default=4, help="threads per gthread worker")
@@ -361,8 +364,8 @@ def figures(app: str, scenario: str, runs: list[Measured]) -> Figures:
     )
 
 
-def bench_app(
-    app: str, args: argparse.Namespace, *, settings: GunicornSettings, generator: str,
+def bench_apps(
+    args: argparse.Namespace, *, settings: GunicornSettings, generator: str,
     client: redis.Redis, report: Report,
 ) -> None:
     from bench import loadgen
@@ -374,26 +377,34 @@ def bench_app(
             {"Content-Type": "application/json", "key": args.key},
         )
 
-    with tempfile.TemporaryDirectory(prefix=f"bench-{app}-") as tmp:
-        client.flushdb()
-        env = app_env(app, Path(tmp), args.redis_url, args.records)
-        with GunicornServer(app, APPS[app], settings, env) as server:
+    with ExitStack() as stack:
+        servers: dict[str, GunicornServer] = {}
+        for app in args.apps:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"bench-{app}-"))
+            env = app_env(app, Path(tmp), args.redis_url, args.records)
+            server = servers[app] = stack.enter_context(
+                GunicornServer(app, APPS[app], settings, env))
             log(f"{app}: starting gunicorn {APPS[app]} on 127.0.0.1:{server.port}")
             status, answer = server.start(target(server, 1), timeout_s=args.start_timeout)
             if status != 200:
                 log(f"{app}: WARNING: the probe request got {status}: {answer[:300]!r}")
-            for scenario, events in SCENARIOS.items():
-                tgt = target(server, events)
+        client.flushdb()
+        for scenario, events in SCENARIOS.items():
+            runs: dict[str, list[Measured]] = {app: [] for app in servers}
+            for app, server in servers.items():
                 if args.warmup > 0:
                     log(f"{app} {scenario}: warm-up {args.warmup:g} s")
-                    loadgen.run(generator, tgt, args.warmup, args.connections)
+                    loadgen.run(generator, target(server, events), args.warmup, args.connections)
                     server.check_alive()
-                runs = []
-                for i in range(args.repeat):
+            # The apps' runs alternate (both servers are up, the idle one uses no CPU), so a
+            # machine that speeds up or slows down during the bench weighs on both alike.
+            for i in range(args.repeat):
+                for app, server in servers.items():
                     log(f"{app} {scenario}: run {i + 1}/{args.repeat}, {args.duration:g} s, "
                         f"{args.connections} connections")
-                    runs.append(measure(server, client, generator, tgt, args))
-                report.figures.append(figures(app, scenario, runs))
+                    runs[app].append(
+                        measure(server, client, generator, target(server, events), args))
+            report.figures += [figures(app, scenario, runs[app]) for app in servers]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -434,10 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     status = 0
     try:
-        for app in args.apps:
-            bench_app(
-                app, args, settings=settings, generator=generator, client=client, report=report
-            )
+        bench_apps(args, settings=settings, generator=generator, client=client, report=report)
     except (ServerError, RuntimeError) as exc:  # a server, or the load generator, failed
         log(f"ERROR: {exc}")
         report.failed = str(exc).split("\n", 1)[0]

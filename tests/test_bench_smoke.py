@@ -25,7 +25,7 @@ REDIS_URL = "redis://127.0.0.1:6379/14"
 def test_baseline_intake_bench_reports_positive_figures(capsys: pytest.CaptureFixture[str]) -> None:
     status = intake.main([
         "--apps", "baseline", "--loadgen", "python", "--duration", "0.5", "--warmup", "0",
-        "--connections", "2", "--redis-url", REDIS_URL, "--json",
+        "--connections", "2", "--repeat", "1", "--redis-url", REDIS_URL, "--json",
     ])
     out = capsys.readouterr().out
 

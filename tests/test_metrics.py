@@ -323,8 +323,9 @@ def running(
         "PYTHONPATH": str(REPO),
     })
     roles = Running(
+        # DEBUG for the api: its per-request "accepted" lines.
         api=Role("api", ["api", "--port", str(api_port), "--workers", "2", "--threads", "2"],
-                 env, folder),
+                 {**env, "EVENTDESK_LOG_LEVEL": "DEBUG"}, folder),
         worker=Role("worker", ["worker", "--concurrency", "2"], env, folder),
         api_port=api_port, worker_port=worker_port, data_dir=folder / "data",
     )
@@ -426,10 +427,13 @@ def test_counters_move_by_exactly_what_was_sent(running: Running) -> None:
     check_with_promtool(running.api_metrics())
     check_with_promtool(running.worker_metrics())
 
-    # One log line per decision: accepted in the api, processed in the worker, as JSON.
+    # One log line per decision: accepted or rejected in the api, processed in the worker.
     accepted = [line for line in running.api.lines() if line["event"] == "accepted"]
     assert sorted(t for line in accepted for t in line["transids"]) == sorted(queued)
     assert all(line["role"] == "api" and "timestamp" in line for line in accepted)
+    rejected = [line for line in running.api.lines() if line["event"] == "rejected"]
+    assert sorted(code for line in rejected for code in line["codes"]) == sorted(
+        code for code, count in sent.items() if code != "1002" for _ in range(count))
     done = wait_until(lambda: {line["transid"]: line for line in running.worker.lines()
                                if line["event"] == "processed"} or None, 10)
     assert {t: done[t]["outcome"] for t in queued} == {

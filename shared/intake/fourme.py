@@ -299,10 +299,11 @@ class FourMeIntake:
 
     def _queue(self, caller: KeyInfo, parameters: dict[str, str | None]) -> Reply:
         transid = make_transid(self._secret, caller.account_id)
-        batch = EventBatch(
+        # model_construct: the values are checked already; validating again costs per event.
+        batch = EventBatch.model_construct(
             channel="4me", account_id=caller.account_id, key_id=caller.key_id,
             received_at=datetime.now(UTC),
-            events=[QueuedEvent(transid=transid, parameters=parameters)],
+            events=[QueuedEvent.model_construct(transid=transid, parameters=parameters)],
         )
         try:
             limited = self._events.publish(batch)

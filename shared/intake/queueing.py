@@ -22,7 +22,6 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from shared.publish import EVENTS_QUEUE, Limited, Publisher, PublishError, task_message
 from shared.transactions.schemas import PROCESS_TASK, EventBatch
@@ -30,18 +29,31 @@ from shared.transactions.schemas import PROCESS_TASK, EventBatch
 MAX_GROUP = 64  # batches in one message, bounding its size whatever the thread count
 
 
-@dataclass
 class _Entry:
-    batch: EventBatch
-    done: bool = False
-    limited: Limited | None = None
-    error: PublishError | None = None
+    __slots__ = ("batch", "done", "error", "limited", "wake")
+
+    def __init__(self, batch: EventBatch) -> None:
+        self.batch = batch
+        self.done = False
+        self.limited: Limited | None = None
+        self.error: PublishError | None = None
+        # Held from the start; released once, to wake its waiting thread: done, or to publish.
+        self.wake = threading.Lock()
+        self.wake.acquire()
 
 
 class EventQueue:
+    """Batches of threads publishing at once go out together (module docstring).
+
+    The publishing role is a baton: a thread that finds nobody publishing takes it, publishes
+    its batch with all that waits, then hands the baton to the oldest thread that arrived
+    meanwhile, or puts it down. Each waiting thread is woken exactly once, either with its
+    batch published or holding the baton.
+    """
+
     def __init__(self, publisher: Publisher) -> None:
         self._publisher = publisher
-        self._changed = threading.Condition()
+        self._guard = threading.Lock()
         self._waiting: list[_Entry] = []
         self._busy = False
 
@@ -52,25 +64,33 @@ class EventQueue:
         Raises PublishError when the broker did not take it.
         """
         entry = _Entry(batch)
-        with self._changed:
-            self._waiting.append(entry)
-            while self._busy and not entry.done:
-                self._changed.wait()
-            group: list[_Entry] = []
-            if not entry.done:  # nobody is publishing: this thread publishes all that waits
-                self._busy = True
-                group, self._waiting = self._waiting, []
+        with self._guard:
+            waits = self._busy
+            if waits:
+                self._waiting.append(entry)
+            self._busy = True
+        if waits:
+            entry.wake.acquire()
+        if not entry.done:  # this thread holds the baton
+            self._lead(entry)
+        if entry.error is not None:
+            raise entry.error
+        return entry.limited
+
+    def _lead(self, entry: _Entry) -> None:
+        with self._guard:
+            group, self._waiting = [entry, *self._waiting], []
         try:
             for start in range(0, len(group), MAX_GROUP):
                 self._send(group[start:start + MAX_GROUP])
         finally:
-            if group:
-                with self._changed:
-                    self._busy = False
-                    self._changed.notify_all()
-        if entry.error is not None:
-            raise entry.error
-        return entry.limited
+            with self._guard:
+                successor = self._waiting.pop(0) if self._waiting else None
+                self._busy = successor is not None
+            for done in group[1:]:
+                done.wake.release()
+            if successor is not None:
+                successor.wake.release()
 
     def _send(self, group: Sequence[_Entry]) -> None:
         """Publish ``group`` as one message, or each entry alone if a bucket refused it.
