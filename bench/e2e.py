@@ -496,7 +496,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto",
                         help="load generator (auto: wrk when installed, else the Python client)")
     parser.add_argument("--api-workers", type=int, default=2, help="gunicorn workers (gthread)")
-    parser.add_argument("--api-threads", type=int, default=4, help="threads per gunicorn worker")
+    parser.add_argument("--api-threads", type=int, default=8,
+                        help="threads per gunicorn worker (8: eventdesk api's default)")
     parser.add_argument("--concurrency", type=int, default=2, help="Celery worker processes")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="messages per events.process batch (default: the setting's)")

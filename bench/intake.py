@@ -210,7 +210,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="measured runs per scenario and app, alternating apps (median)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
     parser.add_argument("--worker-class", default="gthread", help="gunicorn worker class")
-    parser.add_argument("--threads", type=int, default=4, help="threads per gthread worker")
+    parser.add_argument("--threads", type=int, default=8,
+                        help="threads per gthread worker (8: eventdesk api's default)")
     parser.add_argument(
         "--worker-connections", type=int, default=None,
         help="gthread: connections per worker (default: connections / workers, rounded up, "

@@ -31,7 +31,7 @@ class GunicornSettings:
 
     workers: int = 2
     worker_class: str = "gthread"
-    threads: int = 4
+    threads: int = 8
     # gthread keeps a keep-alive connection in the worker that accepted it, and a load generator
     # opens all its connections at once: one worker can win them all and the other idle (seen:
     # 660 instead of 1600 req/s). Capping each worker at its share of the connections spreads them

@@ -19,6 +19,9 @@ from shared.settings import get_settings
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_FILE = REPO / "examples" / "demo.yaml"
+# Threads per api process: they mostly wait on the broker's answer, and the more requests a process
+# has in hand at once, the more of them share one message (group commit, shared/intake/queueing.py).
+API_THREADS = 8
 
 
 def gunicorn_command(host: str, port: int, workers: int, threads: int) -> list[str]:
@@ -153,7 +156,8 @@ def keys_revoke(key_or_id: str) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True)
 @click.option("--workers", default=2, show_default=True, help="gunicorn worker processes")
-@click.option("--threads", default=4, show_default=True, help="threads per gunicorn worker")
+@click.option("--threads", default=API_THREADS, show_default=True,
+              help="threads per gunicorn worker")
 def api(host: str, port: int, workers: int, threads: int) -> None:
     """Serve the HTTP API under gunicorn."""
     command = gunicorn_command(host, port, workers, threads)
@@ -203,7 +207,7 @@ def run(host: str, port: int, smtp_port: int, demo: bool, concurrency: int) -> N
             worker_command("events,mail,notify", concurrency, settings.log_level, beat=True),
             env=role_env(f"worker-{settings.worker_metrics_port}"),
         ),
-        subprocess.Popen(gunicorn_command(host, port, 2, 4), env=role_env(f"api-{port}")),  # noqa: S603
+        subprocess.Popen(gunicorn_command(host, port, 2, API_THREADS), env=role_env(f"api-{port}")),  # noqa: S603
     ]
     click.echo(f"eventdesk listening on http://{host}:{port}  (Ctrl-C stops)")
     _supervise(procs)
