@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from shared.intake.queueing import MAX_GROUP, EventQueue
+from shared.intake.queueing import MAX_GROUP_EVENTS, EventQueue
 from shared.publish import Limited, PublishError, TaskMessage
 from shared.transactions.schemas import EventBatch, QueuedEvent
 from tests.conftest import wait_until
@@ -143,10 +143,14 @@ def test_an_unexpected_error_is_a_publish_error_not_a_false_queued() -> None:
     assert not queue._busy  # the next request is not stuck behind it
 
 
-def test_a_large_crowd_is_cut_into_messages_of_at_most_max_group_batches() -> None:
+def test_a_large_crowd_is_cut_into_messages_of_at_most_max_group_events() -> None:
     publisher = HeldPublisher()
     queue = EventQueue(publisher)
-    others = [batch(1) for _ in range(MAX_GROUP + 5)]
+    per_batch = MAX_GROUP_EVENTS // 4
+    others = [batch(1, events=per_batch) for _ in range(6)] + [batch(1, MAX_GROUP_EVENTS + 1)]
     results = publish_at_once(queue, publisher, batch(1), others)
-    assert list(results.values()) == [None] * (MAX_GROUP + 6)
-    assert [len(message) for message in publisher.pushed] == [1, MAX_GROUP, 5]
+    assert list(results.values()) == [None] * 8
+    # The first of the crowd waited for the lone first push; then four batches fill a message,
+    # the other two the next, and a request over the limit goes alone.
+    assert [len(message) for message in publisher.pushed] == [
+        1, 4 * per_batch, 2 * per_batch, MAX_GROUP_EVENTS + 1]

@@ -191,14 +191,17 @@ class _Message:
 
 
 def test_a_flush_is_cut_into_jobs_by_event_count() -> None:
-    from worker.events import jobs
+    from shared.batching import runs
+    from worker.events import events_in
 
-    one, two, big, odd = _Message(1), _Message(1, 1), _Message(100), _Message()
-    assert jobs([], 3) == []
-    assert jobs([one, two, one], 3) == [[one, two], [one]]
+    one, two, big, empty = _Message(1), _Message(1, 1), _Message(100), _Message()
+    assert runs([], events_in, 3) == []
+    assert runs([one, two, one], events_in, 3) == [[one, two], [one]]
     # A message is never split, even when it alone is over the limit.
-    assert jobs([one, big, one], 3) == [[one], [big], [one]]
-    assert jobs([odd, one], 1) == [[odd, one]]
+    assert runs([one, big, one], events_in, 3) == [[one], [big], [one]]
+    assert runs([empty, one], events_in, 1) == [[empty, one]]
+    # Not a message of ours: it counts as one, and process() logs and drops it.
+    assert events_in(type("Odd", (), {"args": ["text"]})()) == 1
 
 
 def test_expired_event_takes_no_action(api: FlaskClient, stack: Stack) -> None:

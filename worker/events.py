@@ -29,6 +29,7 @@ from celery_batches import Batches, SimpleRequest, apply_batches_task
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from shared.batching import runs
 from shared.db.engine import session_scope
 from shared.publish import NOTIFY_QUEUE
 from shared.records.directory import Directory
@@ -63,25 +64,12 @@ def _run(batches: Sequence[EventBatch]) -> list[int]:
         return process_batches(session, batches, datetime.now(UTC), DIRECTORY)
 
 
-def _events_in(request: Any) -> int:
+def events_in(request: Any) -> int:
+    """The events a message carries (1 for one that is not ours)."""
     try:
         return sum(len(arg["events"]) for arg in request.args)
     except (TypeError, KeyError):  # not a message of ours: process() logs it and drops it
         return 1
-
-
-def jobs(requests: Sequence[Any], max_events: int) -> list[list[Any]]:
-    """``requests`` in order, cut into runs of at most ``max_events`` events (one at least)."""
-    cut: list[list[Any]] = []
-    size = 0
-    for request in requests:
-        events = _events_in(request)
-        if not cut or size + events > max_events:
-            cut.append([])
-            size = 0
-        cut[-1].append(request)
-        size += events
-    return cut
 
 
 class EventBatches(Batches):  # type: ignore[misc]
@@ -89,7 +77,7 @@ class EventBatches(Batches):  # type: ignore[misc]
     flush_interval = settings.worker_batch_wait_seconds
 
     def flush(self, requests: Sequence[Any]) -> None:
-        for job in jobs(requests, settings.worker_batch_events):
+        for job in runs(requests, events_in, settings.worker_batch_events):
             self._apply(job)
 
     def _apply(self, requests: list[Any]) -> None:

@@ -23,10 +23,13 @@ import threading
 from collections import Counter
 from collections.abc import Sequence
 
+from shared.batching import runs
 from shared.publish import EVENTS_QUEUE, Limited, Publisher, PublishError, task_message
 from shared.transactions.schemas import PROCESS_TASK, EventBatch
 
-MAX_GROUP = 64  # batches in one message, bounding its size whatever the thread count
+# Events in one message at most (a larger request is a message alone), bounding its size
+# whatever the thread count and the bodies.
+MAX_GROUP_EVENTS = 1000
 
 
 class _Entry:
@@ -40,6 +43,10 @@ class _Entry:
         # Held from the start; released once, to wake its waiting thread: done, or to publish.
         self.wake = threading.Lock()
         self.wake.acquire()
+
+
+def _events_of(entry: _Entry) -> int:
+    return len(entry.batch.events)
 
 
 class EventQueue:
@@ -81,8 +88,8 @@ class EventQueue:
         with self._guard:
             group, self._waiting = [entry, *self._waiting], []
         try:
-            for start in range(0, len(group), MAX_GROUP):
-                self._send(group[start:start + MAX_GROUP])
+            for part in runs(group, _events_of, MAX_GROUP_EVENTS):
+                self._send(part)
         finally:
             with self._guard:
                 successor = self._waiting.pop(0) if self._waiting else None

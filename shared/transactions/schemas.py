@@ -22,7 +22,8 @@ class QueuedEvent(BaseModel):
 
 
 class EventBatch(BaseModel):
-    """The argument of ``events.process``: the events of one HTTP request, all JSON values."""
+    """The events of one HTTP request, all JSON values: each argument of an ``events.process``
+    message (one or more a message, shared/intake/queueing.py)."""
 
     channel: Literal["webex", "4me", "mail"]
     account_id: str
