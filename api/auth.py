@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from flask import current_app, request
+import functools
+from collections.abc import Callable
+from typing import Concatenate, ParamSpec
 
+from flask import Response, current_app, request
+
+from api.errors import error_json
 from shared.intake.codes import IntakeError
 from shared.intake.service import KeyInfo, WebexIntake
+
+P = ParamSpec("P")
+KeyedView = Callable[Concatenate[KeyInfo, P], Response]
 
 
 def caller() -> KeyInfo | None:
@@ -19,3 +27,21 @@ def caller() -> KeyInfo | None:
         return intake.authenticate(token)
     except IntakeError:
         return None
+
+
+def requires_key(
+    refusal: str = "authentication failed",
+) -> Callable[[KeyedView[P]], Callable[P, Response]]:
+    """A view decorator: the view gets the caller's key first; without a valid one, a 401."""
+
+    def decorate(view: KeyedView[P]) -> Callable[P, Response]:
+        @functools.wraps(view)
+        def checked(*args: P.args, **kwargs: P.kwargs) -> Response:
+            key = caller()
+            if key is None:
+                return error_json(401, refusal)
+            return view(key, *args, **kwargs)
+
+        return checked
+
+    return decorate

@@ -13,9 +13,10 @@ from datetime import UTC, datetime
 
 from flask import Blueprint, Response, current_app, json, request
 
-from api.auth import caller
+from api.auth import requires_key
 from api.errors import error_json
 from shared.db.engine import session_scope
+from shared.intake.service import KeyInfo
 from shared.notify import rules
 from shared.notify.delivery import REDELIVER_MISSING, Replay, redeliver
 from shared.notify.schemas import Redelivery
@@ -33,10 +34,8 @@ def _json(body: dict[str, object], status: int = 200) -> Response:
 
 
 @bp.get("/v1/deliveries")
-def deliveries() -> Response:
-    key = caller()
-    if key is None:
-        return error_json(401, "authentication failed")
+@requires_key()
+def deliveries(key: KeyInfo) -> Response:
     status = request.args.get("status") or None
     if status is not None and status not in rules.STATES:
         return error_json(400, f"status must be one of {', '.join(rules.STATES)}")
@@ -53,10 +52,8 @@ def deliveries() -> Response:
 
 
 @bp.post("/v1/transactions/<transid>/redeliver")
-def redeliver_transaction(transid: str) -> Response:
-    key = caller()
-    if key is None:
-        return error_json(401, "authentication failed")
+@requires_key()
+def redeliver_transaction(key: KeyInfo, transid: str) -> Response:
     with session_scope() as session:
         started = redeliver(session, key.account_id, transid, datetime.now(UTC))
     if started == REDELIVER_MISSING:

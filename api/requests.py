@@ -10,13 +10,16 @@ next, last) and the ``X-Pagination-*`` headers.
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import ParamSpec
 from urllib.parse import urlencode
 
 from flask import Blueprint, Response, request
 
-from api.auth import caller
+from api.auth import KeyedView, requires_key
 from api.errors import error_json
 from api.fourme import respond
 from shared.db.engine import session_scope
@@ -33,6 +36,7 @@ from shared.requests.views import (
 )
 
 bp = Blueprint("requests", __name__)
+P = ParamSpec("P")
 
 PER_PAGE = 25
 MAX_PER_PAGE = 100
@@ -45,15 +49,19 @@ class BadRequest(Exception):
     pass
 
 
-def _caller() -> KeyInfo | Response:
-    key = caller()
-    if key is None:
-        return error_json(401, "Authentication failed: send Authorization: Bearer <token>")
-    try:
-        check_account(key, request.headers.get("X-4me-Account"), required=False)
-    except Refused as refused:
-        return respond(refused.reply)
-    return key
+def _reader(view: KeyedView[P]) -> Callable[P, Response]:
+    """The caller's key, which must be the ``X-4me-Account`` account's when that is given."""
+
+    @requires_key("Authentication failed: send Authorization: Bearer <token>")
+    @functools.wraps(view)
+    def checked(key: KeyInfo, /, *args: P.args, **kwargs: P.kwargs) -> Response:
+        try:
+            check_account(key, request.headers.get("X-4me-Account"), required=False)
+        except Refused as refused:
+            return respond(refused.reply)
+        return view(key, *args, **kwargs)
+
+    return checked
 
 
 def _json(body: object, headers: dict[str, str] | None = None) -> Response:
@@ -126,10 +134,8 @@ def _filter() -> RequestFilter:
 
 
 @bp.get("/v1/requests")
-def requests_list() -> Response:
-    key = _caller()
-    if isinstance(key, Response):
-        return key
+@_reader
+def requests_list(key: KeyInfo) -> Response:
     try:
         where, (number, size) = _filter(), _paging()
     except BadRequest as exc:
@@ -140,10 +146,8 @@ def requests_list() -> Response:
 
 
 @bp.get(f"/v1/requests/{REQUEST_ID}")
-def request_one(request_id: int) -> Response:
-    key = _caller()
-    if isinstance(key, Response):
-        return key
+@_reader
+def request_one(key: KeyInfo, request_id: int) -> Response:
     with session_scope() as session:
         view = get_request(session, key.account_id, request_id)
     if view is None:
@@ -152,10 +156,8 @@ def request_one(request_id: int) -> Response:
 
 
 @bp.get(f"/v1/requests/{REQUEST_ID}/notes")
-def request_notes(request_id: int) -> Response:
-    key = _caller()
-    if isinstance(key, Response):
-        return key
+@_reader
+def request_notes(key: KeyInfo, request_id: int) -> Response:
     try:
         number, size = _paging()
     except BadRequest as exc:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, json
 
-from api.auth import caller
+from api.auth import requires_key
 from api.errors import error_json
 from shared.db.engine import session_scope
 from shared.ids import issued_for
+from shared.intake.service import KeyInfo
 from shared.transactions.schemas import TransactionView
 from shared.transactions.service import transaction_view
 
@@ -15,10 +16,8 @@ bp = Blueprint("status", __name__)
 
 
 @bp.get("/v1/transactions/<transid>")
-def transaction(transid: str) -> Response:
-    key = caller()
-    if key is None:
-        return error_json(401, "authentication failed")
+@requires_key()
+def transaction(key: KeyInfo, transid: str) -> Response:
     with session_scope() as session:
         view = transaction_view(session, key.account_id, transid)
     if view is None:

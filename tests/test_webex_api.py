@@ -260,3 +260,15 @@ def test_status_lookup_with_the_database_down_is_503(
     response = client.get("/v1/transactions/0123", headers={"key": "demo-key"})
     assert response.status_code == 503
     assert "database" in response.get_json()["message"]
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "/v1/transactions/0123"), ("GET", "/v1/deliveries"),
+    ("POST", "/v1/transactions/0123/redeliver"),
+])
+@pytest.mark.parametrize("headers", [{}, {"key": "not-a-key"}, {"Authorization": "Bearer nope"}])
+def test_status_and_delivery_endpoints_need_a_valid_key(
+    client: FlaskClient, method: str, path: str, headers: dict[str, str]
+) -> None:
+    answer = client.open(path, method=method, headers=headers)
+    assert (answer.status_code, answer.get_json()) == (401, {"message": "authentication failed"})
