@@ -1,4 +1,5 @@
-"""The front door: Flask blueprints that map HTTP to the intake rules in ``shared``."""
+"""The front door: Flask blueprints that map HTTP to the intake rules in ``shared``, and the
+Webex intake route in plain WSGI ahead of them (its cost per request: api/webex.py)."""
 
 from __future__ import annotations
 
@@ -47,8 +48,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         queue=queue, authenticate=webex_intake.authenticate, secret=secret,
         find_transaction=find_transaction, find_request=find_request,
     )
-    for module in (webex, fourme, requests, status, health, openapi, metrics, deliveries):
+    for module in (fourme, requests, status, health, openapi, metrics, deliveries):
         app.register_blueprint(module.bp)
     errors.register(app)
+    # The Webex intake, the busiest route, in plain WSGI ahead of Flask (api/webex.py).
+    app.wsgi_app = webex.FrontDoor(  # type: ignore[method-assign]
+        app.wsgi_app, webex_intake, settings.max_body_bytes)
     initialize_metrics("api")
     return app

@@ -8,16 +8,9 @@ from flask import Flask, Response, json, request
 from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from api.webex import PATH as WEBEX_PATH
-from api.webex import respond
-from shared.intake.codes import Code, IntakeError
-from shared.intake.service import Answer, LookupUnavailable
+from shared.intake.service import LookupUnavailable
 
 log = logging.getLogger(__name__)
-
-
-def _is_webex() -> bool:
-    return request.path.rstrip("/") == WEBEX_PATH.rstrip("/")
 
 
 def error_json(status: int, message: str) -> Response:
@@ -28,12 +21,7 @@ def register(app: Flask) -> None:
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_: RequestEntityTooLarge) -> Response:
         limit = app.config["MAX_CONTENT_LENGTH"]
-        detail = f"the body is larger than {limit} bytes"
-        if _is_webex():
-            answer = Answer.failure(IntakeError(Code.INVALID_VALUES, detail))
-            answer.status = 413
-            return respond(answer)
-        return error_json(413, detail)
+        return error_json(413, f"the body is larger than {limit} bytes")
 
     @app.errorhandler(LookupUnavailable)
     @app.errorhandler(OperationalError)
@@ -41,8 +29,6 @@ def register(app: Flask) -> None:
     def database_down(_: Exception) -> Response:
         # Reading a transaction, a request or a key needs the database; intake itself does not.
         log.warning("database unreachable on %s %s", request.method, request.path)
-        if _is_webex():
-            return respond(Answer.failure(IntakeError(Code.INTERNAL_ERROR)))
         return error_json(503, "the database is unreachable; try again shortly")
 
     @app.errorhandler(HTTPException)
@@ -52,6 +38,4 @@ def register(app: Flask) -> None:
     @app.errorhandler(Exception)
     def unexpected(_: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        if _is_webex():
-            return respond(Answer.failure(IntakeError(Code.INTERNAL_ERROR)))
         return error_json(500, "internal error")

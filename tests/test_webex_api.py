@@ -5,6 +5,7 @@ The api publishes to a real Redis (no worker here: the message is read back off 
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from typing import Any
@@ -162,6 +163,48 @@ def test_body_over_the_limit_is_413_before_reading(
     status, entries, _ = post(client, big)
     assert status == 413
     assert entries[0]["code"] == "7004"
+    assert queued_messages(broker) == []
+
+
+def test_a_chunked_body_over_the_limit_is_413_too(
+    make_client: Callable[..., FlaskClient], broker: str
+) -> None:
+    client = make_client(max_body_bytes=2048)
+    big = json.dumps({"events": [{**GOOD_EVENT, "parameters": {"note": "x" * 4000}}]}).encode()
+    # No Content-Length, as gunicorn gives a chunked body: the limit is found by reading.
+    response = client.post(PATH, input_stream=io.BytesIO(big), headers={
+        "key": "demo-key", "Content-Type": "application/json", "Transfer-Encoding": "chunked",
+    }, environ_overrides={"CONTENT_LENGTH": ""})
+    assert response.status_code == 413
+    assert response.get_json()["response"][0]["code"] == "7004"
+    assert queued_messages(broker) == []
+
+
+def test_a_content_length_that_is_no_number_is_7004(client: FlaskClient) -> None:
+    response = client.post(PATH, data=b"{}", headers={"key": "demo-key"},
+                           content_type="application/json",
+                           environ_overrides={"CONTENT_LENGTH": "twelve"})
+    assert response.status_code == 400
+    assert response.get_json()["response"][0]["code"] == "7004"
+
+
+def test_other_methods_are_405_in_json(client: FlaskClient) -> None:
+    response = client.get(PATH, headers={"key": "demo-key"})
+    assert (response.status_code, response.headers["Allow"]) == (405, "POST")
+    assert "POST" in response.get_json()["message"]
+
+
+def test_an_unexpected_error_is_7005_not_a_500(
+    client: FlaskClient, broker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    intake = client.application.extensions["eventdesk.webex"]
+
+    def broken(*_: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(intake, "handle", broken)
+    status, entries, _ = post(client, {"events": [GOOD_EVENT]})
+    assert (status, [entry["code"] for entry in entries]) == (503, ["7005"])
     assert queued_messages(broker) == []
 
 
