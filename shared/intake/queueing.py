@@ -20,7 +20,6 @@ refusal reaches only the requests over their limit.
 from __future__ import annotations
 
 import threading
-from collections import Counter
 from collections.abc import Sequence
 
 from shared.batching import runs
@@ -121,7 +120,8 @@ class EventQueue:
 
     def _publish(self, batches: Sequence[EventBatch]) -> Limited | None:
         args = ",".join(batch.model_dump_json() for batch in batches)
-        costs: Counter[str] = Counter()
+        costs: dict[str, int] = {}
         for batch in batches:
-            costs[f"key:{batch.key_id}"] += len(batch.events)
+            key = f"key:{batch.key_id}"
+            costs[key] = costs.get(key, 0) + len(batch.events)
         return self._publisher.publish(task_message(PROCESS_TASK, EVENTS_QUEUE, f"[{args}]"), costs)
