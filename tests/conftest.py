@@ -149,11 +149,13 @@ def configure(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Calla
 def redis_db_url(request: pytest.FixtureRequest, offset: int = 0) -> str:
     """A Redis database of its own for each xdist worker, so queues are not shared.
 
-    Offsets 0-5 (six a worker; Redis has 16 databases, so two xdist workers): 0 the api tests,
-    1 and 2 test_worker.py's stacks, 3 and 4 test_notify.py's, 5 test_concurrency.py's.
+    Offsets 0-6 (seven a worker; Redis has 16 databases, so two xdist workers: 1-14): 0 the api
+    tests, 1 and 2 test_worker.py's stacks, 3 and 4 test_notify.py's, 5 test_concurrency.py's,
+    6 test_metrics.py's. Database 15 is test_bench_smoke.py's. The benches' own defaults (13 and
+    15) are among them: a bench run by hand while the tests run would disturb both.
     """
     worker = worker_id(request)
-    number = 1 + offset + (int(worker[2:]) * 6 if worker.startswith("gw") else 0)
+    number = 1 + offset + (int(worker[2:]) * 7 if worker.startswith("gw") else 0)
     url = f"redis://127.0.0.1:6379/{number}"
     redis.Redis.from_url(url).flushdb()
     return url

@@ -7,19 +7,29 @@ processed, the figures come out); the figures themselves are not compared with a
 
 from __future__ import annotations
 
+import fcntl
 import json
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
 from bench import intake
 
-# One xdist worker runs them all, one after the other: they share a Redis database.
-pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.xdist_group("bench")]
+pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
-# Not the benches' default databases (15 intake, 13 e2e), so a bench run by hand does not collide
-# with these tests.
-REDIS_URL = "redis://127.0.0.1:6379/14"
+# The one Redis database the other tests leave (tests/conftest.py redis_db_url). The benches
+# flush it, so the two runs take turns, whichever xdist workers they are on.
+REDIS_URL = "redis://127.0.0.1:6379/15"
+
+
+@pytest.fixture(autouse=True)
+def _one_bench_at_a_time() -> Iterator[None]:
+    with (Path(tempfile.gettempdir()) / "eventdesk-bench-smoke.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def test_baseline_intake_bench_reports_positive_figures(capsys: pytest.CaptureFixture[str]) -> None:

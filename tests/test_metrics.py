@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session
 from api import create_app
 from shared import logs, metrics, observe
 from shared.intake.codes import Code
-from tests.conftest import REPO, require_tool, wait_until, worker_id
+from tests.conftest import REPO, redis_db_url, require_tool, wait_until
 
 PATH = "/resources/v1/events/externalevent/"
 DESIGN_NAMES = {
@@ -305,13 +305,8 @@ class Running:
 def running(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, sqlite_url: str
 ) -> Iterator[Running]:
-    import redis
-
     folder = tmp_path_factory.mktemp("roles")
-    worker = worker_id(request)
-    # A Redis database of its own (test_worker and test_webex_api use 1-9, the benchmarks 14-15).
-    broker = f"redis://127.0.0.1:6379/{10 + (int(worker[2:]) if worker.startswith('gw') else 0)}"
-    redis.Redis.from_url(broker).flushdb()
+    broker = redis_db_url(request, offset=6)
     api_port, worker_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("EVENTDESK_", "PROMETHEUS_"))}
