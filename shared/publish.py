@@ -116,12 +116,14 @@ class LuaScript:
     redis-py's ``Redis.execute_command`` (pool checkout, retry and observability wrappers) costs
     several times the round trip itself on the hot path, so each thread keeps one connection
     and talks to it directly. A connection made before a fork is never reused by the child.
-    No retry here: a command that may have run is not sent twice.
+    No retry here: a command that may have run is not sent twice. What redis-py's pool does on
+    checkout is kept: an idle connection that has something to read (the server closed it, say
+    after a Redis restart) is replaced before the command is sent, so that is not an error.
     """
 
     def __init__(self, url: str, script: str) -> None:
         self._pool = redis.ConnectionPool.from_url(
-            url, socket_timeout=5, socket_connect_timeout=2
+            url, socket_timeout=5, socket_connect_timeout=2, client_name="eventdesk-api",
         )
         self._script = script
         self._sha = hashlib.sha1(script.encode()).hexdigest()  # noqa: S324 - Redis's script id
@@ -131,7 +133,14 @@ class LuaScript:
         held: tuple[int, Any] | None = getattr(self._local, "held", None)
         if held is None or held[0] != os.getpid():
             held = self._local.held = (os.getpid(), self._pool.make_connection())
-        return held[1]
+        connection = held[1]
+        try:
+            stale = connection.can_read()  # nothing is owed on an idle connection
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            stale = True
+        if stale:
+            connection.disconnect()
+        return connection
 
     def __call__(self, keys: list[str], args: list[Any]) -> Any:
         connection = self._connection()

@@ -251,6 +251,20 @@ def test_broker_down_is_7005_and_nothing_queued(
     assert "transid" not in entries[0]
 
 
+def test_a_redis_connection_closed_while_idle_is_replaced_not_an_error(
+    client: FlaskClient, broker: str
+) -> None:
+    assert post(client, {"events": [GOOD_EVENT]})[0] == 200
+    # As after a Redis restart: the server closes the api's connection while it is idle.
+    server = redis.Redis.from_url(broker)
+    killed = [entry["id"] for entry in server.client_list() if entry["name"] == "eventdesk-api"]
+    assert killed
+    for client_id in killed:
+        server.client_kill_filter(_id=client_id)
+    assert post(client, {"events": [GOOD_EVENT]})[0] == 200
+    assert len(queued_messages(broker)) == 2
+
+
 def test_database_down_on_a_cache_miss_is_7005(
     make_client: Callable[..., FlaskClient],
 ) -> None:
