@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     # (0: no exporter); the api serves it on its own port.
     log_level: str = "INFO"
     # gunicorn's access log, one line per HTTP request. Off by default: on the intake's hot path
-    # it costs about a tenth of the api's CPU, and every accepted event is logged anyway.
+    # it costs about a tenth of the api's CPU, and the worker logs every event it processes.
     access_log: bool = False
     worker_metrics_host: str = "127.0.0.1"
     worker_metrics_port: int = Field(default=9808, ge=0, le=65535)

@@ -68,7 +68,7 @@ class WebexIntake:
         max_events: int,
         cache_ttl: float,
     ) -> None:
-        self._queue = queue
+        self._events = queue
         self._keys: TTLCache[str, KeyInfo | None] = TTLCache(find_key, cache_ttl)
         self._definitions: TTLCache[tuple[str, str], DefinitionInfo | None] = TTLCache(
             find_definition, cache_ttl
@@ -153,7 +153,7 @@ class WebexIntake:
             events=[event for _, event in queued],
         )
         try:
-            limited = self._queue.publish(batch)
+            limited = self._events.publish(batch)
         except PublishError:
             return Answer.failure(IntakeError(Code.INTERNAL_ERROR))
         if limited is not None:
