@@ -193,11 +193,13 @@ def run(host: str, port: int, smtp_port: int, demo: bool, concurrency: int) -> N
     ./.eventdesk/, so nothing else has to be installed.
     """
     from shared.db.migrate import upgrade
+    from shared.publish import declare_queues
 
     del smtp_port  # the SMTP listener arrives with the Mail API
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade()
+    declare_queues(settings.resolved_broker_url())
     if demo:
         _import(DEMO_FILE)
         click.echo("demo records loaded: account wdc, key 'demo-key' (demo only)")

@@ -252,6 +252,24 @@ class RedisPublisher:
         self._limiter.ping()
 
 
+def _broker_queues() -> dict[str, Queue]:
+    exchange = Exchange("", type="direct")
+    return {name: Queue(name, exchange, routing_key=name, durable=True) for name in QUEUES}
+
+
+def declare_queues(broker_url: str) -> None:
+    """Create every queue on the broker; a queue that exists already is left as it is.
+
+    ``eventdesk run`` does this before it starts its processes: kombu's SQLAlchemy transport
+    creates its tables and queue rows on first use, and two processes doing that at the same
+    moment (the worker starting, the api's first publish) can make the publish fail.
+    """
+    with Connection(broker_url, connect_timeout=5) as connection:
+        channel = connection.default_channel
+        for queue in _broker_queues().values():
+            queue(channel).declare()
+
+
 class KombuPublisher:
     """Any kombu transport through a producer pool; RabbitMQ with publisher confirms."""
 
@@ -263,10 +281,7 @@ class KombuPublisher:
             options["connect_args"] = {"timeout": 30}
         self._connection = Connection(url, transport_options=options, connect_timeout=5)
         self._limiter = limiter
-        exchange = Exchange("", type="direct")
-        self._queues = {
-            name: Queue(name, exchange, routing_key=name, durable=True) for name in QUEUES
-        }
+        self._queues = _broker_queues()
 
     def publish(self, message: TaskMessage, costs: Mapping[str, int]) -> Limited | None:
         try:

@@ -23,12 +23,15 @@ import threading
 from collections.abc import Sequence
 
 from shared.batching import runs
+from shared.logs import get_logger
 from shared.publish import EVENTS_QUEUE, Limited, Publisher, PublishError, task_message
 from shared.transactions.schemas import PROCESS_TASK, EventBatch
 
 # Events in one message at most (a larger request is a message alone), bounding its size
 # whatever the thread count and the bodies.
 MAX_GROUP_EVENTS = 1000
+
+log = get_logger(__name__)
 
 
 class _Entry:
@@ -108,6 +111,7 @@ class EventQueue:
             limited = self._publish([entry.batch for entry in group])
         except Exception as exc:  # PublishError, or anything unforeseen: not queued either way
             error = exc if isinstance(exc, PublishError) else PublishError(repr(exc))
+            log.warning("not queued", batches=len(group), error=str(error))
             for entry in group:
                 entry.error, entry.done = error, True
             return
