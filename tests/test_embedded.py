@@ -68,7 +68,12 @@ def service(tmp_path: Path) -> Iterator[Service]:
     wait_until(running.up, 60, 0.3)
     yield running
     if running.proc.poll() is None:
-        running.proc.kill()
+        # SIGTERM, so that `run` stops its worker and api too (a SIGKILL would orphan them).
+        running.proc.send_signal(signal.SIGTERM)
+        try:
+            running.proc.wait(40)
+        except subprocess.TimeoutExpired:
+            running.proc.kill()
     running.log.close()
 
 
