@@ -79,7 +79,8 @@ DISTINCT_EVERY = 10  # in a storm, one event in ten is distinct
 EVENTS_QUEUE = "events"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/13"
 # Emptied before each scenario (the reference records stay).
-PROCESSING_TABLES = "transactions, notes, requests, notification_attempts, notification_deliveries"
+# In an order that DELETE can follow too (referencing tables first).
+PROCESSING_TABLES = "notification_attempts, notification_deliveries, notes, requests, transactions"
 POLL_S = 0.1  # how often completion is checked: the end-to-end time's resolution
 SAMPLE_S = 0.2  # how often RSS is sampled
 # The worker's CPU in two: its main process (the consumer: fetches, acknowledges, buffers the

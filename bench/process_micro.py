@@ -34,7 +34,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.e2e import DISTINCT, ROOT, STORM, Database, scenario_events
+from bench.e2e import DISTINCT, PROCESSING_TABLES, ROOT, STORM, Database, scenario_events
+from bench.intake import prepare_eventdesk
 
 KINDS = {"storm": STORM, "distinct": DISTINCT}
 
@@ -150,21 +151,8 @@ def empty(url: str) -> None:
     from shared.db.engine import session_scope
 
     with session_scope(url) as session:
-        for table in ("notification_attempts", "notification_deliveries", "notes", "requests",
-                      "transactions"):
+        for table in PROCESSING_TABLES.split(", "):
             session.execute(text(f"DELETE FROM {table}"))
-
-
-def sqlite_database(directory: str) -> str:
-    from shared.db.engine import session_scope
-    from shared.db.migrate import upgrade
-    from shared.records.importer import import_records, load_file
-
-    url = f"sqlite:///{directory}/bench.db"
-    upgrade(url)
-    with session_scope(url) as session:
-        import_records(session, load_file(ROOT / "examples" / "demo.yaml"))
-    return url
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         db: Database | None = None
         if args.sqlite:
-            url = sqlite_database(stack.enter_context(tempfile.TemporaryDirectory()))
+            url = prepare_eventdesk(Path(stack.enter_context(tempfile.TemporaryDirectory())),
+                                    ROOT / "examples" / "demo.yaml")
         else:
             db = Database(args.postgres_url)
             db.create(ROOT / "examples" / "demo.yaml")
