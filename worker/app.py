@@ -4,10 +4,11 @@
 
 Durability ("nothing acknowledged is lost", DESIGN 6): messages are acknowledged only after the
 task returns (``acks_late``), a task whose worker process dies is requeued
-(``task_reject_on_worker_lost``), and on Redis a message taken by a worker that vanished returns
-to its queue after ``visibility_timeout`` (EVENTDESK_VISIBILITY_TIMEOUT_SECONDS, default 300 s:
-the recovery time after a whole-host crash; it must exceed the longest task, and retries are
-capped below it so a waiting retry is not handed out twice).
+(``task_reject_on_worker_lost``), and on Redis a message is taken and recorded as in flight in
+one atomic step, and a dead worker's messages return to their queue as soon as a live worker
+notices (worker/broker.py). ``visibility_timeout`` (EVENTDESK_VISIBILITY_TIMEOUT_SECONDS, default
+300 s) hands a message out again when a live worker has held it that long: it must exceed the
+longest task, and retries are capped below it so a waiting retry is not handed out twice.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from shared.db.engine import dispose_engines
 from shared.publish import QUEUES
 from shared.settings import get_settings
 from worker import signals  # noqa: F401 - connects the log and metrics handlers
+from worker.broker import REAP_INTERVAL
 
 TASK_MODULES = ["worker.events", "worker.notify", "worker.sweeper"]
 
@@ -33,6 +35,8 @@ def make_celery() -> Celery:
     transport: str | None = None
     if broker_url.startswith(("redis://", "rediss://")):
         transport_options["visibility_timeout"] = settings.visibility_timeout_seconds
+        # How often a worker looks for dead workers' messages (worker/broker.py).
+        transport_options["unacked_restore_interval"] = REAP_INTERVAL
         # rediss:// keeps kombu's own transport, which derives its TLS settings from the scheme.
         if broker_url.startswith("redis://"):
             transport = "worker.broker:Transport"

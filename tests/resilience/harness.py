@@ -244,3 +244,36 @@ def settle(database: str, stream: Stream, timeout: float) -> tuple[Count, float]
     with contextlib.suppress(AssertionError):  # then the count says what is missing
         wait_until(finished, timeout, 0.5)
     return count(database, stream), time.monotonic() - started
+
+
+@contextmanager
+def rabbitmq_vhost() -> Iterator[str]:
+    """A RabbitMQ vhost unique to this run, deleted afterwards."""
+
+    def ctl(*args: str) -> None:
+        subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True)
+
+    vhost = f"eventdesk-resilience-{uuid.uuid4().hex[:10]}"
+    ctl("add_vhost", vhost)
+    ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    try:
+        yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    finally:
+        ctl("delete_vhost", vhost)
+
+
+@contextmanager
+def broker(kind: str, folder: Path) -> Iterator[str]:
+    """A broker of its own: a private Redis (AOF) or a RabbitMQ vhost."""
+    if kind == "redis":
+        with private_redis(folder) as server:
+            yield server.url
+    else:
+        with rabbitmq_vhost() as url:
+            yield url
+
+
+def paced(per_second: float, threads: int) -> Callable[[int], None]:
+    """A ``between`` for :meth:`Stream.post` that spreads the stream over time."""
+    pause = threads / per_second
+    return lambda _: time.sleep(pause)
