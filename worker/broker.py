@@ -10,13 +10,16 @@ the removal from the in-flight list, in one MULTI/EXEC. So at every instant a me
 queue, in one consumer's in-flight list, or in that consumer's unacked hash.
 
 **A dead consumer's messages come back by themselves.** Each channel that consumes has a name of
-its own, set as the Redis client name of all its connections and registered in a set. Any live
-consumer checks every few seconds (and at its start) which registered names no longer have a
-connection (``CLIENT LIST``: a killed process's sockets close at once) and moves their in-flight
-and unacknowledged messages back to their queues in one transaction. The unacked hash is per
-consumer for that reason; kombu's visibility timeout still applies to a live consumer's own
-messages. A consumer that only lost its connection for a moment may see its messages handed out
-again: they are processed once all the same, because processing is idempotent by transid.
+its own, set as the Redis client name of all its connections, registered in a set, and kept
+alive by a heartbeat key that the consuming event loop renews every few seconds. Any live
+consumer checks every few seconds (and at its start) which registered consumers are dead, and
+moves their in-flight and unacknowledged messages back to their queues in one transaction. Dead
+means no connection under that name (``CLIENT LIST``: a killed process's sockets close at once,
+so recovery after a SIGKILL takes seconds) or a heartbeat that lapsed (a channel its worker
+dropped after a broker restart, whose pool may still reconnect under the old name). The
+unacked hash is per consumer for that reason; kombu's visibility timeout still applies to a live
+consumer's own messages. A consumer that only lost its connection for a moment may see its
+messages handed out again: they are processed once all the same (idempotent by transid).
 
 **One client per channel for synchronous commands.** kombu builds a new ``redis.Redis`` client
 for every acknowledgement and bookkeeping step; with redis-py 6+ building a client costs more
@@ -44,8 +47,10 @@ log = logging.getLogger(__name__)
 
 CONSUMERS_KEY = "eventdesk:consumers"
 UNDELIVERABLE_KEY = "eventdesk:undeliverable"
-# How often a live consumer looks for dead ones (seconds); also done when a consumer starts.
+# How often a live consumer renews its heartbeat and looks for dead ones (seconds); also done
+# when a consumer starts. A heartbeat lapses after three missed renewals.
 REAP_INTERVAL = 5.0
+HEARTBEAT_TTL = int(3 * REAP_INTERVAL)
 # Several queues: wait this long on the first one before asking all of them again.
 MULTI_QUEUE_WAIT = 0.1
 
@@ -65,6 +70,10 @@ return nil
 
 def inflight_key(consumer: str) -> str:
     return f"eventdesk:inflight:{consumer}"
+
+
+def heartbeat_key(consumer: str) -> str:
+    return f"eventdesk:heartbeat:{consumer}"
 
 
 class QoS(kombu_redis.QoS):  # type: ignore[misc]
@@ -127,7 +136,10 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
     def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
         if not self._registered_consumer:
             # The synchronous client: ``self.client`` owns the connection a BLMOVE may wait on.
-            self._create_client().sadd(CONSUMERS_KEY, self.consumer)
+            with self._create_client().pipeline() as pipe:
+                pipe.set(heartbeat_key(self.consumer), 1, ex=HEARTBEAT_TTL)
+                pipe.sadd(CONSUMERS_KEY, self.consumer)
+                pipe.execute()
             self._registered_consumer = True
         return super().basic_consume(queue, *args, **kwargs)
 
@@ -216,19 +228,25 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             self.taken = None
 
     def reap_dead_consumers(self) -> None:
-        """Return the in-flight and unacknowledged messages of every dead consumer to their
-        queues. Throttled: at most once every REAP_INTERVAL seconds per channel."""
+        """Renew this consumer's heartbeat, and return the in-flight and unacknowledged
+        messages of every dead consumer to their queues. Throttled: at most once every
+        REAP_INTERVAL seconds per channel."""
         now = time.monotonic()
         if now - self._reaped_at < REAP_INTERVAL:
             return
         self._reaped_at = now
         client = self._create_client()
-        registered = {name.decode() for name in client.smembers(CONSUMERS_KEY)}
-        if not registered:
+        if self._registered_consumer:
+            client.set(heartbeat_key(self.consumer), 1, ex=HEARTBEAT_TTL)
+        others = sorted(name.decode() for name in client.smembers(CONSUMERS_KEY)
+                        if name.decode() != self.consumer)
+        if not others:
             return
-        alive = {entry.get("name") for entry in client.client_list(_type="normal")}
-        for consumer in registered - alive - {self.consumer}:
-            self._restore_consumer(client, consumer)
+        connected = {entry.get("name") for entry in client.client_list(_type="normal")}
+        beating = client.mget([heartbeat_key(consumer) for consumer in others])
+        for consumer, beat in zip(others, beating, strict=True):
+            if consumer not in connected or beat is None:
+                self._restore_consumer(client, consumer)
 
     def _restore_consumer(self, client: Any, consumer: str) -> None:
         inflight = inflight_key(consumer)
@@ -246,7 +264,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             for record in recorded:
                 payload, exchange, routing_key = loads(record)
                 self._do_restore_message(payload, exchange, routing_key, pipe, False)
-            pipe.delete(inflight, unacked, index)
+            pipe.delete(inflight, unacked, index, heartbeat_key(consumer))
             pipe.srem(CONSUMERS_KEY, consumer)
 
         client.transaction(restore, inflight, unacked)
