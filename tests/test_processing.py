@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,7 +13,8 @@ from sqlalchemy import select
 from shared.db.engine import session_scope
 from shared.db.models import Note, NotificationDelivery, Request, Transaction
 from shared.records.directory import Directory
-from shared.transactions.processing import process_batches
+from shared.transactions.failures import process_isolating
+from shared.transactions.processing import process_batches, record_failure
 from shared.transactions.schemas import EventBatch
 from shared.transactions.service import transaction_view
 
@@ -35,6 +37,19 @@ def batch(*events: dict[str, Any], **fields: Any) -> EventBatch:
 def run(db: str, events: EventBatch, now: datetime = NOW) -> list[int]:
     with session_scope(db) as session:
         return process_batches(session, [events], now, Directory(0))
+
+
+def isolating(db: str, batches: list[EventBatch]) -> list[int]:
+    """What the worker does with a job: shared.transactions.failures around the rules."""
+    def run(part: Sequence[EventBatch]) -> list[int]:
+        with session_scope(db) as session:
+            return process_batches(session, part, NOW, Directory(0))
+
+    def record(single: EventBatch, error: BaseException) -> list[int]:
+        with session_scope(db) as session:
+            return record_failure(session, single, error, NOW)
+
+    return process_isolating(batches, run, record)
 
 
 def transaction(db: str, transid: str) -> Transaction:
@@ -184,3 +199,80 @@ def test_status_view_is_scoped_to_the_account(db: str) -> None:
     assert mine.status == "completed"
     assert theirs is None
 
+
+
+# Each is refused at the intake now, so the worker only meets them in a message not written by
+# our api (or by an older one). A NUL is text to SQLite, so it is poison on PostgreSQL only; a
+# lone surrogate cannot be encoded for either.
+POISONS: dict[str, dict[str, Any]] = {
+    "nul correlationid": {"correlationid": "a\x00b"},
+    "nul evtid": {"evtid": "server\x00down"},
+    "nul in a field": {"parameters": {"host": "h", "subject": "disk\x00full"}},
+    "surrogate correlationid": {"correlationid": "a\ud800b"},
+}
+NUL_IS_TEXT = {"nul correlationid", "nul evtid", "nul in a field"}
+
+
+def good(source_id: str, number: int) -> dict[str, Any]:
+    return {"correlationid": f"good-{number}", "parameters": {
+        "host": "h", "sourceID": source_id, "subject": f"{source_id} {number}"}}
+
+
+@pytest.mark.parametrize("poison", POISONS)
+def test_a_poison_event_fails_alone_between_two_that_complete(db: str, poison: str) -> None:
+    if poison in NUL_IS_TEXT and db.startswith("sqlite"):
+        pytest.skip("SQLite stores a NUL; only PostgreSQL refuses it")
+    source_id = uuid.uuid4().hex
+    # The poison event in a message of its own between two others, and among two good events
+    # of its own message: both shapes of a job a worker gets.
+    events = [batch(good(source_id, 1)),
+              batch(good(source_id, 2), POISONS[poison], good(source_id, 3),
+                    notifyurl="https://example.com/hook"),
+              batch(good(source_id, 4))]
+    ids = isolating(db, events)
+    rows = [transaction(db, event.transid) for b in events for event in b.events]
+    assert [row.status for row in rows] == [
+        "completed", "completed", "failed", "completed", "completed"]
+    failed = rows[2]
+    # The reason is the database's (or the encoder's) message, not the statement of the run.
+    assert failed.error
+    assert "INSERT" not in failed.error
+    assert "\x00" not in (failed.correlationid or "") + (failed.evtid or "")
+    assert len(requests_with(db, source_id)) == 4
+    # Every event of the message with a notifyurl owes one notification, the failed one too.
+    with session_scope(db) as session:
+        payloads = {d.transid: d.payload for d in session.scalars(
+            select(NotificationDelivery).where(NotificationDelivery.id.in_(ids)))}
+    assert len(payloads) == 3
+    assert (payloads[failed.transid]["status"], payloads[failed.transid]["code"]) == (
+        "failed", "7004")
+    # Delivered again, the message changes nothing: the poison event is failed once.
+    assert isolating(db, events) == []
+    assert transaction(db, failed.transid).completed_at == failed.completed_at
+
+
+def test_recording_a_failure_cannot_fail_on_the_text_that_caused_it(db: str) -> None:
+    poison = batch({"evtid": "e\x00" + "v" * 200, "correlationid": "c\x00\ud800" + "x" * 100,
+                    "parameters": {"na\x00me": "va\x00lue\udfff", "host": None}},
+                   notifyurl="https://example.com/\x00hook")
+    with session_scope(db) as session:
+        ids = record_failure(session, poison, ValueError("bad \x00 value"), NOW)
+    row = transaction(db, poison.events[0].transid)
+    assert (row.status, row.error) == ("failed", "ValueError: bad  value")
+    assert (row.evtid, row.correlationid) == ("e" + "v" * 127, "c?" + "x" * 62)
+    assert row.parameters == {"name": "value?", "host": None}
+    assert row.notifyurl == "https://example.com/hook"
+    assert len(ids) == 1
+
+
+def test_a_failure_that_cannot_be_recorded_leaves_the_others_completed(db: str) -> None:
+    # No such account: the transaction row itself cannot be written (a foreign key), so the
+    # event is dropped, logged, rather than its message requeued forever.
+    source_id = uuid.uuid4().hex
+    stranger = batch({"parameters": {"host": "h"}}, account_id="no-such-account")
+    events = [batch(good(source_id, 1)), stranger, batch(good(source_id, 2))]
+    isolating(db, events)
+    assert [transaction(db, b.events[0].transid).status for b in (events[0], events[2])] == [
+        "completed", "completed"]
+    with session_scope(db) as session:
+        assert session.get(Transaction, stranger.events[0].transid) is None

@@ -9,12 +9,13 @@ of large messages keeps every pool process busy instead of one. A message holds 
 event batches (the api's group commit, shared/intake/queueing.py).
 
 Acknowledgement is ours, because celery-batches' own acknowledges a batch whatever happened to
-it: the messages of a batch are acknowledged only after its transaction committed; they go back
-to the queue when the database is unreachable (after a pause that grows while it stays down, so
-an outage costs no retry budget and loses nothing) and when the pool process dies mid-batch.
-A message that fails for any other reason (a bug) is processed alone, and if it still fails its
-events are recorded as ``failed`` with the error, visible on the status endpoint, then
-acknowledged: never silently dropped, never retried forever.
+it: the messages of a batch are acknowledged only after its events are done (committed, or
+recorded ``failed``); they go back to the queue when the database is unreachable (after a pause
+that grows while it stays down, so an outage costs no retry budget and loses nothing) and when
+the pool process dies mid-batch. Any other error is some event's: the events of the batch are
+halved down to the failing ones, each recorded ``failed`` once with the reason, visible on the
+status endpoint, while the others complete; never silently dropped, never retried forever
+(the policy: shared/transactions/failures.py).
 """
 
 from __future__ import annotations
@@ -27,13 +28,13 @@ from typing import Any
 
 from celery_batches import Batches, SimpleRequest, apply_batches_task
 from pydantic import ValidationError
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from shared.batching import runs
 from shared.db.engine import session_scope
 from shared.publish import NOTIFY_QUEUE
 from shared.records.directory import Directory
 from shared.settings import get_settings
+from shared.transactions.failures import process_isolating
 from shared.transactions.processing import process_batches, record_failure
 from shared.transactions.schemas import PROCESS_TASK, EventBatch
 from worker.app import app
@@ -46,12 +47,6 @@ MAX_PAUSE = 30.0
 _outage = {"pauses": 0}
 
 
-def _database_down(exc: BaseException) -> bool:
-    return isinstance(exc, OperationalError | InterfaceError) or (
-        isinstance(exc, DBAPIError) and exc.connection_invalidated
-    )
-
-
 def _pause() -> None:
     """Back off while the database is down: 0.5 s, 1 s, 2 s ... up to 30 s."""
     delay = min(MAX_PAUSE, 0.5 * 2 ** _outage["pauses"])
@@ -62,6 +57,11 @@ def _pause() -> None:
 def _run(batches: Sequence[EventBatch]) -> list[int]:
     with session_scope() as session:
         return process_batches(session, batches, datetime.now(UTC), DIRECTORY)
+
+
+def _record(batch: EventBatch, error: BaseException) -> list[int]:
+    with session_scope() as session:
+        return record_failure(session, batch, error, datetime.now(UTC))
 
 
 def events_in(request: Any) -> int:
@@ -110,37 +110,13 @@ def process(requests: list[SimpleRequest]) -> bool:
             # Not a message our api wrote; nothing in it can be recorded. Dropped, loudly.
             log.error("events.process: unreadable message %s dropped", request.id)
     try:
-        delivery_ids = _run(batches) if batches else []
-    except Exception as exc:
-        if _database_down(exc):
-            log.warning("database unreachable, batch of %d requeued: %s", len(requests), exc)
-            _pause()
-            return False
-        log.exception("batch failed; processing its messages one by one")
-        try:
-            delivery_ids = _one_by_one(batches)
-        except Exception as inner:
-            if _database_down(inner):
-                _pause()
-                return False
-            raise
+        delivery_ids = process_isolating(batches, _run, _record) if batches else []
+    except Exception as exc:  # only an outage gets out of process_isolating
+        log.warning("database unreachable, batch of %d requeued: %s", len(requests), exc)
+        _pause()
+        return False
     _outage["pauses"] = 0
     # Queued only now that the rows they read have committed.
     for delivery_id in delivery_ids:
         app.send_task("notify.deliver", args=[delivery_id], queue=NOTIFY_QUEUE)
     return True
-
-
-def _one_by_one(batches: Sequence[EventBatch]) -> list[int]:
-    delivery_ids: list[int] = []
-    for batch in batches:
-        try:
-            delivery_ids += _run([batch])
-        except Exception as exc:
-            if _database_down(exc):
-                raise
-            log.exception("message of %d events failed; recorded as failed", len(batch.events))
-            with session_scope() as session:
-                delivery_ids += record_failure(
-                    session, batch, f"{type(exc).__name__}: {exc}", datetime.now(UTC))
-    return delivery_ids

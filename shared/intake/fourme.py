@@ -49,6 +49,7 @@ from shared.requests.fields import (
     TEXT_FIELDS,
     FieldErrors,
     check_fields,
+    check_text,
 )
 from shared.transactions.schemas import EventBatch, QueuedEvent, TransactionView
 
@@ -200,8 +201,11 @@ def load_body(content_type: str, body: bytes) -> dict[str, Any]:
 
 
 def _text(value: Any) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
+    """A parameter as text; raises TypeError (not text), ValueError (text check_text refuses)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return check_text(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
@@ -230,6 +234,8 @@ def event_parameters(
             values[name] = _text(value)
         except TypeError:
             errors.append((name, "must be text, a number or null"))
+        except ValueError as exc:
+            errors.append((name, str(exc)))
     try:
         clean = check_fields(values)
     except FieldErrors as exc:

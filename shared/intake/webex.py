@@ -17,6 +17,7 @@ import pydantic_core
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring as parse_xml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -27,6 +28,7 @@ from pydantic import (
 )
 
 from shared.intake.codes import Code, IntakeError
+from shared.requests.fields import check_text
 
 MAX_CORRELATIONID_BYTES = 50
 MAX_URL_LENGTH = 2048
@@ -50,6 +52,7 @@ def check_notify_url(value: Any) -> str | None:
         return None
     if not isinstance(value, str) or len(value) > MAX_URL_LENGTH:
         raise ValueError("notifyurl must be an http(s) URL of at most 2048 characters")
+    check_text(value)
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("notifyurl must be an http(s) URL")
@@ -65,8 +68,11 @@ class WebexEvent(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    evtid: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
-    correlationid: str | None = Field(
+    evtid: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128),
+        AfterValidator(check_text),
+    ]
+    correlationid: Annotated[str, AfterValidator(check_text)] | None = Field(
         default=None, description="Caller's id for this event, at most 50 bytes (UTF-8)."
     )
     parameters: dict[ParamName, ParamValue] = Field(
@@ -84,11 +90,17 @@ class WebexEvent(BaseModel):
     @classmethod
     def _parameters_as_text(cls, value: dict[str, ParamValue]) -> dict[str, ParamValue]:
         # The 4me fields the parameters feed are text; a monitoring tool's 42 means "42".
-        return {
-            name: ("true" if v else "false") if isinstance(v, bool) else
-            (str(v) if isinstance(v, int | float) else v)
-            for name, v in value.items()
-        }
+        texts: dict[str, ParamValue] = {}
+        for name, v in value.items():
+            try:
+                check_text(name)
+                if isinstance(v, str):
+                    check_text(v)
+            except ValueError as exc:
+                raise ValueError(f"parameter {name!r} {exc}") from exc
+            texts[name] = ("true" if v else "false") if isinstance(v, bool) else \
+                (str(v) if isinstance(v, int | float) else v)
+        return texts
 
     def text_parameters(self) -> dict[str, str | None]:
         return {k: (None if v is None else str(v)) for k, v in self.parameters.items()}
@@ -231,8 +243,9 @@ def validate(data: Any, max_events: int) -> ParsedRequest:
             checked.append(WebexEvent.model_validate(raw))
         except ValidationError as exc:
             correlationid = raw.get("correlationid") if isinstance(raw, dict) else None
-            echo = isinstance(correlationid, str) and (
-                len(correlationid.encode()) <= MAX_CORRELATIONID_BYTES
+            # Echoed back only when it is itself valid: not too long, no control characters.
+            echo = isinstance(correlationid, str) and not any(
+                error["loc"][:1] == ("correlationid",) for error in exc.errors()
             )
             checked.append(entry(
                 _event_code(exc),

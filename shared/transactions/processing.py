@@ -52,6 +52,7 @@ from shared.requests.matching import (
     match_key,
     note_hash,
 )
+from shared.transactions.failures import failure_code, reason
 from shared.transactions.schemas import EventBatch, QueuedEvent
 from shared.transactions.service import new_delivery
 
@@ -452,10 +453,35 @@ def _apply(
     item.outcome = {"action": action, "match": kind, "reason": REASONS[kind], **unresolved}
 
 
-def record_failure(session: Session, batch: EventBatch, error: str, now: datetime) -> list[int]:
-    """End the batch's unprocessed events as ``failed`` with ``error``; returns delivery ids."""
+def _storable(text: str) -> str:
+    # PostgreSQL text holds no NUL, and a lone surrogate cannot be encoded at all.
+    return text.replace("\x00", "").encode("utf-8", "replace").decode()
+
+
+def _recordable(batch: EventBatch) -> EventBatch:
+    """The batch with its text made storable whatever it holds, cut to its columns' lengths."""
+    def text(value: str | None, limit: int | None = None) -> str | None:
+        return None if value is None else _storable(value)[:limit]
+
+    events = [event.model_copy(update={
+        "evtid": text(event.evtid, Transaction.evtid.type.length),
+        "correlationid": text(event.correlationid, Transaction.correlationid.type.length),
+        "parameters": {_storable(name): text(value) for name, value in event.parameters.items()},
+    }) for event in batch.events]
+    return batch.model_copy(update={"notifyurl": text(batch.notifyurl), "events": events})
+
+
+def record_failure(
+    session: Session, batch: EventBatch, error: BaseException, now: datetime
+) -> list[int]:
+    """End the batch's unprocessed events as ``failed`` by ``error``; returns delivery ids.
+
+    Whatever made the events fail, their text cannot fail this too: it is stored sanitised
+    (no NUL, no lone surrogate, no longer than its column), so a failure is recorded once.
+    """
+    batch = _recordable(batch)
     work = _owned_work([batch], _claim(session, [batch], now))
-    failure = EventFailed(Code.INTERNAL_ERROR, error[:1000])
+    failure = EventFailed(failure_code(error), _storable(reason(error)))
     for item in work:
         item.failure = failure
     return _finish(session, work, now)

@@ -1,0 +1,129 @@
+"""Which errors are retried and which fail one event: the worker's policy, free of Celery.
+
+The worker processes the events of many messages in one database transaction (DESIGN 2). When
+that run fails, what happens next depends on the error (DESIGN 6, "Never stuck"):
+
+- an **outage** (the database unreachable or too slow: ``OperationalError``, ``InterfaceError``,
+  an invalidated connection, a pool timeout) is no event's fault: it is raised, every message
+  goes back to the queue and is retried, without a budget, as long as the outage lasts;
+- any other error is some event's. The run is cut in halves, each half run (and committed) on
+  its own, down to single events; an event that still fails alone is recorded ``failed`` with
+  the reason, once, and every other event of the run completes. A **data** error (the database
+  refused a value: ``DataError``, ``IntegrityError``; ``ValueError``, ``OverflowError`` in the
+  rules) fails it with 7004, a **bug** (anything else) with 7005; neither is retried again.
+
+Halving rather than going one by one: one bad event among n costs about 2·log2(n) extra runs
+instead of n, and the happy path is the one run it always was, with no per-event work added.
+Recording a failure cannot fail on the same bad data (``record_failure`` stores sanitised text);
+should it fail all the same, other than by an outage, the event is logged and dropped rather
+than its message requeued forever.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from enum import StrEnum
+
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    DisconnectionError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    StatementError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from shared.intake.codes import Code
+from shared.logs import get_logger
+from shared.transactions.schemas import EventBatch
+
+log = get_logger(__name__)
+MAX_REASON = 1000
+
+# Processes the batches in one database transaction; returns the delivery ids to queue.
+Run = Callable[[Sequence[EventBatch]], list[int]]
+# Records the one event of the batch as failed by the error; returns the delivery ids to queue.
+Record = Callable[[EventBatch, BaseException], list[int]]
+
+
+class Fault(StrEnum):
+    OUTAGE = "outage"
+    DATA = "data"
+    BUG = "bug"
+
+
+def classify(exc: BaseException) -> Fault:
+    if isinstance(exc, OperationalError | InterfaceError | PoolTimeout | DisconnectionError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    ):
+        return Fault.OUTAGE
+    if isinstance(exc, DataError | IntegrityError | ValueError | OverflowError):
+        return Fault.DATA
+    return Fault.BUG
+
+
+def failure_code(exc: BaseException) -> Code:
+    """The code a failed event's notification carries: 7004 for its data, 7005 for our bug."""
+    return Code.INVALID_VALUES if classify(exc) is Fault.DATA else Code.INTERNAL_ERROR
+
+
+def reason(exc: BaseException) -> str:
+    """The failed transaction's ``error``: the database's own message, not the statement and
+    its parameters (which hold the rows of every event in the run)."""
+    cause = exc.orig if isinstance(exc, StatementError) and exc.orig is not None else exc
+    return f"{type(cause).__name__}: {cause}"[:MAX_REASON]
+
+
+def process_isolating(batches: Sequence[EventBatch], run: Run, record: Record) -> list[int]:
+    """``run`` the batches at once; if that fails, find the failing events and ``record`` them.
+
+    Returns the delivery ids of every run and record. Raises only an outage (module docstring):
+    then some parts may have committed, and the redelivered messages find their events taken.
+    """
+    try:
+        return run(batches)
+    except Exception as exc:
+        if classify(exc) is Fault.OUTAGE:
+            raise
+        error = exc
+    singles = [batch if len(batch.events) == 1 else batch.model_copy(update={"events": [event]})
+               for batch in batches for event in batch.events]
+    log.warning("run failed, isolating its failing events", events=len(singles),
+                error=reason(error))
+    return _isolate(singles, error, run, record)
+
+
+def _isolate(singles: list[EventBatch], error: Exception, run: Run, record: Record) -> list[int]:
+    """``singles`` (one event each) failed together with ``error``: halve until each failing
+    event is alone, and record it."""
+    if len(singles) == 1:
+        return _fail(singles[0], error, record)
+    middle = len(singles) // 2
+    ids: list[int] = []
+    for part in (singles[:middle], singles[middle:]):
+        try:
+            ids += run(part)
+        except Exception as exc:
+            if classify(exc) is Fault.OUTAGE:
+                raise
+            ids += _isolate(part, exc, run, record)
+    return ids
+
+
+def _fail(single: EventBatch, error: Exception, record: Record) -> list[int]:
+    fault = classify(error)
+    transid = single.events[0].transid
+    # A bug gets its traceback; a data error is the caller's, and its reason says enough.
+    (log.error if fault is Fault.BUG else log.warning)(
+        "event failed alone", transid=transid, fault=str(fault), error=reason(error),
+        exc_info=error if fault is Fault.BUG else None)
+    try:
+        return record(single, error)
+    except Exception as exc:
+        if classify(exc) is Fault.OUTAGE:
+            raise
+        log.error("event dropped: its failure cannot be recorded", transid=transid,
+                  error=reason(exc))
+        return []
