@@ -27,10 +27,9 @@ from typing import Any
 
 from celery_batches import Batches, SimpleRequest, apply_batches_task
 from pydantic import ValidationError
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from shared.batching import runs
-from shared.db.engine import session_scope
+from shared.db.engine import database_unreachable, session_scope
 from shared.publish import NOTIFY_QUEUE
 from shared.records.directory import Directory
 from shared.settings import get_settings
@@ -44,12 +43,6 @@ settings = get_settings()
 DIRECTORY = Directory(settings.cache_ttl_seconds)
 MAX_PAUSE = 30.0
 _outage = {"pauses": 0}
-
-
-def _database_down(exc: BaseException) -> bool:
-    return isinstance(exc, OperationalError | InterfaceError) or (
-        isinstance(exc, DBAPIError) and exc.connection_invalidated
-    )
 
 
 def _pause() -> None:
@@ -112,7 +105,7 @@ def process(requests: list[SimpleRequest]) -> bool:
     try:
         delivery_ids = _run(batches) if batches else []
     except Exception as exc:
-        if _database_down(exc):
+        if database_unreachable(exc):
             log.warning("database unreachable, batch of %d requeued: %s", len(requests), exc)
             _pause()
             return False
@@ -120,7 +113,7 @@ def process(requests: list[SimpleRequest]) -> bool:
         try:
             delivery_ids = _one_by_one(batches)
         except Exception as inner:
-            if _database_down(inner):
+            if database_unreachable(inner):
                 _pause()
                 return False
             raise
@@ -137,7 +130,7 @@ def _one_by_one(batches: Sequence[EventBatch]) -> list[int]:
         try:
             delivery_ids += _run([batch])
         except Exception as exc:
-            if _database_down(exc):
+            if database_unreachable(exc):
                 raise
             log.exception("message of %d events failed; recorded as failed", len(batch.events))
             with session_scope() as session:
