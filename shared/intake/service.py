@@ -1,7 +1,8 @@
 """The Webex front door's work, free of Flask: authenticate, parse, validate, rate-limit, queue.
 
 No database round trip on the hot path: keys and event definitions come from TTL caches that
-fall back to the database on a miss (DESIGN 2).
+fall back to the database on a miss (DESIGN 2), and keep serving what they hold for a bounded
+time while the database is unreachable (DESIGN 6).
 """
 
 from __future__ import annotations
@@ -49,7 +50,12 @@ class Answer:
 
 
 class LookupUnavailable(Exception):
-    """The database behind a cache miss could not be reached."""
+    """The database behind a cache miss could not answer."""
+
+
+class DatabaseUnreachable(LookupUnavailable):
+    """The database could not be reached at all (refused, reset, timed out): the caches may
+    answer from their stale copy. Any other failure is not an outage, and is not hidden."""
 
 
 def retry_after(limited: Limited) -> str:
@@ -67,11 +73,15 @@ class WebexIntake:
         secret: bytes,
         max_events: int,
         cache_ttl: float,
+        stale_cache: float = 0.0,
     ) -> None:
         self._events = queue
-        self._keys: TTLCache[str, KeyInfo | None] = TTLCache(find_key, cache_ttl)
+        outage = (DatabaseUnreachable,)
+        self._keys: TTLCache[str, KeyInfo | None] = TTLCache(
+            find_key, cache_ttl, stale=stale_cache, stale_on=outage
+        )
         self._definitions: TTLCache[tuple[str, str], DefinitionInfo | None] = TTLCache(
-            find_definition, cache_ttl
+            find_definition, cache_ttl, stale=stale_cache, stale_on=outage
         )
         self._secret = secret
         self._max_events = max_events
