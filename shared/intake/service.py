@@ -7,10 +7,11 @@ time while the database is unreachable (DESIGN 6).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from shared.cache import TTLCache
 from shared.ids import make_transid
@@ -58,6 +59,33 @@ class DatabaseUnreachable(LookupUnavailable):
     answer from their stale copy. Any other failure is not an outage, and is not hidden."""
 
 
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class _Outage:
+    """Shared by the key and the definition cache: once the database was found unreachable,
+    their loaders fail at once for ``pause`` seconds. Without it a request whose key and
+    definition both expired would wait for two timeouts, one after the other, and every new
+    key for one each."""
+
+    def __init__(self, pause: float) -> None:
+        self._pause = pause
+        self._until = 0.0
+
+    def guard(self, load: Callable[[K], V]) -> Callable[[K], V]:
+        def guarded(key: K) -> V:
+            if time.monotonic() < self._until:
+                raise DatabaseUnreachable("the database was unreachable moments ago")
+            try:
+                return load(key)
+            except DatabaseUnreachable:
+                self._until = time.monotonic() + self._pause
+                raise
+
+        return guarded
+
+
 def retry_after(limited: Limited) -> str:
     """The ``Retry-After`` header for a refusal of the rate limit: whole seconds, at least 1."""
     return str(max(1, int(limited.retry_after + 0.999)))
@@ -76,12 +104,12 @@ class WebexIntake:
         stale_cache: float = 0.0,
     ) -> None:
         self._events = queue
-        outage = (DatabaseUnreachable,)
+        outage, down = _Outage(cache_ttl), (DatabaseUnreachable,)
         self._keys: TTLCache[str, KeyInfo | None] = TTLCache(
-            find_key, cache_ttl, stale=stale_cache, stale_on=outage
+            outage.guard(find_key), cache_ttl, stale=stale_cache, stale_on=down
         )
         self._definitions: TTLCache[tuple[str, str], DefinitionInfo | None] = TTLCache(
-            find_definition, cache_ttl, stale=stale_cache, stale_on=outage
+            outage.guard(find_definition), cache_ttl, stale=stale_cache, stale_on=down
         )
         self._secret = secret
         self._max_events = max_events
