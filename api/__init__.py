@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         secret=secret,
         max_events=settings.max_events_per_request,
         cache_ttl=settings.cache_ttl_seconds,
+        stale_cache=settings.stale_cache_seconds,
     )
     # The 4me Events API: the same keys (and key cache), queue and rate limit.
     app.extensions["eventdesk.fourme"] = FourMeIntake(

@@ -33,6 +33,19 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(default=4000, ge=1)
     # How long the api trusts its cached copy of a key or an event definition.
     cache_ttl_seconds: float = Field(default=5.0, ge=0)
+    # How long past that TTL the api keeps using a cached key or event definition while the
+    # database is unreachable (connection errors and timeouts only), so a database outage up to
+    # this long does not stop the intake. 0: never use a stale copy.
+    stale_cache_seconds: float = Field(default=300.0, ge=0)
+    # PostgreSQL: every connection attempt gives up after this long (libpq's minimum is 2 s)...
+    database_connect_timeout_seconds: int = Field(default=2, ge=2)
+    # ...and every statement after this long: the server cancels it, and the client stops
+    # waiting half a second later (a black-holed database never answers the cancel). The api's
+    # statements are single-row look-ups and short pages, so its limit keeps a request from
+    # hanging; the worker's is generous, since a batch of a thousand events is one
+    # transaction (its outages are handled by requeueing, not by the timeout). 0: no limit.
+    database_statement_timeout_seconds: float = Field(default=3.0, ge=0)
+    worker_statement_timeout_seconds: float = Field(default=120.0, ge=0)
     # Signs transaction ids so a status lookup can say "queued" before a worker has seen them.
     secret_key: str = ""
 

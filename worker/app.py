@@ -19,7 +19,7 @@ from celery import Celery
 from celery.signals import worker_process_init
 from kombu import Queue
 
-from shared.db.engine import dispose_engines
+from shared.db.engine import dispose_engines, use_statement_timeout
 from shared.publish import QUEUES
 from shared.settings import get_settings
 from worker import signals  # noqa: F401 - connects the log and metrics handlers
@@ -30,6 +30,9 @@ TASK_MODULES = ["worker.events", "worker.notify", "worker.sweeper"]
 
 def make_celery() -> Celery:
     settings = get_settings()
+    # A batch is one transaction of up to a thousand events: the api's few seconds would fail
+    # big batches, and an outage is ridden out by requeueing (worker/events.py), not by it.
+    use_statement_timeout(settings.worker_statement_timeout_seconds)
     broker_url = settings.resolved_broker_url()
     transport_options: dict[str, Any] = {}
     transport: str | None = None

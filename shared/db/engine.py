@@ -2,6 +2,13 @@
 
 One engine per process, made on first use (so after a fork), never at import time. Sessions are
 opened with :func:`session_scope`, which commits on success and rolls back on any error.
+
+On PostgreSQL nothing waits for the database without a limit (DESIGN 6): connecting gives up
+after ``EVENTDESK_DATABASE_CONNECT_TIMEOUT_SECONDS``, waiting for a pooled connection too, and
+each statement after the process's statement timeout (the api's
+``EVENTDESK_DATABASE_STATEMENT_TIMEOUT_SECONDS``, the worker's
+``EVENTDESK_WORKER_STATEMENT_TIMEOUT_SECONDS``, see :func:`use_statement_timeout`). SQLite is
+local: its engines keep their busy timeout only.
 """
 
 from __future__ import annotations
@@ -9,15 +16,67 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
+import psycopg
+from psycopg.abc import PQGen
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.settings import get_settings
 
+RV = TypeVar("RV")
+
 _engines: dict[tuple[int, str], Engine] = {}
 _sessionmakers: dict[tuple[int, str], sessionmaker[Session]] = {}
+# This process's statement timeout, when it is not the api's (set by the worker).
+_statement_timeout: list[float] = []
+# How much longer than the server's statement timeout the client waits for an answer: enough
+# for the server's cancellation to arrive.
+CANCEL_MARGIN = 0.5
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """True for a failure to reach the database (refused, reset, timed out), as opposed to an
+    error of the statement or the data."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OperationalError | InterfaceError | PoolTimeout | DisconnectionError)
+
+
+def use_statement_timeout(seconds: float) -> None:
+    """Give this process's statements ``seconds`` (0: no limit) instead of the api's.
+
+    Engines already made are dropped, so the next one has it.
+    """
+    _statement_timeout[:] = [seconds]
+    dispose_engines()
+
+
+class _DeadlineConnection(psycopg.Connection[Any]):
+    """A psycopg connection that stops waiting for an answer after ``answer_timeout`` seconds.
+
+    The server's statement_timeout cancels a slow statement, but a database that is black-holed
+    (a dropped route, a hung host) never receives it, and TCP keepalives notice nothing while a
+    middlebox still acknowledges the bytes: without a limit of its own, the client waits forever.
+    """
+
+    answer_timeout: float | None = None
+
+    def wait(
+        self, gen: PQGen[RV], interval: float = 0.1, timeout: float | None = None
+    ) -> RV:
+        try:
+            return super().wait(gen, interval, timeout if timeout is not None
+                                else self.answer_timeout)
+        except psycopg.errors._WaitTimeout:
+            # Half-way through the protocol the connection cannot be used again; once closed
+            # it counts as a disconnect, so SQLAlchemy discards it instead of pooling it.
+            self.pgconn.finish()
+            raise psycopg.errors.ConnectionTimeout(
+                f"no answer from the database within {self.answer_timeout} s") from None
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -31,7 +90,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, statement_timeout: float = 0) -> Engine:
+    """An engine for ``url``; on PostgreSQL with the connect timeouts, and with
+    ``statement_timeout`` seconds for each statement (0: none, as for migrations)."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -39,15 +100,46 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    if not url.startswith("postgresql"):
+        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    connect_timeout = get_settings().database_connect_timeout_seconds
+    engine = create_engine(
+        url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_timeout=connect_timeout,
+        connect_args={
+            "connect_timeout": connect_timeout,
+            # An idle pooled connection to a host that vanished is found and dropped.
+            "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+            "keepalives_count": 3,
+        },
+    )
+    if statement_timeout > 0:
+        event.listen(engine, "do_connect", _with_statement_timeout(statement_timeout))
+    return engine
+
+
+def _with_statement_timeout(seconds: float) -> Any:
+    def connect(dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+        # Added to any options the URL gives, never replacing them.
+        options = f"-c statement_timeout={round(seconds * 1000)}"
+        cparams["options"] = f"{cparams.get('options', '')} {options}".strip()
+        if dialect.driver != "psycopg":
+            return None  # the driver's own connect, with the server's limit only
+        connection = _DeadlineConnection.connect(*cargs, **cparams)
+        connection.answer_timeout = seconds + CANCEL_MARGIN
+        return connection
+
+    return connect
 
 
 def get_engine(url: str | None = None) -> Engine:
-    url = url or get_settings().resolved_database_url()
+    settings = get_settings()
+    url = url or settings.resolved_database_url()
     key = (os.getpid(), url)
     engine = _engines.get(key)
     if engine is None:
-        engine = _engines[key] = make_engine(url)
+        timeout = (_statement_timeout[0] if _statement_timeout
+                   else settings.database_statement_timeout_seconds)
+        engine = _engines[key] = make_engine(url, statement_timeout=timeout)
     return engine
 
 

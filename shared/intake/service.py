@@ -1,15 +1,17 @@
 """The Webex front door's work, free of Flask: authenticate, parse, validate, rate-limit, queue.
 
 No database round trip on the hot path: keys and event definitions come from TTL caches that
-fall back to the database on a miss (DESIGN 2).
+fall back to the database on a miss (DESIGN 2), and keep serving what they hold for a bounded
+time while the database is unreachable (DESIGN 6).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from shared.cache import TTLCache
 from shared.ids import make_transid
@@ -49,7 +51,39 @@ class Answer:
 
 
 class LookupUnavailable(Exception):
-    """The database behind a cache miss could not be reached."""
+    """The database behind a cache miss could not answer."""
+
+
+class DatabaseUnreachable(LookupUnavailable):
+    """The database could not be reached at all (refused, reset, timed out): the caches may
+    answer from their stale copy. Any other failure is not an outage, and is not hidden."""
+
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class _Outage:
+    """Shared by the key and the definition cache: once the database was found unreachable,
+    their loaders fail at once for ``pause`` seconds. Without it a request whose key and
+    definition both expired would wait for two timeouts, one after the other, and every new
+    key for one each."""
+
+    def __init__(self, pause: float) -> None:
+        self._pause = pause
+        self._until = 0.0
+
+    def guard(self, load: Callable[[K], V]) -> Callable[[K], V]:
+        def guarded(key: K) -> V:
+            if time.monotonic() < self._until:
+                raise DatabaseUnreachable("the database was unreachable moments ago")
+            try:
+                return load(key)
+            except DatabaseUnreachable:
+                self._until = time.monotonic() + self._pause
+                raise
+
+        return guarded
 
 
 def retry_after(limited: Limited) -> str:
@@ -67,11 +101,15 @@ class WebexIntake:
         secret: bytes,
         max_events: int,
         cache_ttl: float,
+        stale_cache: float = 0.0,
     ) -> None:
         self._events = queue
-        self._keys: TTLCache[str, KeyInfo | None] = TTLCache(find_key, cache_ttl)
+        outage, down = _Outage(cache_ttl), (DatabaseUnreachable,)
+        self._keys: TTLCache[str, KeyInfo | None] = TTLCache(
+            outage.guard(find_key), cache_ttl, stale=stale_cache, stale_on=down
+        )
         self._definitions: TTLCache[tuple[str, str], DefinitionInfo | None] = TTLCache(
-            find_definition, cache_ttl
+            outage.guard(find_definition), cache_ttl, stale=stale_cache, stale_on=down
         )
         self._secret = secret
         self._max_events = max_events

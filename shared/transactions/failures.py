@@ -24,17 +24,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from enum import StrEnum
 
-from sqlalchemy.exc import (
-    DataError,
-    DBAPIError,
-    DisconnectionError,
-    IntegrityError,
-    InterfaceError,
-    OperationalError,
-    StatementError,
-)
-from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.exc import DataError, IntegrityError, StatementError
 
+from shared.db.engine import database_unreachable
 from shared.intake.codes import Code
 from shared.logs import get_logger
 from shared.transactions.schemas import EventBatch
@@ -55,9 +47,7 @@ class Fault(StrEnum):
 
 
 def classify(exc: BaseException) -> Fault:
-    if isinstance(exc, OperationalError | InterfaceError | PoolTimeout | DisconnectionError) or (
-        isinstance(exc, DBAPIError) and exc.connection_invalidated
-    ):
+    if database_unreachable(exc):
         return Fault.OUTAGE
     if isinstance(exc, DataError | IntegrityError | ValueError | OverflowError):
         return Fault.DATA

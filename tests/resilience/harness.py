@@ -148,6 +148,8 @@ class Stream:
     run: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     acknowledged: dict[str, str] = field(default_factory=dict)  # transid -> sourceID
     refused: dict[str, int] = field(default_factory=dict)  # code -> count
+    # (time.monotonic() when sent, seconds until answered or given up, code), in answer order
+    answers: list[tuple[float, float, str]] = field(default_factory=list)
     sent: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -176,6 +178,7 @@ class Stream:
 
     def post_one(self, connection: http.client.HTTPConnection, event: dict[str, object]) -> str:
         body = json.dumps({"events": [event]})
+        started = time.monotonic()
         try:
             connection.request("POST", WEBEX_PATH, body,
                                {"key": "demo-key", "Content-Type": "application/json"})
@@ -185,6 +188,7 @@ class Stream:
             connection.close()
             answer = {"code": "no answer"}
         with self._lock:
+            self.answers.append((started, time.monotonic() - started, str(answer["code"])))
             self.sent += 1
             if answer["code"] == "1002":
                 source_id = event["parameters"]["sourceID"]  # type: ignore[index]

@@ -26,6 +26,8 @@ class TcpProxy:
         self._listener.listen(128)
         self.port: int = self._listener.getsockname()[1]
         self._mode = "pass"
+        self._flowing = threading.Event()
+        self._flowing.set()
         self._lock = threading.Lock()
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self._held: list[socket.socket] = []
@@ -64,7 +66,10 @@ class TcpProxy:
                 with self._lock:
                     mode = self._mode
                 if mode == "blackhole":
-                    continue  # hold the bytes in the kernel buffers: nothing gets through
+                    # Hold the bytes in the kernel buffers: nothing gets through. Waiting here,
+                    # not in select(), which would return at once for the unread bytes and spin.
+                    self._flowing.wait(0.2)
+                    continue
                 for sock in readable:
                     data = sock.recv(65536)
                     if not data:
@@ -83,6 +88,7 @@ class TcpProxy:
         """Reset every connection and refuse new ones until :meth:`restore`."""
         with self._lock:
             self._mode = "cut"
+            self._flowing.clear()
             pairs, self._pairs = self._pairs, []
         for client, upstream in pairs:
             _reset(client)
@@ -92,10 +98,12 @@ class TcpProxy:
         """Forward nothing, in either direction, on old and new connections."""
         with self._lock:
             self._mode = "blackhole"
+            self._flowing.clear()
 
     def restore(self) -> None:
         with self._lock:
             self._mode = "pass"
+            self._flowing.set()
             held, self._held = self._held, []
         for sock in held:
             _reset(sock)
