@@ -30,9 +30,13 @@ from shared.db.migrate import upgrade
 from shared.settings import get_settings
 
 REPO = Path(__file__).resolve().parents[1]
+RUN = uuid.uuid4().hex[:8]
 DEMO = REPO / "examples" / "demo.yaml"
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-SERVERS = {"redis": 6379, "postgres": 5432, "rabbitmq": 5672}
+# EVENTDESK_TEST_REDIS_PORT: a Redis of the run's own (say, a second checkout's tests beside
+# these), since the suite spreads itself over that server's sixteen databases.
+REDIS_PORT = int(os.environ.get("EVENTDESK_TEST_REDIS_PORT", "6379"))
+SERVERS = {"redis": REDIS_PORT, "postgres": 5432, "rabbitmq": 5672}
 
 
 def server_up(name: str) -> bool:
@@ -156,7 +160,7 @@ def redis_db_url(request: pytest.FixtureRequest, offset: int = 0) -> str:
     """
     worker = worker_id(request)
     number = 1 + offset + (int(worker[2:]) * 7 if worker.startswith("gw") else 0)
-    url = f"redis://127.0.0.1:6379/{number}"
+    url = f"redis://127.0.0.1:{REDIS_PORT}/{number}"
     redis.Redis.from_url(url).flushdb()
     return url
 
@@ -200,13 +204,12 @@ def queued_messages(broker: str) -> list[dict[str, Any]]:
 
 def _vhost(request: pytest.FixtureRequest, name: str) -> Iterator[str]:
     require("rabbitmq")
-    vhost = f"eventdesk-{name}-{worker_id(request)}"
+    # Unique to this run: two checkouts' test runs never share (or delete) each other's vhost.
+    vhost = f"eventdesk-{name}-{worker_id(request)}-{RUN}"
 
     def ctl(*args: str) -> None:
         subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True)
 
-    # A vhost left by an interrupted run would hold its old messages.
-    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, check=False)
     ctl("add_vhost", vhost)
     ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
     yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"

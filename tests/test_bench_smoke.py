@@ -17,12 +17,13 @@ import pytest
 import redis
 
 from bench import intake
+from tests.conftest import REDIS_PORT
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
 # The one Redis database the other tests leave (tests/conftest.py redis_db_url). The benches
 # flush it, so the two runs take turns, whichever xdist workers they are on.
-REDIS_URL = "redis://127.0.0.1:6379/15"
+REDIS_URL = f"redis://127.0.0.1:{REDIS_PORT}/15"
 
 
 @pytest.fixture(autouse=True)
