@@ -73,15 +73,58 @@ def events_in(request: Any) -> int:
 
 
 class EventBatches(Batches):  # type: ignore[misc]
+    """celery-batches' task, with our flush and acknowledgement, and a buffer that survives a
+    broker reconnect (DESIGN 6: after any reconnect, buffered work is processed within the batch
+    wait)."""
+
     flush_every = settings.worker_batch_size
     flush_interval = settings.worker_batch_wait_seconds
+    _tref: Any  # celery-batches' flush timer entry, None while the buffer is empty
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Jobs handed to the pool whose result has not come back: their ApplyResult, requests.
+        self._in_pool: dict[int, tuple[Any, list[Any]]] = {}
+
+    def Strategy(self, task: Batches, app: Any, consumer: Any) -> Any:  # noqa: N802 - Celery's name
+        """Called on every consumer start, so the one place that sees each broker reconnect:
+        give back to the buffer what the reconnect took away, and re-arm the flush timer.
+
+        On a connection error Celery clears its event loop's timers (``asynloop``), the flush
+        timer among them. celery-batches (0.11) arms the timer only when a message arrives while
+        ``_tref`` is None, and ``_tref`` still named the cleared entry: the time-based flush
+        never came back, and buffered messages waited for ``flush_every`` more to arrive
+        (celery-batches #99, #107). So the stale entry is dropped, and the timer armed at once
+        when the buffer holds anything, since nothing else may ever arrive for it.
+
+        The prefork pool also drops the jobs no process has taken yet (``AsynPool.flush``: "the
+        broker will redeliver them"). RabbitMQ does; Redis only after the visibility timeout
+        (300 s), as their messages wait in ``unacked``. Those jobs' requests go back in the
+        buffer. Processing a message twice, when RabbitMQ redelivers its copy too, changes
+        nothing (README: processed once).
+        """
+        for key, (result, requests) in list(self._in_pool.items()):
+            if not result.accepted():
+                del self._in_pool[key]
+                for request in requests:
+                    self._buffer.put(request)
+        if self._tref is not None:
+            self._tref.cancel()  # a Celery that does not clear its timers would fire it twice
+            self._tref = None
+        handler = super().Strategy(task, app, consumer)
+        if not (self._buffer.empty() and self._pending.empty()):
+            self._tref = consumer.timer.call_repeatedly(self.flush_interval, self._do_flush)
+        return handler
 
     def flush(self, requests: Sequence[Any]) -> None:
         for job in runs(requests, events_in, settings.worker_batch_events):
             self._apply(job)
 
     def _apply(self, requests: list[Any]) -> None:
+        key = id(requests)
+
         def on_return(done: object) -> None:
+            self._in_pool.pop(key, None)
             for request in requests:
                 if done is True:
                     request.acknowledge()
@@ -89,14 +132,15 @@ class EventBatches(Batches):  # type: ignore[misc]
                     request.reject(requeue=True)
 
         def on_error(_: BaseException) -> None:  # the pool process died (WorkerLostError)
+            self._in_pool.pop(key, None)
             for request in requests:
                 request.reject(requeue=True)
 
         simple = ([SimpleRequest.from_request(request) for request in requests],)
-        self._pool.apply_async(
+        self._in_pool[key] = (self._pool.apply_async(
             apply_batches_task, (self, simple, 0, None),
             callback=on_return, error_callback=on_error,
-        )
+        ), requests)
 
 
 @app.task(name=PROCESS_TASK, base=EventBatches, acks_late=True)
