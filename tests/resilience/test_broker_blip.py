@@ -131,10 +131,6 @@ def test_broker_blips_lose_nothing_and_strand_nothing(kind: str, tmp_path: Path)
             assert result.lost == result.duplicated == result.stuck == 0, result
             assert result.completed == result.acknowledged == FINAL_GROUP, result
 
-            if kind == "redis" and streamed.lost:
-                pytest.xfail(f"{streamed.lost} events: kombu's Redis take is not atomic (DESIGN 6)"
-                             ": a message popped or recorded as unacked when the connection breaks"
-                             " is gone, or back only after the visibility timeout")
             assert streamed.lost == streamed.duplicated == streamed.stuck == 0, streamed
             assert streamed.completed == streamed.acknowledged >= STREAM * 0.9, streamed
         finally:
