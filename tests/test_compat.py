@@ -1,4 +1,5 @@
-"""Contracts with the private parts of celery-batches and Celery that worker/events.py relies on.
+"""Contracts with the private parts of celery-batches, Celery and kombu that worker/events.py
+and worker/broker.py rely on.
 
 Each test names what an upgrade removed or changed, so the failure says where to look instead
 of a batch that silently stops flushing.
@@ -14,6 +15,8 @@ from typing import Any
 from celery.concurrency.asynpool import AsynPool
 from celery_batches import Batches
 from kombu.asynchronous.timer import Timer
+from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
 
 from tests.conftest import wait_until
 from worker.events import EventBatches, process
@@ -87,3 +90,44 @@ def test_reconnect_rearms_the_flush_timer_and_gives_back_dropped_jobs() -> None:
 
     assert time.monotonic() - started < task.flush_interval + 0.5
     assert sorted(request.id for request in pool.jobs[1]) == ["request-1", "request-2"]
+
+
+def _parameters(function: Any) -> list[str]:
+    return list(inspect.signature(function).parameters)
+
+
+def test_kombu_redis_channel_keeps_what_the_atomic_take_overrides() -> None:
+    """worker/broker.py replaces the BRPOP of these methods with BLMOVE or the take script."""
+    channel = kombu_redis.Channel
+    expected = {
+        "_brpop_start": ["self", "timeout"], "_brpop_read": ["self", "options"],
+        "_get": ["self", "queue"], "_connparams": ["self", "asynchronous"],
+        "_create_client": ["self", "asynchronous"], "basic_consume": ["self", "queue", "args",
+                                                                      "kwargs"],
+        "_do_restore_message": ["self", "payload", "exchange", "routing_key", "pipe",
+                                "leftmost"],
+        "_flush_brpop_reauth": ["self"], "_disconnect_pools": ["self"],
+    }
+    for name, parameters in expected.items():
+        assert _parameters(getattr(channel, name)) == parameters, f"kombu Redis Channel.{name}"
+    for name in ("_queue_cycle", "_in_poll", "_brpop_sent_at", "unacked_key",
+                 "unacked_index_key", "unacked_mutex_key", "priority_steps", "global_keyprefix",
+                 "brpop_timeout", "connection_errors"):
+        assert name in dir(channel) or name in inspect.getsource(channel.__init__), (
+            f"kombu Redis Channel.{name}")
+    # The poller sends the next command when none is pending, and reads replies by this name.
+    assert "channel._brpop_start()" in inspect.getsource(kombu_redis.MultiChannelPoller)
+    assert "'BRPOP': self._brpop_read" in inspect.getsource(channel.__init__)
+
+
+def test_kombu_records_a_delivered_message_before_celery_sees_it() -> None:
+    """QoS.append must run inside ``_deliver`` (it removes the message from the in-flight list
+    in the same MULTI as kombu's bookkeeping), and kombu's QoS.append must still be this."""
+    assert "self.qos.append(message, message.delivery_tag)" in inspect.getsource(
+        virtual.Channel.basic_consume), "virtual.Channel.basic_consume"
+    assert _parameters(kombu_redis.QoS.append) == ["self", "message", "delivery_tag"]
+    assert _parameters(virtual.QoS.append) == ["self", "message", "delivery_tag"]
+    source = inspect.getsource(kombu_redis.QoS.append)
+    for step in ("self.unacked_index_key", "self.unacked_key", "message._raw"):
+        assert step in source, f"kombu Redis QoS.append no longer writes {step}"
+    assert "restore_visible" in inspect.getsource(kombu_redis.MultiChannelPoller.on_poll_init)
