@@ -7,11 +7,17 @@ of a batch that silently stops flushing.
 
 from __future__ import annotations
 
+import base64
 import inspect
+import json
 import time
+from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+import redis
 from celery.concurrency.asynpool import AsynPool
 from celery_batches import Batches
 from kombu.asynchronous.timer import Timer
@@ -19,6 +25,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 
 from tests.conftest import wait_until
+from tests.resilience.harness import private_redis
 from worker.events import EventBatches, process
 
 
@@ -131,3 +138,60 @@ def test_kombu_records_a_delivered_message_before_celery_sees_it() -> None:
     for step in ("self.unacked_index_key", "self.unacked_key", "message._raw"):
         assert step in source, f"kombu Redis QoS.append no longer writes {step}"
     assert "restore_visible" in inspect.getsource(kombu_redis.MultiChannelPoller.on_poll_init)
+
+
+# What may differ between a message Celery sends and one shared/publish.py writes: ids, who sent
+# it, the reprs Celery adds for its monitors, and the reply queue of a result we never read.
+VARYING = {"id", "root_id", "correlation_id", "delivery_tag", "reply_to", "origin", "argsrepr",
+           "kwargsrepr", "ignore_result"}
+
+
+@pytest.mark.redis
+def test_the_hand_built_envelope_is_what_celery_sends(
+    tmp_path: Path, configure: Callable[..., None]
+) -> None:
+    """shared/publish.py writes kombu's Redis envelope by hand: it must stay, field for field,
+    what Celery's own producer sends for the same task, or the worker cannot read it."""
+    from shared.publish import RedisPublisher, task_message
+    from worker.app import make_celery
+
+    args = [{"events": [{"transid": "t1"}]}]
+    with private_redis(tmp_path, aof=False) as server:
+        configure(broker_url=server.url)
+        make_celery().send_task("events.process", args=args, queue="events")
+        RedisPublisher(server.url, 100, 100).publish(
+            task_message("events.process", "events", json.dumps(args)), {})
+        client = redis.Redis.from_url(server.url)
+        celery_sent, ours = (json.loads(raw) for raw in reversed(client.lrange("events", 0, -1)))
+    assert set(ours) == set(celery_sent), "envelope keys"
+    assert json.loads(base64.b64decode(ours["body"])) == json.loads(
+        base64.b64decode(celery_sent["body"])), "body: [args, kwargs, embed]"
+    for part in ("headers", "properties"):
+        # Celery's stamping headers are optional for the worker that reads the message.
+        missing = set(celery_sent[part]) - set(ours[part]) - {
+            "stamps", "stamped_headers", "replaced_task_nesting"}
+        assert not missing, f"{part} the envelope lacks"
+        assert not set(ours[part]) - set(celery_sent[part]), f"{part} Celery does not send"
+        for name in set(ours[part]) - VARYING:
+            assert ours[part][name] == celery_sent[part][name], f"{part}.{name}"
+    for name in set(ours) - {"body", "headers", "properties"}:
+        assert ours[name] == celery_sent[name], name
+
+
+def test_redis_py_connection_keeps_what_the_lua_publish_calls() -> None:
+    """shared/publish.LuaScript talks to a redis-py Connection directly, skipping the client."""
+    connection = redis.Connection
+    for name in ("send_command", "read_response", "can_read", "disconnect"):
+        assert callable(getattr(connection, name, None)), f"redis.Connection.{name}"
+    assert callable(getattr(redis.ConnectionPool, "make_connection", None)), (
+        "redis.ConnectionPool.make_connection")
+    assert issubclass(redis.exceptions.NoScriptError, redis.ResponseError), "NoScriptError"
+
+
+def test_kombu_sqlalchemy_transport_polls_by_its_class_attribute() -> None:
+    """worker/app.py sets ``Transport.polling_interval`` on kombu's SQLAlchemy transport (its
+    options all go to create_engine)."""
+    from kombu.transport import sqlalchemy
+
+    assert isinstance(sqlalchemy.Transport.polling_interval, int | float), (
+        "kombu.transport.sqlalchemy.Transport.polling_interval")
