@@ -29,12 +29,12 @@ def connect(url: str) -> Any:
     return Connection(url, transport=TRANSPORT)
 
 
-def publish(url: str, *bodies: str) -> None:
+def publish(url: str, *bodies: str, queue: str = "events") -> None:
     with connect(url) as connection:
         producer = connection.Producer()
         for body in bodies:
-            producer.publish(body, routing_key="events", exchange=Exchange(""),
-                             declare=[Queue("events", routing_key="events")])
+            producer.publish(body, routing_key=queue, exchange=Exchange(""),
+                             declare=[Queue(queue, routing_key=queue)])
 
 
 def consumer_channel(connection: Any) -> Channel:
@@ -95,3 +95,41 @@ def test_a_live_consumers_messages_stay_where_they_are(server: RedisServer) -> N
         consumer_channel(second).reap_dead_consumers()
         assert client.hlen(owner.unacked_key) == 1
         assert client.llen("events") == 0
+
+
+def test_a_message_taken_without_acknowledgement_leaves_nothing_in_flight(
+    server: RedisServer,
+) -> None:
+    publish(server.url, "once")
+    client = redis.Redis.from_url(server.url)
+    with connect(server.url) as connection:
+        channel = consumer_channel(connection)
+        assert channel.basic_get("events", no_ack=True).body == b"once"
+        assert client.llen(inflight_key(channel.consumer)) == 0
+        assert client.hlen(channel.unacked_key) == 0
+
+
+@pytest.mark.parametrize("queues", [["events"], ["events", "mail", "notify"]])
+def test_an_event_loop_consumer_takes_every_message_and_acknowledges_it(
+    server: RedisServer, queues: list[str]
+) -> None:
+    """One queue: BLMOVE waits on it. Several: the take script asks them all."""
+    for queue in queues:
+        publish(server.url, f"to {queue}", f"again to {queue}", queue=queue)
+    client = redis.Redis.from_url(server.url)
+    received: list[str] = []
+
+    def on_message(body: str, message: Any) -> None:
+        received.append(body)
+        message.ack()
+
+    with connect(server.url) as connection, connection.Consumer(
+        [Queue(queue, routing_key=queue) for queue in queues], callbacks=[on_message],
+    ) as consumer:
+        while len(received) < 2 * len(queues):
+            connection.drain_events(timeout=5)
+        channel = consumer.channel
+        assert client.llen(inflight_key(channel.consumer)) == 0
+        assert client.hlen(channel.unacked_key) == 0
+    assert sorted(received) == sorted(
+        f"{prefix} {queue}" for queue in queues for prefix in ("to", "again to"))

@@ -21,6 +21,10 @@ unacked hash is per consumer for that reason; kombu's visibility timeout still a
 consumer's own messages. A consumer that only lost its connection for a moment may see its
 messages handed out again: they are processed once all the same (idempotent by transid).
 
+The heartbeat is renewed from kombu's periodic restore (``MultiChannelPoller
+.maybe_restore_messages``), which serves the first channel of a connection that consumes
+ordinary queues: Celery consumes tasks on one channel per connection, so that is the one.
+
 **One client per channel for synchronous commands.** kombu builds a new ``redis.Redis`` client
 for every acknowledgement and bookkeeping step; with redis-py 6+ building a client costs more
 than the command it sends (a fifth of the consumer's CPU). A client is only a handle on the
@@ -134,7 +138,8 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         return self._sync_client
 
     def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
-        if not self._registered_consumer:
+        # Fanout queues (Celery's remote control) come by pub/sub, never through the take.
+        if queue not in self._fanout_queues and not self._registered_consumer:
             # The synchronous client: ``self.client`` owns the connection a BLMOVE may wait on.
             with self._create_client().pipeline() as pipe:
                 pipe.set(heartbeat_key(self.consumer), 1, ex=HEARTBEAT_TTL)
@@ -204,6 +209,14 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         self.taken = reply[1]
         return loads(reply[1])
 
+    def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
+        try:
+            return super().basic_get(queue, no_ack=no_ack, **kwargs)
+        finally:
+            if self.taken is not None:  # no_ack: nothing recorded it, and nothing will ack it
+                self._create_client().lrem(self.inflight_key, 1, self.taken)
+                self.taken = None
+
     def _deliver_taken(self, item: bytes, queue: str) -> None:
         """Hand a taken message to kombu, which records it (QoS.append) and calls Celery."""
         self.taken = item
@@ -222,7 +235,8 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             raise
         else:
             if self.taken is not None:
-                # kombu requeued it without our QoS (no consumer for that queue here).
+                # Not recorded by our QoS: a no_ack consumer, or kombu requeued it through
+                # another channel (no consumer for that queue here).
                 self._create_client().lrem(self.inflight_key, 1, item)
         finally:
             self.taken = None
