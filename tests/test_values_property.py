@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -49,8 +48,8 @@ FIELD_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "subject": texts, "note": texts, "source": texts, "sourceID": texts, "ci": texts,
     "team": texts, "requested_for": texts,
     **{name: st.one_of(st.sampled_from(CHOICES[name]), texts) for name in CHOICES},
-    **{name: ids for name in ("requested_by_id", "ci_id", "team_id", "member_id")},
-    **{name: times for name in ("waiting_until", "downtime_start_at")},
+    **dict.fromkeys(("requested_by_id", "ci_id", "team_id", "member_id"), ids),
+    **dict.fromkeys(("waiting_until", "downtime_start_at"), times),
 }
 
 
