@@ -9,7 +9,9 @@ from typing import Concatenate, ParamSpec
 from flask import Response, current_app, request
 
 from api.errors import error_json
+from api.fourme import respond
 from shared.intake.codes import IntakeError
+from shared.intake.fourme import Refused, check_account
 from shared.intake.service import KeyInfo, WebexIntake
 
 P = ParamSpec("P")
@@ -32,7 +34,9 @@ def caller() -> KeyInfo | None:
 def requires_key(
     refusal: str = "authentication failed",
 ) -> Callable[[KeyedView[P]], Callable[P, Response]]:
-    """A view decorator: the view gets the caller's key first; without a valid one, a 401."""
+    """A view decorator: the view gets the caller's key first; without a valid one, or with an
+    ``X-4me-Account`` header naming another account than the key's, a 401 (the rule of
+    ``POST /v1/events``, on every route that takes a key; the header stays optional here)."""
 
     def decorate(view: KeyedView[P]) -> Callable[P, Response]:
         @functools.wraps(view)
@@ -40,6 +44,10 @@ def requires_key(
             key = caller()
             if key is None:
                 return error_json(401, refusal)
+            try:
+                check_account(key, request.headers.get("X-4me-Account"), required=False)
+            except Refused as refused:
+                return respond(refused.reply)
             return view(key, *args, **kwargs)
 
         return checked

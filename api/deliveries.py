@@ -11,22 +11,26 @@ import contextlib
 import json as stdjson
 from datetime import UTC, datetime
 
-from flask import Blueprint, Response, current_app, json, request
+from flask import Blueprint, Response, current_app, json
 
 from api.auth import requires_key
 from api.errors import error_json
+from api.query import argument
 from shared.db.engine import session_scope
+from shared.ids import well_formed
 from shared.intake.service import KeyInfo
 from shared.notify import rules
 from shared.notify.delivery import REDELIVER_MISSING, Replay, redeliver
 from shared.notify.schemas import Redelivery
 from shared.notify.views import list_deliveries
 from shared.publish import NOTIFY_QUEUE, Publisher, PublishError, task_message
+from shared.requests.fields import parse_choice, parse_id, parse_int
 
 bp = Blueprint("deliveries", __name__)
 
 DELIVER_TASK = "notify.deliver"
 MAX_LIMIT = 200
+DEFAULT_LIMIT = 50
 
 
 def _json(body: dict[str, object], status: int = 200) -> Response:
@@ -36,16 +40,9 @@ def _json(body: dict[str, object], status: int = 200) -> Response:
 @bp.get("/v1/deliveries")
 @requires_key()
 def deliveries(key: KeyInfo) -> Response:
-    status = request.args.get("status") or None
-    if status is not None and status not in rules.STATES:
-        return error_json(400, f"status must be one of {', '.join(rules.STATES)}")
-    try:
-        limit = int(request.args.get("limit", "50"))
-        before = int(request.args["before"]) if request.args.get("before") else None
-    except ValueError:
-        return error_json(400, "limit and before must be integers")
-    if not 1 <= limit <= MAX_LIMIT:
-        return error_json(400, f"limit must be between 1 and {MAX_LIMIT}")
+    status = argument("status", lambda raw: parse_choice(raw, rules.STATES))
+    limit = argument("limit", lambda raw: parse_int(raw, 1, MAX_LIMIT)) or DEFAULT_LIMIT
+    before = argument("before", parse_id)
     with session_scope() as session:
         page = list_deliveries(session, key.account_id, status=status, limit=limit, before=before)
     return _json(page.model_dump(mode="json", exclude_none=True))
@@ -54,8 +51,10 @@ def deliveries(key: KeyInfo) -> Response:
 @bp.post("/v1/transactions/<transid>/redeliver")
 @requires_key()
 def redeliver_transaction(key: KeyInfo, transid: str) -> Response:
-    with session_scope() as session:
-        started = redeliver(session, key.account_id, transid, datetime.now(UTC))
+    started: Replay | str = REDELIVER_MISSING
+    if well_formed(transid):
+        with session_scope() as session:
+            started = redeliver(session, key.account_id, transid, datetime.now(UTC))
     if started == REDELIVER_MISSING:
         return error_json(404, "no notification for this transaction")
     if not isinstance(started, Replay):

@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from flask import Flask, Response, json, request
 from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from api.query import BadQuery
 from shared.intake.service import LookupUnavailable
 
 log = logging.getLogger(__name__)
 
 
-def error_json(status: int, message: str) -> Response:
-    return Response(json.dumps({"message": message}), status, mimetype="application/json")
+def reply_json(status: int, body: object, headers: Mapping[str, str] | None = None) -> Response:
+    response = Response(json.dumps(body), status, mimetype="application/json")
+    response.headers.update(headers or {})
+    return response
+
+
+def error_json(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+    return reply_json(status, {"message": message}, headers)
 
 
 def register(app: Flask) -> None:
@@ -31,9 +39,16 @@ def register(app: Flask) -> None:
         log.warning("database unreachable on %s %s", request.method, request.path)
         return error_json(503, "the database is unreachable; try again shortly")
 
+    @app.errorhandler(BadQuery)
+    def bad_query(error: BadQuery) -> Response:
+        return error_json(400, str(error))
+
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:
-        return error_json(error.code or 500, error.description or error.name)
+        # The exception's own headers but its HTML type: a 405's Allow (RFC 9110 15.5.6).
+        headers = {name: value for name, value in error.get_headers()
+                   if name.lower() != "content-type"}
+        return error_json(error.code or 500, error.description or error.name, headers)
 
     @app.errorhandler(Exception)
     def unexpected(_: Exception) -> Response:

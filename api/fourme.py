@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 from flask import Blueprint, Response, current_app, request
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
+from api.body import read_limited
+from api.errors import reply_json
 from shared import metrics
 from shared.intake.fourme import FourMeIntake, Reply
 from shared.logs import get_logger
@@ -16,9 +17,17 @@ PATH = "/v1/events"
 
 
 def respond(reply: Reply) -> Response:
-    response = Response(json.dumps(reply.body), reply.status, mimetype="application/json")
-    response.headers.update(reply.headers)
-    return response
+    return reply_json(reply.status, reply.body, reply.headers)
+
+
+def _read_body() -> bytes:
+    try:
+        body = read_limited(request.environ, current_app.config["MAX_CONTENT_LENGTH"])
+    except ValueError as exc:
+        raise BadRequest("bad Content-Length") from exc
+    if body is None:
+        raise RequestEntityTooLarge
+    return body
 
 
 @bp.post(PATH)
@@ -28,7 +37,7 @@ def events() -> Response:
         authorization=request.headers.get("Authorization"),
         account=request.headers.get("X-4me-Account"),
         content_type=request.mimetype,
-        read_body=request.get_data,
+        read_body=_read_body,
         query=request.args.items(multi=True),
         prefer=", ".join(request.headers.getlist("Prefer")) or None,
     )

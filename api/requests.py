@@ -10,22 +10,17 @@ next, last) and the ``X-Pagination-*`` headers.
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import ParamSpec
 from urllib.parse import urlencode
 
 from flask import Blueprint, Response, request
 
-from api.auth import KeyedView, requires_key
+from api.auth import requires_key
 from api.errors import error_json
-from api.fourme import respond
+from api.query import argument
 from shared.db.engine import session_scope
-from shared.intake.fourme import Refused, check_account
 from shared.intake.service import KeyInfo
-from shared.requests.fields import CHOICES, parse_datetime
+from shared.requests.fields import CHOICES, check_text, parse_choice, parse_int, parse_timestamp
 from shared.requests.views import (
     Page,
     RequestFilter,
@@ -36,32 +31,12 @@ from shared.requests.views import (
 )
 
 bp = Blueprint("requests", __name__)
-P = ParamSpec("P")
 
 PER_PAGE = 25
 MAX_PER_PAGE = 100
 MAX_PAGE = 1_000_000
 # Ids beyond a BIGINT are no request's: a 404, not a database error.
 REQUEST_ID = "<int(max=9223372036854775807):request_id>"
-
-
-class BadRequest(Exception):
-    pass
-
-
-def _reader(view: KeyedView[P]) -> Callable[P, Response]:
-    """The caller's key, which must be the ``X-4me-Account`` account's when that is given."""
-
-    @requires_key("Authentication failed: send Authorization: Bearer <token>")
-    @functools.wraps(view)
-    def checked(key: KeyInfo, /, *args: P.args, **kwargs: P.kwargs) -> Response:
-        try:
-            check_account(key, request.headers.get("X-4me-Account"), required=False)
-        except Refused as refused:
-            return respond(refused.reply)
-        return view(key, *args, **kwargs)
-
-    return checked
 
 
 def _json(body: object, headers: dict[str, str] | None = None) -> Response:
@@ -71,17 +46,10 @@ def _json(body: object, headers: dict[str, str] | None = None) -> Response:
 
 
 def _number(name: str, default: int, highest: int) -> int:
-    raw = request.args.get(name, "").strip()
-    if not raw:
-        return default
-    value = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 12 else 0
-    if value < 1:
-        raise BadRequest(f"{name} must be a positive integer")
-    if name == "per_page":
-        return min(value, highest)  # as 4me: more than the maximum gives the maximum
-    if value > highest:
-        raise BadRequest(f"{name} must be at most {highest}")
-    return value
+    # per_page as 4me: more than the maximum gives the maximum.
+    value = argument(name, lambda raw: min(parse_int(raw, 1), highest)
+                      if name == "per_page" else parse_int(raw, 1, highest))
+    return default if value is None else value
 
 
 def _paging() -> tuple[int, int]:
@@ -109,44 +77,24 @@ def pagination_headers(page: Page) -> dict[str, str]:
     }
 
 
-def _since(raw: str) -> datetime:
-    """``yyyy-mm-ddThh:mm[:ss][Z]`` like the event fields, or any ISO 8601 time (UTC if no zone)."""
-    try:
-        return parse_datetime(raw)
-    except ValueError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(raw)
-    except ValueError as exc:
-        raise BadRequest("updated_since must be a time: yyyy-mm-ddThh:mm:ssZ") from exc
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-
-
 def _filter() -> RequestFilter:
-    def given(name: str) -> str | None:
-        return request.args.get(name, "").strip() or None
-
-    status, since = given("status"), given("updated_since")
-    if status is not None and status not in CHOICES["status"]:
-        raise BadRequest(f"status must be one of {', '.join(CHOICES['status'])}")
-    return RequestFilter(source=given("source"), source_id=given("sourceID"), status=status,
-                         updated_since=_since(since) if since else None)
+    return RequestFilter(
+        source=argument("source", check_text), source_id=argument("sourceID", check_text),
+        status=argument("status", lambda raw: parse_choice(raw, CHOICES["status"])),
+        updated_since=argument("updated_since", parse_timestamp))
 
 
 @bp.get("/v1/requests")
-@_reader
+@requires_key("Authentication failed: send Authorization: Bearer <token>")
 def requests_list(key: KeyInfo) -> Response:
-    try:
-        where, (number, size) = _filter(), _paging()
-    except BadRequest as exc:
-        return error_json(400, str(exc))
+    where, (number, size) = _filter(), _paging()
     with session_scope() as session:
         views, page = list_requests(session, key.account_id, where, number, size)
     return _json([to_json(view) for view in views], pagination_headers(page))
 
 
 @bp.get(f"/v1/requests/{REQUEST_ID}")
-@_reader
+@requires_key("Authentication failed: send Authorization: Bearer <token>")
 def request_one(key: KeyInfo, request_id: int) -> Response:
     with session_scope() as session:
         view = get_request(session, key.account_id, request_id)
@@ -156,12 +104,9 @@ def request_one(key: KeyInfo, request_id: int) -> Response:
 
 
 @bp.get(f"/v1/requests/{REQUEST_ID}/notes")
-@_reader
+@requires_key("Authentication failed: send Authorization: Bearer <token>")
 def request_notes(key: KeyInfo, request_id: int) -> Response:
-    try:
-        number, size = _paging()
-    except BadRequest as exc:
-        return error_json(400, str(exc))
+    number, size = _paging()
     with session_scope() as session:
         found = list_notes(session, key.account_id, request_id, number, size)
     if found is None:

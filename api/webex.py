@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
 
+from api.body import read_limited
 from shared import metrics
 from shared.intake.codes import Code, IntakeError
 from shared.intake.service import Answer, WebexIntake
@@ -45,16 +46,6 @@ def _mimetype(environ: dict[str, Any]) -> str:
     return str(environ.get("CONTENT_TYPE", "")).split(";", 1)[0].strip().lower()
 
 
-def _body(environ: dict[str, Any], limit: int) -> bytes | None:
-    """The request body, or None when it is larger than ``limit`` (read no further then)."""
-    declared = environ.get("CONTENT_LENGTH")
-    if declared:
-        length = int(declared)
-        return None if length > limit else environ["wsgi.input"].read(length)
-    body: bytes = environ["wsgi.input"].read(limit + 1)  # chunked: no length given
-    return None if len(body) > limit else body
-
-
 class FrontDoor:
     """WSGI middleware: this route here, every other one to ``app`` (the Flask app)."""
 
@@ -80,7 +71,7 @@ class FrontDoor:
 
     def _answer(self, environ: dict[str, Any]) -> Answer:
         try:
-            body = _body(environ, self._limit)
+            body = read_limited(environ, self._limit)
         except ValueError:  # a Content-Length that is not a number
             return Answer.failure(IntakeError(Code.INVALID_VALUES, "bad Content-Length"))
         if body is None:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from functools import lru_cache
 
 _RANDOM_HEX = 24
 _MAC_HEX = 8
+_HEX = re.compile("[0-9a-f]+")
 
 
 def make_transid(secret: bytes, account_id: str) -> str:
@@ -21,8 +23,15 @@ def make_transid(secret: bytes, account_id: str) -> str:
     return random_part + _mac(secret, account_id, random_part)
 
 
+def well_formed(transid: str) -> bool:
+    """The shape of every transid issued: 32 lowercase hex digits. Anything else is no
+    transaction's, and is answered without a lookup (a NUL would fail PostgreSQL's)."""
+    return len(transid) == _RANDOM_HEX + _MAC_HEX and _HEX.fullmatch(transid) is not None
+
+
 def issued_for(secret: bytes, account_id: str, transid: str) -> bool:
-    if len(transid) != _RANDOM_HEX + _MAC_HEX:
+    # compare_digest refuses non-ASCII text with a TypeError: the shape is checked first.
+    if not well_formed(transid):
         return False
     random_part, mac = transid[:_RANDOM_HEX], transid[_RANDOM_HEX:]
     return hmac.compare_digest(mac, _mac(secret, account_id, random_part))

@@ -46,6 +46,8 @@ from shared.requests.fields import (
     DATETIME_FIELDS,
     FIELDS,
     ID_FIELDS,
+    MAX_ID,
+    RANGE_MESSAGE,
     TEXT_FIELDS,
     FieldErrors,
     check_fields,
@@ -78,9 +80,10 @@ class FourMeQueued(BaseModel):
     status: Literal["queued"] = "queued"
 
 
-_ID = Annotated[str, StringConstraints(pattern=r"^\d{1,18}$")] \
-    | Annotated[int, Strict(), Field(ge=0, lt=10**18)]
-_DATETIME = Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2})?Z?$")]
+_ID = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,19}$")] \
+    | Annotated[int, Strict(), Field(ge=0, le=MAX_ID)]
+_DATETIME = Annotated[
+    str, StringConstraints(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2})?Z?$")]
 
 
 def _parameter(name: str) -> tuple[Any, Any]:
@@ -93,9 +96,11 @@ def _parameter(name: str) -> tuple[Any, Any]:
     if name in CHOICES:
         return Literal[CHOICES[name]] | None, None
     if name in ID_FIELDS:
-        return _ID | None, Field(default=None, description="A record id (text or a number).")
+        return _ID | None, Field(default=None, description=f"A record id (text or a number), "
+                                                           f"at most {MAX_ID}.")
     if name in DATETIME_FIELDS:
-        return _DATETIME | None, Field(default=None, description="UTC, yyyy-mm-ddThh:mm[:ss][Z].")
+        return _DATETIME | None, Field(default=None, description=f"UTC, yyyy-mm-ddThh:mm[:ss][Z]; "
+                                                                 f"it {RANGE_MESSAGE}.")
     return str | None, Field(default=None, max_length=255,
                              description="A record's name, label, email or sourceID.")
 
@@ -165,7 +170,8 @@ def _json_object(body: bytes) -> dict[str, Any]:
     try:
         data = pydantic_core.from_json(body)
     except ValueError as exc:
-        raise Refused(400, f"Invalid JSON: {exc}") from exc
+        # The parser's own words are no part of the answer (README "4me Events API").
+        raise Refused(400, "Invalid JSON: the body is not well-formed JSON") from exc
     if not isinstance(data, dict):
         raise Refused(400, "The JSON body must be an object of parameters")
     return data
@@ -180,11 +186,12 @@ def _form(body: bytes) -> dict[str, Any]:
                 continue
             name, equals, value = piece.partition("=")
             if not equals:
-                raise ValueError(f"no '=' in {name[:40]!r}")
+                raise ValueError
             pairs.append((unquote_plus(name, errors="strict"),
                           unquote_plus(value, errors="strict")))
     except ValueError as exc:  # UnicodeDecodeError too
-        raise Refused(400, f"Invalid form body: {exc}") from exc
+        raise Refused(400, "Invalid form body: expected name=value pairs, percent-encoded "
+                           "UTF-8") from exc
     return dict(pairs)
 
 
@@ -209,7 +216,10 @@ def _text(value: Any) -> str | None:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
-        return str(value)
+        try:
+            return str(value)
+        except ValueError:  # an int of more than 4300 digits
+            raise ValueError("is too long a number") from None
     raise TypeError
 
 
@@ -345,7 +355,9 @@ class FourMeIntake:
             return queued
         headers = {"X-Transid": transid}
         if view.status != "completed" or view.outcome is None or view.outcome.request_id is None:
-            message = view.error or f"The event ended {view.status}"
+            # The reason stays on the transaction: for a fault of ours it is an exception's
+            # text, which a 4me error never echoes.
+            message = f"The event ended {view.status}: see /v1/transactions/{transid}"
             return Reply(422, FourMeError(message=message).model_dump(exclude_none=True),
                          headers, transid)
         request_id = view.outcome.request_id

@@ -8,7 +8,7 @@ cannot drift. Validation is split the way the answer is: request-level faults (b
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 from xml.etree.ElementTree import Element, ParseError
@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from shared.intake.codes import Code, IntakeError
-from shared.requests.fields import check_text
+from shared.requests.fields import blank, check_text, parse_timestamp
 
 MAX_CORRELATIONID_BYTES = 50
 MAX_URL_LENGTH = 2048
@@ -38,13 +38,21 @@ ParamName = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
 
 def parse_expiry(value: Any) -> datetime | None:
-    """UTC ISO 8601, with or without ``Z`` and milliseconds; a time without a zone is UTC."""
-    if value is None or value == "":
+    """UTC ISO 8601, with or without ``Z`` and milliseconds; a time without a zone is UTC; in
+    the range every time must lie in (shared.requests.fields.parse_timestamp)."""
+    if blank(value):
         return None
     if not isinstance(value, str):
         raise ValueError("expiry must be an ISO 8601 string")
-    parsed = datetime.fromisoformat(value.strip())
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    try:
+        return parse_timestamp(value)
+    except ValueError as exc:
+        raise ValueError(f"expiry {exc}") from None
+
+
+def _absent_as_empty(value: Any) -> Any:
+    # "parameters": null means no parameters, like a missing member (README "null").
+    return {} if value is None else value
 
 
 def check_notify_url(value: Any) -> str | None:
@@ -75,7 +83,7 @@ class WebexEvent(BaseModel):
     correlationid: Annotated[str, AfterValidator(check_text)] | None = Field(
         default=None, description="Caller's id for this event, at most 50 bytes (UTF-8)."
     )
-    parameters: dict[ParamName, ParamValue] = Field(
+    parameters: Annotated[dict[ParamName, ParamValue], BeforeValidator(_absent_as_empty)] = Field(
         default_factory=dict, description="Name/value pairs for the event definition."
     )
 
@@ -192,8 +200,9 @@ def load_xml(body: bytes) -> dict[str, Any]:
 
 
 def _event_code(error: ValidationError) -> Code:
+    # A blank evtid ("", "  ") is as missing as none at all: 7003 for each.
     missing = any(
-        e["loc"][:1] == ("evtid",) and (e["type"] == "missing" or e["input"] is None)
+        e["loc"][:1] == ("evtid",) and (e["type"] == "missing" or blank(e["input"]))
         for e in error.errors()
     )
     return Code.MANDATORY_MISSING if missing else Code.INVALID_VALUES
@@ -258,8 +267,8 @@ def validate(data: Any, max_events: int) -> ParsedRequest:
 def missing_mandatory(
     mandatory: list[str], defaults: dict[str, Any], parameters: dict[str, Any]
 ) -> list[str]:
-    """Mandatory custom parameters left empty by the event, with no default in the definition."""
+    """Mandatory custom parameters left blank by the event (absent, null, only whitespace),
+    with no default in the definition."""
     return [
-        name for name in mandatory
-        if parameters.get(name) in (None, "") and defaults.get(name) in (None, "")
+        name for name in mandatory if blank(parameters.get(name)) and blank(defaults.get(name))
     ]

@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.records.directory import CIRef, PersonRef, Scope, ServiceInstanceRef, TemplateRef
-from shared.requests.fields import DATETIME_FIELDS, parse_datetime
+from shared.requests.fields import DATETIME_FIELDS, parse_datetime, parse_id
 
 STATUSES_NEEDING_MEMBER = frozenset(
     {"accepted", "in_progress", "waiting_for", "waiting_for_customer", "completed"}
@@ -105,7 +105,7 @@ def _resolve(fields: dict[str, str | None], scope: Scope, draft: Draft) -> dict[
     for name, id_name, kind, lookup in _REFERENCES:
         by_id, by_name = _given(fields, id_name), _given(fields, name)
         if by_id:
-            record = scope.by_id(kind, int(by_id))
+            record = scope.by_id(kind, parse_id(by_id))
             if record is None:
                 draft.unresolved[id_name] = by_id
         elif by_name:
@@ -119,7 +119,7 @@ def _resolve(fields: dict[str, str | None], scope: Scope, draft: Draft) -> dict[
     for id_name, kind in _ID_ONLY:
         value = _given(fields, id_name)
         if value:
-            record = scope.by_id(kind, int(value))
+            record = scope.by_id(kind, parse_id(value))
             if record is None:
                 draft.unresolved[id_name] = value
             else:
@@ -134,7 +134,7 @@ def _resolve_ci(fields: dict[str, str | None], scope: Scope, draft: Draft) -> CI
     ci_id, label = _given(fields, "ci_id"), _given(fields, "ci")
     source, source_id = _given(fields, "ci_source"), _given(fields, "ci_sourceID")
     if ci_id:
-        ci: CIRef | None = scope.by_id("cis", int(ci_id))
+        ci: CIRef | None = scope.by_id("cis", parse_id(ci_id))
         missing = ("ci_id", ci_id)
     elif label:
         ci, missing = scope.ci(label), ("ci", label)

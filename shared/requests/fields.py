@@ -8,7 +8,8 @@ before it writes, so a value that passes the front door is a value the worker ca
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 TEXT_FIELDS = {
@@ -44,7 +45,17 @@ FIELDS = frozenset(
     [*TEXT_FIELDS, *REFERENCE_FIELDS, *ID_FIELDS, *DATETIME_FIELDS, *CHOICES]
 )
 
-_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2})?Z?$")
+# [0-9], not \d: \d also matches other scripts' digits, which int() and fromisoformat() refuse.
+_DATETIME = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2})?Z?$")
+# The largest value of a BIGINT (PostgreSQL) and of an INTEGER (SQLite): every id column.
+MAX_ID = 2**63 - 1
+# A day inside Python's datetime range at each end: an instant in it can be shown in any time
+# zone (a database session's, a caller's) without overflowing, and PostgreSQL's timestamptz
+# and SQLite's text hold it.
+EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
+LATEST = datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=UTC)
+_NAIVE_EARLIEST, _NAIVE_LATEST = EARLIEST.replace(tzinfo=None), LATEST.replace(tzinfo=None)
+RANGE_MESSAGE = "must lie between 0001-01-02T00:00:00Z and 9999-12-30T23:59:59Z"
 _MAX_REFERENCE = 255
 # C0 control characters but tab, LF and CR.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
@@ -72,11 +83,72 @@ def check_text(value: str) -> str:
     return value
 
 
+def blank(value: object) -> bool:
+    """Not given: None, or text of only whitespace (``""``, ``"  "``), for every optional and
+    mandatory value of both intakes alike."""
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+# The parsers below are the only ones intake and worker use for ids, numbers, datetimes and
+# choices: a value one of them lets in at the door is a value the worker can act on. Each
+# raises ValueError with a message fit for the caller.
+
+def parse_int(value: str, lowest: int = 0, highest: int = MAX_ID) -> int:
+    """A whole number in ASCII digits (no sign, space or ``_``: ``str.isdigit()`` and ``int()``
+    take ``"³"``, ``"٣"`` or ``" 1_0 "``), from ``lowest`` to ``highest``."""
+    # The length check first: int() of thousands of digits is slow, and refused past 4300.
+    if not (value.isascii() and value.isdigit()) or len(value.lstrip("0")) > len(str(highest)):
+        raise ValueError(f"must be a whole number from {lowest} to {highest}")
+    number = int(value)
+    if not lowest <= number <= highest:
+        raise ValueError(f"must be a whole number from {lowest} to {highest}")
+    return number
+
+
+def parse_id(value: str) -> int:
+    """A record id: ASCII digits, at most :data:`MAX_ID` (the id columns' type)."""
+    try:
+        return parse_int(value)
+    except ValueError:
+        raise ValueError(f"must be a numeric id (ASCII digits, at most {MAX_ID})") from None
+
+
+def parse_choice(value: str, allowed: Sequence[str]) -> str:
+    if value not in allowed:
+        raise ValueError(f"must be one of {', '.join(allowed)}")
+    return value
+
+
+def _in_range(moment: datetime) -> datetime:
+    if not EARLIEST <= moment <= LATEST:
+        raise ValueError(RANGE_MESSAGE)
+    return moment
+
+
 def parse_datetime(value: str) -> datetime:
-    """``yyyy-mm-ddThh:mm[:ss][Z]``, always UTC."""
+    """A 4me event field's time, ``yyyy-mm-ddThh:mm[:ss][Z]``, always UTC, in range."""
     if not _DATETIME.match(value):
         raise ValueError("expected yyyy-mm-ddThh:mm[:ss][Z]")
-    return datetime.fromisoformat(value.rstrip("Z")).replace(tzinfo=UTC)
+    return _in_range(datetime.fromisoformat(value.rstrip("Z")).replace(tzinfo=UTC))
+
+
+def parse_timestamp(value: str) -> datetime:
+    """Any ISO 8601 time (``expiry``, ``updated_since``): a time without a zone is UTC; the
+    result is UTC and in range. ``9999-12-31T23:59:59-05:00`` is past the range, not an
+    overflow: the offset is applied with the range check, never by ``astimezone``."""
+    if not value.isascii():
+        raise ValueError("expected an ISO 8601 time, such as 2026-12-01T18:51:19Z")
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValueError("expected an ISO 8601 time, such as 2026-12-01T18:51:19Z") from None
+    offset = parsed.utcoffset() or timedelta()
+    local = parsed.replace(tzinfo=None)
+    # The bounds are shifted by the offset, not the time: a bound a day inside the range
+    # cannot overflow, and the time, once known to be inside, can be shifted too.
+    if not _NAIVE_EARLIEST + offset <= local <= _NAIVE_LATEST + offset:
+        raise ValueError(RANGE_MESSAGE)
+    return (local - offset).replace(tzinfo=UTC)
 
 
 def _field_error(name: str, value: str) -> str | None:
@@ -84,18 +156,18 @@ def _field_error(name: str, value: str) -> str | None:
         limit = TEXT_FIELDS[name]
         size = len(value.encode()) if name in ("note", "internal_note") else len(value)
         return f"is longer than {limit}" if size > limit else None
-    if name in CHOICES:
-        allowed = CHOICES[name]
-        return None if value in allowed else f"must be one of {', '.join(allowed)}"
-    if name in ID_FIELDS:
-        return None if value.isdigit() and len(value) <= 18 else "must be a numeric id"
-    if name in DATETIME_FIELDS:
-        try:
+    try:
+        if name in CHOICES:
+            parse_choice(value, CHOICES[name])
+        elif name in ID_FIELDS:
+            parse_id(value)
+        elif name in DATETIME_FIELDS:
             parse_datetime(value)
-        except ValueError as exc:
-            return str(exc)
-        return None
-    return f"is longer than {_MAX_REFERENCE}" if len(value) > _MAX_REFERENCE else None
+        else:
+            return f"is longer than {_MAX_REFERENCE}" if len(value) > _MAX_REFERENCE else None
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def check_fields(fields: dict[str, str | None]) -> dict[str, str | None]:
@@ -127,12 +199,12 @@ def event_fields(
 ) -> dict[str, str | None]:
     """An event definition applied to a Webex event's parameters: the 4me fields it sets.
 
-    Defaults fill parameters the event leaves empty; ``mapping`` renames a parameter to a field
-    (``{"host": "ci"}``); parameters that are neither a field nor mapped stay custom parameters
-    on the transaction only.
+    Defaults fill parameters the event leaves blank (:func:`blank`); ``mapping`` renames a
+    parameter to a field (``{"host": "ci"}``); parameters that are neither a field nor mapped
+    stay custom parameters on the transaction only.
     """
     merged = {**defaults}
-    merged.update({k: v for k, v in parameters.items() if v not in (None, "")})
+    merged.update({k: v for k, v in parameters.items() if not blank(v)})
     fields: dict[str, str | None] = {}
     for name, value in merged.items():
         target = mapping.get(name, name)
