@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Any
 
 TEXT_FIELDS = {
     "source": 30, "sourceID": 128, "subject": 255, "note": 65536, "internal_note": 65536,
@@ -121,21 +120,3 @@ def check_fields(fields: dict[str, str | None]) -> dict[str, str | None]:
         raise FieldErrors(errors)
     return clean
 
-
-def event_fields(
-    parameters: dict[str, Any], defaults: dict[str, Any], mapping: dict[str, Any]
-) -> dict[str, str | None]:
-    """An event definition applied to a Webex event's parameters: the 4me fields it sets.
-
-    Defaults fill parameters the event leaves empty; ``mapping`` renames a parameter to a field
-    (``{"host": "ci"}``); parameters that are neither a field nor mapped stay custom parameters
-    on the transaction only.
-    """
-    merged = {**defaults}
-    merged.update({k: v for k, v in parameters.items() if v not in (None, "")})
-    fields: dict[str, str | None] = {}
-    for name, value in merged.items():
-        target = mapping.get(name, name)
-        if target in FIELDS:
-            fields[target] = None if value is None else str(value)
-    return fields
