@@ -12,13 +12,16 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from ipaddress import ip_network
+from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
 from flask.testing import FlaskClient
-from sqlalchemy import select
+from sqlalchemy import create_engine, inspect, select
 
-from shared.db.engine import session_scope
+from shared.db.engine import dispose_engines, session_scope
+from shared.db.migrate import alembic_config, upgrade
 from shared.db.models import NotificationDelivery, Request, Transaction
 from shared.intake.webex import check_notify_url
 from shared.notify.urls import intake_refusal
@@ -30,7 +33,7 @@ from shared.requests.shaping import Shaping, Template
 from shared.transactions.processing import process_batches
 from shared.transactions.schemas import EventBatch
 from shared.transactions.service import transaction_view
-from tests.conftest import queued_messages
+from tests.conftest import queued_messages, throwaway_database
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 PATH = "/resources/v1/events/externalevent/"
@@ -333,3 +336,33 @@ def test_intake_refuses_a_notify_url_the_guard_will_refuse(
     response = allowed.post(PATH, json={"notifyurl": "http://127.0.0.1:9/hook", "events": [event]},
                             headers={"key": "demo-key"})
     assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_migration_0004_goes_down_and_up_again(backend: str, tmp_path: Path) -> None:
+    def columns(url: str, table: str) -> set[str]:
+        engine = create_engine(url)
+        try:
+            return {column["name"] for column in inspect(engine).get_columns(table)}
+        finally:
+            engine.dispose()
+
+    def check(url: str) -> None:
+        new = {"subject_template", "note_template", "notifyurl"}
+        assert new <= columns(url, "event_definitions")
+        command.downgrade(alembic_config(url), "0003")
+        assert not new & columns(url, "event_definitions")
+        assert "notifyurl" not in columns(url, "api_keys")
+        upgrade(url)
+        assert new <= columns(url, "event_definitions")
+        assert "notifyurl" in columns(url, "api_keys")
+        dispose_engines()
+
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'migrate.sqlite'}"
+        upgrade(url)
+        check(url)
+    else:
+        with throwaway_database("eventdesk_migrate") as url:
+            check(url)
