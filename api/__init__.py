@@ -15,6 +15,7 @@ from shared.intake.lookup import (
 from shared.intake.queueing import EventQueue
 from shared.intake.service import WebexIntake
 from shared.metrics import initialize as initialize_metrics
+from shared.notify.ssrf import parse_networks
 from shared.publish import make_publisher
 from shared.settings import Settings, get_settings
 
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         max_events=settings.max_events_per_request,
         cache_ttl=settings.cache_ttl_seconds,
         stale_cache=settings.stale_cache_seconds,
+        notify_allow=parse_networks(settings.notify_allow_networks),
     )
     # The 4me Events API: the same keys (and key cache), queue and rate limit.
     app.extensions["eventdesk.fourme"] = FourMeIntake(

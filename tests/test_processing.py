@@ -119,8 +119,8 @@ def test_definition_defaults_fill_what_the_event_leaves_out(db: str) -> None:
     (request,) = requests_with(db, source_id)
     # The event's category wins; its empty impact leaves the definition's default in place.
     assert (request.category, request.impact) == ("rfc", "high")
-    # No subject in the event or the definition: the request is named after the evtid.
-    assert request.subject == "server-down"
+    # No subject in the event: the definition's template names it.
+    assert request.subject == "h is down"
 
 
 def test_a_value_the_worker_cannot_use_fails_that_event_only(db: str) -> None:

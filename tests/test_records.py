@@ -226,7 +226,8 @@ def test_export_reimports_to_the_same_export(db_url: str, tmp_path: Path) -> Non
     text = json.dumps(exported)
     assert "demo-key" not in text
     assert hash_key("demo-key") not in text
-    assert exported["api_keys"] == [{"account": "wdc", "name": "demo", "person_id": 301}]
+    assert exported["api_keys"] == [
+        {"account": "wdc", "name": "demo", "person_id": 301, "notifyurl": None}]
 
     # Through a file of each format, into a second, empty database.
     for suffix, dump in ((".yaml", yaml.safe_dump), (".json", json.dumps)):

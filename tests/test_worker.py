@@ -25,6 +25,7 @@ from api import create_app
 from shared.db.engine import session_scope
 from shared.db.models import Request
 from shared.publish import EVENTS_QUEUE, make_publisher, task_message
+from shared.records.importer import import_records
 from shared.transactions.schemas import PROCESS_TASK, EventBatch
 from tests.conftest import Worker, redis_db_url, wait_until
 
@@ -86,7 +87,9 @@ def stack(request: pytest.FixtureRequest) -> Stack:
 
 @pytest.fixture
 def api(stack: Stack, configure: Callable[..., None]) -> FlaskClient:
-    configure(broker_url=stack.broker, database_url=stack.database)
+    # The receivers are on localhost: the intake refuses such a notify URL unless allowed, too.
+    configure(broker_url=stack.broker, database_url=stack.database,
+              notify_allow_networks="127.0.0.0/8")
     return create_app().test_client()
 
 
@@ -263,3 +266,27 @@ def test_outcome_is_posted_signed_to_the_notify_url(
         "status") == "delivered" and v)
     assert view["notification"]["attempts"] == 1
     assert json.loads(body) == payload
+
+
+def test_a_definitions_templates_and_default_notify_url_end_to_end(
+    api: FlaskClient, stack: Stack, receiver: Receiver
+) -> None:
+    evtid = f"hooked-{uuid.uuid4().hex[:12]}"
+    with session_scope(stack.database) as session:
+        import_records(session, {"event_definitions": [{
+            "account": "wdc", "evtid": evtid, "mandatory": ["host"],
+            "subject_template": "{host} is down", "note_template": "{check} failed on {host}",
+            "notifyurl": receiver.url,
+        }]})
+    source_id = uuid.uuid4().hex
+    # A host of its own: the stacks share a database, and the same subject and note would match.
+    host = f"web-{source_id[:8]}"
+    parameters = {"host": host, "check": "ping", "sourceID": source_id}
+    (entry,) = send(api, {"events": [{"evtid": evtid, "parameters": parameters}]})
+    wait_until(lambda: receiver.received)
+    payload = json.loads(receiver.received[0][1])
+    assert (payload["transid"], payload["evtid"]) == (entry["transid"], evtid)
+    view = wait_done(api, entry["transid"])
+    assert view["parameters"] == parameters
+    (request,) = requests_for(stack.database, source_id)
+    assert request.subject == f"{host} is down"

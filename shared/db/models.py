@@ -91,12 +91,16 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     # The person the key acts as (4me personal access token); None for a service key.
     person_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
+    # The key's default notify URL (the Webex seed's "service's Notify URL"): used for the
+    # Webex events sent with it when neither the body nor the event definition names one.
+    notifyurl: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
 
 
 class EventDefinition(Base):
-    """What a Webex ``evtid`` does in an account: its mandatory parameters and defaults."""
+    """What a Webex ``evtid`` does in an account: its mandatory parameters, defaults, mapping,
+    templates and default notify URL."""
 
     __tablename__ = "event_definitions"
     __table_args__ = (UniqueConstraint("account_id", "evtid"),)
@@ -110,6 +114,11 @@ class EventDefinition(Base):
     # Maps event parameter names onto 4me event fields ({"host": "ci"}); unmapped names that are
     # 4me fields are used as they are.
     mapping: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Templates over the parameters ("{host} is down"); the rules: shared/requests/shaping.py.
+    subject_template: Mapped[str | None] = mapped_column(Text)
+    note_template: Mapped[str | None] = mapped_column(Text)
+    # Default notify URL of its events: the body's notifyurl wins, this wins over the key's.
+    notifyurl: Mapped[str | None] = mapped_column(Text)
 
 
 class Team(Base):

@@ -18,6 +18,7 @@ from shared.intake.service import (
     KeyInfo,
     LookupUnavailable,
 )
+from shared.requests.shaping import shaping_of
 from shared.requests.views import get_request, to_json
 from shared.transactions.schemas import TransactionView
 from shared.transactions.service import transaction_view
@@ -39,7 +40,8 @@ def find_key_info(hashed: str) -> KeyInfo | None:
         raise _unavailable(exc) from exc
     if key is None or not hmac.compare_digest(key.key_hash, hashed):
         return None
-    return KeyInfo(key_id=key.id, account_id=key.account_id, person_id=key.person_id)
+    return KeyInfo(key_id=key.id, account_id=key.account_id, person_id=key.person_id,
+                   notifyurl=key.notifyurl)
 
 
 def find_definition_info(account_and_evtid: tuple[str, str]) -> DefinitionInfo | None:
@@ -56,9 +58,8 @@ def find_definition_info(account_and_evtid: tuple[str, str]) -> DefinitionInfo |
     if definition is None:
         return None
     return DefinitionInfo(
-        mandatory=list(definition.mandatory),
-        defaults=dict(definition.defaults),
-        mapping=dict(definition.mapping),
+        mandatory=list(definition.mandatory), shaping=shaping_of(definition),
+        notifyurl=definition.notifyurl,
     )
 
 

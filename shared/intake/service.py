@@ -7,6 +7,7 @@ time while the database is unreachable (DESIGN 6).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -18,9 +19,12 @@ from shared.ids import make_transid
 from shared.intake import webex
 from shared.intake.codes import Code, IntakeError
 from shared.intake.queueing import EventQueue
+from shared.notify.ssrf import IPNetwork
+from shared.notify.urls import intake_refusal
 from shared.publish import Limited, PublishError
 from shared.records.keys import hash_key
-from shared.requests.fields import FieldErrors, check_fields, event_fields
+from shared.requests.fields import FieldErrors, check_fields
+from shared.requests.shaping import Shaping
 from shared.transactions.schemas import EventBatch, QueuedEvent
 
 
@@ -29,13 +33,14 @@ class KeyInfo:
     key_id: int
     account_id: str
     person_id: int | None
+    notifyurl: str | None = None  # the key's default for its Webex events
 
 
 @dataclass(frozen=True)
 class DefinitionInfo:
     mandatory: list[str]
-    defaults: dict[str, Any]
-    mapping: dict[str, Any]
+    shaping: Shaping
+    notifyurl: str | None = None
 
 
 @dataclass
@@ -102,6 +107,7 @@ class WebexIntake:
         max_events: int,
         cache_ttl: float,
         stale_cache: float = 0.0,
+        notify_allow: tuple[IPNetwork, ...] = (),
     ) -> None:
         self._events = queue
         outage, down = _Outage(cache_ttl), (DatabaseUnreachable,)
@@ -113,6 +119,9 @@ class WebexIntake:
         )
         self._secret = secret
         self._max_events = max_events
+        # Few distinct URLs (a body's, the defaults): each is judged once, not once an event.
+        self._notify_refusal = functools.lru_cache(maxsize=1024)(
+            functools.partial(intake_refusal, allow=notify_allow))
 
     def authenticate(self, key: str | None) -> KeyInfo:
         if not key:
@@ -128,6 +137,10 @@ class WebexIntake:
             data = webex.load_xml(body) if content_type in ("application/xml", "text/xml") \
                 else webex.load_json(body)
             parsed = webex.validate(data, self._max_events)
+            if parsed.notifyurl is not None:
+                refusal = self._notify_refusal(parsed.notifyurl)
+                if refusal is not None:
+                    raise IntakeError(Code.INVALID_VALUES, refusal)
             entries, queued = self._check_events(caller, parsed)
         except IntakeError as error:
             return Answer.failure(error)
@@ -148,15 +161,17 @@ class WebexIntake:
                 entries.append(event)
                 continue
             parameters = event.text_parameters()
-            answer = self._check_event(caller, event, parameters)
-            if answer is not None:
-                entries.append(answer)
+            try:
+                notifyurl = self._check_event(caller, event, parameters, parsed.notifyurl)
+            except IntakeError as error:
+                entries.append(webex.entry(error.code, correlationid=event.correlationid,
+                                           detail=error.detail))
                 continue
             transid = make_transid(self._secret, caller.account_id)
             # model_construct: every value was checked above; validating again costs per event.
             queued.append((len(entries), QueuedEvent.model_construct(
                 transid=transid, evtid=event.evtid, correlationid=event.correlationid,
-                parameters=parameters,
+                parameters=parameters, notifyurl=notifyurl,
             )))
             entries.append(webex.entry(
                 Code.QUEUED, transid=transid, correlationid=event.correlationid
@@ -164,22 +179,30 @@ class WebexIntake:
         return entries, queued
 
     def _check_event(
-        self, caller: KeyInfo, event: webex.WebexEvent, parameters: dict[str, str | None]
-    ) -> dict[str, Any] | None:
+        self, caller: KeyInfo, event: webex.WebexEvent, parameters: dict[str, str | None],
+        body_notifyurl: str | None,
+    ) -> str | None:
+        """Raises IntakeError for an event the worker could not act on; returns its own notify
+        URL: the definition's, else the key's, when the body names none (it wins over both)."""
         definition = self._definitions.get((caller.account_id, event.evtid))
         if definition is None:
-            return webex.entry(Code.INVALID_VALUES, correlationid=event.correlationid,
-                               detail=f"unknown evtid {event.evtid!r}")
-        missing = webex.missing_mandatory(definition.mandatory, definition.defaults, parameters)
+            raise IntakeError(Code.INVALID_VALUES, f"unknown evtid {event.evtid!r}")
+        missing = webex.missing_mandatory(
+            definition.mandatory, definition.shaping.defaults, parameters)
         if missing:
-            return webex.entry(Code.MANDATORY_CUSTOM_MISSING, correlationid=event.correlationid,
-                               detail=f"missing: {', '.join(missing)}")
+            raise IntakeError(Code.MANDATORY_CUSTOM_MISSING, f"missing: {', '.join(missing)}")
         try:
-            check_fields(event_fields(parameters, definition.defaults, definition.mapping))
+            check_fields(definition.shaping.fields(parameters))
         except FieldErrors as exc:
-            return webex.entry(Code.INVALID_VALUES, correlationid=event.correlationid,
-                               detail=str(exc))
-        return None
+            raise IntakeError(Code.INVALID_VALUES, str(exc)) from exc
+        if body_notifyurl is not None:
+            return None
+        notifyurl = definition.notifyurl or caller.notifyurl
+        # A default is the operator's, but the caller is still told now rather than never.
+        refusal = self._notify_refusal(notifyurl) if notifyurl is not None else None
+        if refusal is not None:
+            raise IntakeError(Code.INVALID_VALUES, f"default {refusal}")
+        return notifyurl
 
     def _publish(
         self, caller: KeyInfo, parsed: webex.ParsedRequest, entries: list[dict[str, Any]],

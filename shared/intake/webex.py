@@ -8,9 +8,9 @@ cannot drift. Validation is split the way the answer is: request-level faults (b
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 from xml.etree.ElementTree import Element, ParseError
 
 import pydantic_core
@@ -28,10 +28,10 @@ from pydantic import (
 )
 
 from shared.intake.codes import Code, IntakeError
+from shared.notify.urls import check_syntax
 from shared.requests.fields import blank, check_text, parse_timestamp
 
 MAX_CORRELATIONID_BYTES = 50
-MAX_URL_LENGTH = 2048
 
 ParamValue = str | int | float | bool | None
 ParamName = Annotated[str, StringConstraints(min_length=1, max_length=128)]
@@ -56,19 +56,12 @@ def _absent_as_empty(value: Any) -> Any:
 
 
 def check_notify_url(value: Any) -> str | None:
+    """The body's ``notifyurl``: absent, or a URL that can exist (``shared.notify.urls``)."""
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or len(value) > MAX_URL_LENGTH:
-        raise ValueError("notifyurl must be an http(s) URL of at most 2048 characters")
-    check_text(value)
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if not isinstance(value, str):
         raise ValueError("notifyurl must be an http(s) URL")
-    try:
-        parts.port  # noqa: B018 - raises on a malformed port
-    except ValueError as exc:
-        raise ValueError("notifyurl has an invalid port") from exc
-    return value
+    return check_syntax(check_text(value))
 
 
 class WebexEvent(BaseModel):
@@ -265,7 +258,7 @@ def validate(data: Any, max_events: int) -> ParsedRequest:
 
 
 def missing_mandatory(
-    mandatory: list[str], defaults: dict[str, Any], parameters: dict[str, Any]
+    mandatory: list[str], defaults: Mapping[str, Any], parameters: Mapping[str, Any]
 ) -> list[str]:
     """Mandatory custom parameters left blank by the event (absent, null, only whitespace),
     with no default in the definition."""

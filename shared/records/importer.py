@@ -20,7 +20,7 @@ import json
 import logging
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -46,7 +46,10 @@ from shared.db.models import (
     Team,
     Workflow,
 )
+from shared.notify.urls import check_syntax
 from shared.records.keys import hash_key
+from shared.requests.fields import check_text
+from shared.requests.shaping import Template
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +136,20 @@ KINDS: dict[str, Kind] = {
 }
 
 ALIASES = {"account": "account_id", "sourceID": "source_id"}
+
+
+def _notify_url(value: str) -> str:
+    return check_syntax(check_text(value))
+
+
+# Text fields that must also pass the rule the api or the worker applies to them (it raises
+# ValueError), so that a record that could never work is refused here, not at every event.
+_RULES: dict[tuple[str, str], Callable[[str], object]] = {
+    ("event_definitions", "subject_template"): Template.parse,
+    ("event_definitions", "note_template"): Template.parse,
+    ("event_definitions", "notifyurl"): _notify_url,
+    ("api_keys", "notifyurl"): _notify_url,
+}
 
 
 @dataclass(frozen=True)
@@ -233,6 +250,12 @@ def _normalize(kind_name: str, index: int, raw: Any) -> dict[str, Any]:
             and not all(isinstance(element, str) for element in value)
         ):
             problem = "expected a list of strings"
+        rule = _RULES.get((kind_name, name))
+        if problem is None and rule is not None and isinstance(value, str):
+            try:
+                rule(value)
+            except ValueError as exc:
+                problem = str(exc)
         if problem is not None:
             raise _error(kind_name, index, str(given), problem)
         item[name] = value

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 TEXT_FIELDS = {
     "source": 30, "sourceID": 128, "subject": 255, "note": 65536, "internal_note": 65536,
@@ -193,21 +192,3 @@ def check_fields(fields: dict[str, str | None]) -> dict[str, str | None]:
         raise FieldErrors(errors)
     return clean
 
-
-def event_fields(
-    parameters: dict[str, Any], defaults: dict[str, Any], mapping: dict[str, Any]
-) -> dict[str, str | None]:
-    """An event definition applied to a Webex event's parameters: the 4me fields it sets.
-
-    Defaults fill parameters the event leaves blank (:func:`blank`); ``mapping`` renames a
-    parameter to a field (``{"host": "ci"}``); parameters that are neither a field nor mapped
-    stay custom parameters on the transaction only.
-    """
-    merged = {**defaults}
-    merged.update({k: v for k, v in parameters.items() if not blank(v)})
-    fields: dict[str, str | None] = {}
-    for name, value in merged.items():
-        target = mapping.get(name, name)
-        if target in FIELDS:
-            fields[target] = None if value is None else str(value)
-    return fields

@@ -8,7 +8,11 @@ within the last 24 hours** that has
 A matched request is updated instead of a new one created: the event's note is added only when
 its text is not already a note of the request, and only completion_reason,
 desired_completion_at, downtime_start_at, downtime_end_at, status, waiting_until, team and
-member may change, and only when the event sets them itself (a default never changes a request).
+member may change, and only when the event sets them itself (a default never changes a request),
+with one exception that completes the request as the create path would: an update that leaves
+the request in a status needing a member (accepted, in_progress, ...) while it has none sets
+the member the event's draft has (the sender, or the workflow manager), as creating a request
+with that status would. The team stays as it is: a matched request already has one.
 
 The key is hashed into ``requests.match_key``. Correctness under concurrency comes from the
 caller: on PostgreSQL it takes a transaction-scoped advisory lock per key before looking
@@ -21,7 +25,7 @@ import hashlib
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from shared.requests.defaults import Draft
+from shared.requests.defaults import STATUSES_NEEDING_MEMBER, Draft
 
 WINDOW = timedelta(hours=24)
 CLOSED_STATUSES = frozenset({"completed", "declined"})
@@ -75,4 +79,8 @@ def changes(draft: Draft, current: dict[str, Any]) -> dict[str, Any]:
         value = getattr(draft, column)
         if value is not None and value != current.get(column):
             found[column] = value
+    status = found.get("status", current.get("status"))
+    if (status in STATUSES_NEEDING_MEMBER and found.get("member_id", current.get("member_id"))
+            is None and draft.member_id is not None):
+        found["member_id"] = draft.member_id
     return found

@@ -41,7 +41,7 @@ from shared.db.models import EventDefinition, Note, NotificationDelivery, Reques
 from shared.intake.codes import Code
 from shared.records.directory import Directory, PersonRef, Scope
 from shared.requests.defaults import Draft, build_draft
-from shared.requests.fields import FieldErrors, check_fields, event_fields
+from shared.requests.fields import FieldErrors, check_fields
 from shared.requests.matching import (
     CLOSED_STATUSES,
     REASONS,
@@ -52,6 +52,7 @@ from shared.requests.matching import (
     match_key,
     note_hash,
 )
+from shared.requests.shaping import Shaping, shaping_of
 from shared.transactions.failures import failure_code, reason
 from shared.transactions.schemas import EventBatch, QueuedEvent
 from shared.transactions.service import new_delivery
@@ -88,6 +89,11 @@ class _Work:
     request: _Request | None = None
     outcome: dict[str, Any] | None = None
     status: str = "processing"
+
+    @property
+    def notifyurl(self) -> str | None:
+        """The body's notify URL, else the event's default (resolved by the intake)."""
+        return self.batch.notifyurl or self.event.notifyurl
 
     def end(self) -> None:
         """Settle the final status and outcome, once the request ids are known."""
@@ -193,7 +199,7 @@ def _claim(session: Session, batches: Sequence[EventBatch], now: datetime) -> se
             "transid": event.transid, "channel": batch.channel, "account_id": batch.account_id,
             "key_id": batch.key_id, "evtid": event.evtid, "correlationid": event.correlationid,
             "parameters": json.dumps(event.parameters) if postgres else event.parameters,
-            "notifyurl": batch.notifyurl, "expiry": batch.expiry,
+            "notifyurl": batch.notifyurl or event.notifyurl, "expiry": batch.expiry,
             "received_at": batch.received_at, "status": "processing", "created_at": now,
         }
         for batch in batches for event in batch.events
@@ -227,16 +233,26 @@ class _Context:
     def __init__(self, session: Session, directory: Directory) -> None:
         self.session = session
         self.directory = directory
-        self._definitions: dict[tuple[str, str], EventDefinition | None] = {}
+        self._definitions: dict[tuple[str, str], Shaping | EventFailed] = {}
         self._scopes: dict[str, Scope] = {}
 
-    def definition(self, account_id: str, evtid: str) -> EventDefinition | None:
+    def definition(self, account_id: str, evtid: str) -> Shaping:
+        """The definition's rules; raises EventFailed when it is gone or cannot work."""
         key = (account_id, evtid)
         if key not in self._definitions:
-            self._definitions[key] = self.session.scalars(select(EventDefinition).where(
+            row = self.session.scalars(select(EventDefinition).where(
                 EventDefinition.account_id == account_id, EventDefinition.evtid == evtid,
             )).first()
-        return self._definitions[key]
+            try:
+                self._definitions[key] = shaping_of(row) if row is not None else EventFailed(
+                    Code.INVALID_VALUES, f"event definition {evtid!r} is gone")
+            except ValueError as exc:
+                self._definitions[key] = EventFailed(
+                    Code.INVALID_VALUES, f"event definition {evtid!r}: {exc}")
+        found = self._definitions[key]
+        if isinstance(found, EventFailed):
+            raise found
+        return found
 
     def scope(self, account_id: str) -> Scope:
         scope = self._scopes.get(account_id)
@@ -256,12 +272,8 @@ def _fields(context: _Context, work: _Work) -> dict[str, str | None]:
     batch, event = work.batch, work.event
     try:
         if batch.channel == "webex":
-            definition = context.definition(batch.account_id, event.evtid or "")
-            if definition is None:
-                raise EventFailed(Code.INVALID_VALUES,
-                                  f"event definition {event.evtid!r} is gone")
-            return check_fields(
-                event_fields(event.parameters, definition.defaults, definition.mapping))
+            shaping = context.definition(batch.account_id, event.evtid or "")
+            return check_fields(shaping.fields(event.parameters))
         return check_fields(event.parameters)
     except FieldErrors as exc:
         raise EventFailed(Code.INVALID_VALUES, str(exc)) from exc
@@ -380,10 +392,10 @@ def _finish(session: Session, work: list[_Work], now: datetime) -> list[int]:
         new_delivery(
             transid=item.event.transid, account_id=item.batch.account_id,
             correlationid=item.event.correlationid, evtid=item.event.evtid, status=item.status,
-            outcome=item.outcome, url=item.batch.notifyurl,
+            outcome=item.outcome, url=item.notifyurl,
             failure=item.failure.code if item.failure else None, now=now,
         )
-        for item in work if item.batch.notifyurl
+        for item in work if item.notifyurl
     ]
     ids = [id_ for id_, in _insert(session, NotificationDelivery, deliveries, ("id",))
            ] if deliveries else []
@@ -467,6 +479,7 @@ def _recordable(batch: EventBatch) -> EventBatch:
         "evtid": text(event.evtid, Transaction.evtid.type.length),
         "correlationid": text(event.correlationid, Transaction.correlationid.type.length),
         "parameters": {_storable(name): text(value) for name, value in event.parameters.items()},
+        "notifyurl": text(event.notifyurl),
     }) for event in batch.events]
     return batch.model_copy(update={"notifyurl": text(batch.notifyurl), "events": events})
 

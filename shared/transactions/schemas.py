@@ -19,6 +19,9 @@ class QueuedEvent(BaseModel):
     evtid: str | None = None
     correlationid: str | None = None
     parameters: dict[str, str | None] = Field(default_factory=dict)
+    # The event's default notify URL (its definition's or its key's), set by the intake only
+    # when the body gives none: the batch's notifyurl, the body's, wins.
+    notifyurl: str | None = None
 
 
 class EventBatch(BaseModel):
@@ -54,6 +57,9 @@ class TransactionView(BaseModel):
     channel: str | None = None
     evtid: str | None = None
     correlationid: str | None = None
+    parameters: dict[str, str | None] | None = Field(
+        default=None, description="The event's parameters as received, custom ones included."
+    )
     received_at: datetime | None = None
     completed_at: datetime | None = None
     outcome: Outcome | None = None

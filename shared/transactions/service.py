@@ -44,6 +44,7 @@ def transaction_view(session: Session, account_id: str, transid: str) -> Transac
     return TransactionView(
         transid=row.transid, status=row.status,  # type: ignore[arg-type]
         channel=row.channel, evtid=row.evtid, correlationid=row.correlationid,
+        parameters=row.parameters,
         received_at=row.received_at, completed_at=row.completed_at,
         outcome=Outcome.model_validate(row.outcome) if row.outcome else None, error=row.error,
         notification=delivery_view(session, delivery) if delivery else None,
