@@ -14,6 +14,7 @@ from shared.intake.lookup import (
 )
 from shared.intake.queueing import EventQueue
 from shared.intake.service import WebexIntake
+from shared.intake.waiters import WaitSlots
 from shared.metrics import initialize as initialize_metrics
 from shared.publish import make_publisher
 from shared.settings import Settings, get_settings
@@ -44,10 +45,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         cache_ttl=settings.cache_ttl_seconds,
         stale_cache=settings.stale_cache_seconds,
     )
+    app.extensions["eventdesk.waiters"] = waiters = WaitSlots(settings.max_waiters_per_process)
     # The 4me Events API: the same keys (and key cache), queue and rate limit.
     app.extensions["eventdesk.fourme"] = FourMeIntake(
         queue=queue, authenticate=webex_intake.authenticate, secret=secret,
-        find_transaction=find_transaction, find_request=find_request,
+        find_transaction=find_transaction, find_request=find_request, waiters=waiters,
     )
     for module in (fourme, requests, status, health, openapi, metrics, deliveries):
         app.register_blueprint(module.bp)
