@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -130,26 +131,58 @@ def keys() -> None:
 @click.option("--name", required=True, help="What the key is for.")
 @click.option("--person-id", type=int, default=None, help="Person the key acts as (4me token).")
 def keys_create(account: str, name: str, person_id: int | None) -> None:
-    """Create a key and print it; only its hash is stored, so this is the one chance to copy it."""
+    """Create a key and print its id and the key; only its hash is stored, so this is the one
+    chance to copy it."""
     from shared.db.engine import session_scope
-    from shared.records.keys import create_key
+    from shared.records.keys import UnknownRecord, create_key, find_key
+
+    try:
+        with session_scope() as session:
+            key = create_key(session, account, name, person_id=person_id)
+            created = find_key(session, key)
+            assert created is not None
+            key_id = created.id
+    except UnknownRecord as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"id: {key_id}\nkey: {key}")
+
+
+@keys.command("list")
+@click.option("--account", default=None, help="Only the keys of this account.")
+def keys_list(account: str | None) -> None:
+    """Every key (never the key itself): id, account, name, person, created, revoked."""
+    from shared.db.engine import session_scope
+    from shared.records.keys import list_keys
+
+    def when(moment: datetime | None) -> str:
+        return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else "-"
 
     with session_scope() as session:
-        key = create_key(session, account, name, person_id=person_id)
-    click.echo(key)
+        rows = [
+            (str(key.id), key.account_id, key.name,
+             "-" if key.person_id is None else str(key.person_id),
+             when(key.created_at), when(key.revoked_at))
+            for key in list_keys(session, account)
+        ]
+    header = ("id", "account", "name", "person", "created", "revoked")
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
+    for row in [header, *rows]:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+                   .rstrip())
 
 
 @keys.command("revoke")
 @click.argument("key_or_id")
 def keys_revoke(key_or_id: str) -> None:
-    """Revoke a key, given the key itself or its id."""
+    """Revoke a key, given the key itself or its id (revoking a revoked key changes nothing)."""
     from shared.db.engine import session_scope
-    from shared.records.keys import revoke_key
+    from shared.records.keys import Revoked, revoke_key
 
     with session_scope() as session:
-        if not revoke_key(session, key_or_id):
-            raise click.ClickException("no such key")
-    click.echo("revoked")
+        result = revoke_key(session, key_or_id)
+    if result is Revoked.NO_SUCH_KEY:
+        raise click.ClickException(result.value)
+    click.echo(result.value)
 
 
 @main.command()

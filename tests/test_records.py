@@ -33,7 +33,7 @@ from shared.records.importer import (
     import_records,
     load_file,
 )
-from shared.records.keys import create_key, find_key, hash_key, revoke_key
+from shared.records.keys import Revoked, create_key, find_key, hash_key, revoke_key
 from tests.conftest import throwaway_database
 
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "demo.yaml"
@@ -472,8 +472,8 @@ def test_find_key(db_url: str) -> None:
         assert find_key(session, "") is None
 
     with session_scope(db_url) as session:
-        assert revoke_key(session, "demo-key") is True
-        assert revoke_key(session, "demo-key") is False
+        assert revoke_key(session, "demo-key") is Revoked.NOW
+        assert revoke_key(session, "demo-key") is Revoked.ALREADY
     with session_scope(db_url) as session:
         assert find_key(session, "demo-key") is None
     # Importing the file again does not bring a revoked key back.
@@ -504,11 +504,13 @@ def test_create_and_revoke_keys(sqlite_db: str) -> None:
 
         other = create_key(session, "wdc", "other")
         assert other != plaintext
-        assert revoke_key(session, str(key_id)) is True
+        assert revoke_key(session, str(key_id)) is Revoked.NOW
         other_key = find_key(session, other)
         assert other_key is not None
-        assert revoke_key(session, other_key.id) is True
-        assert revoke_key(session, 12345) is False
-        assert revoke_key(session, "no-such-key") is False
+        assert revoke_key(session, other_key.id) is Revoked.NOW
+        assert revoke_key(session, other_key.id) is Revoked.ALREADY
+        assert revoke_key(session, 12345) is Revoked.NO_SUCH_KEY
+        for not_an_id in ("no-such-key", "²", "9" * 40):
+            assert revoke_key(session, not_an_id) is Revoked.NO_SUCH_KEY
         assert find_key(session, plaintext) is None
         assert find_key(session, other) is None
