@@ -85,10 +85,10 @@ def _safe_url(url: str) -> str:
 
 def _import(path: Path) -> dict[str, int]:
     from shared.db.engine import session_scope
-    from shared.records.importer import import_records, load_file
+    from shared.records.importer import import_file
 
     with session_scope() as session:
-        return import_records(session, load_file(path))
+        return import_file(session, path)
 
 
 @main.group()

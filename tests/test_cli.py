@@ -76,6 +76,23 @@ def test_bad_records_file_is_a_clear_error(configure: Callable[..., None], tmp_p
     assert "Traceback" not in result.output
 
 
+def test_records_import_names_the_line_and_imports_nothing(
+    configure: Callable[..., None], tmp_path: Path
+) -> None:
+    configure()
+    invoke("migrate")
+    lines = DEMO.read_text().splitlines()
+    # The demo's second person, given the first one's primary email in other letters.
+    at = lines.index("    primary_email: ellen.brown@widget.com")
+    lines[at] = "    primary_email: Howard.Tanner@WIDGET.com"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("\n".join(lines))
+    person_line = next(n for n in range(at, 0, -1) if lines[n].startswith("  - ")) + 1
+    output = refused("records", "import", str(bad))
+    assert f"{bad}, line {person_line}: people[1].primary_email: person 301" in output
+    assert invoke("records", "export").count("account:") == 0
+
+
 def test_keys_create_prints_the_id_and_refuses_unknown_account_or_person(
     configure: Callable[..., None]
 ) -> None:
