@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -217,9 +219,13 @@ def beat() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, help="HTTP API port")
 @click.option("--smtp-port", default=2525, show_default=True, help="SMTP port (Mail API)")
+@click.option("--metrics-port", type=int, default=None,
+              help="The worker's /metrics port (default: EVENTDESK_WORKER_METRICS_PORT, "
+                   "9808; 0: none).")
 @click.option("--demo", is_flag=True, help=f"Load the demo records ({DEMO_FILE.name}).")
 @click.option("--concurrency", default=2, show_default=True, help="worker processes")
-def run(host: str, port: int, smtp_port: int, demo: bool, concurrency: int) -> None:
+def run(*, host: str, port: int, smtp_port: int, metrics_port: int | None, demo: bool,
+        concurrency: int) -> None:
     """Run the whole service: migrate, then the API and a worker, until Ctrl-C.
 
     With no configuration it uses SQLite and kombu's SQLAlchemy transport on SQLite, both in
@@ -229,7 +235,19 @@ def run(host: str, port: int, smtp_port: int, demo: bool, concurrency: int) -> N
     from shared.publish import declare_queues
 
     del smtp_port  # the SMTP listener arrives with the Mail API
+    if metrics_port is not None:
+        # The worker reads its settings from the environment it inherits.
+        os.environ["EVENTDESK_WORKER_METRICS_PORT"] = str(metrics_port)
+        get_settings.cache_clear()
     settings = get_settings()
+    if not _port_free(host, port):
+        raise click.ClickException(f"{host}:{port} is already in use: stop what listens there, "
+                                   "or choose another --port")
+    metrics_at = (settings.worker_metrics_host, settings.worker_metrics_port)
+    if metrics_at[1] and not _port_free(*metrics_at):
+        click.echo(f"Warning: {metrics_at[0]}:{metrics_at[1]} is already in use, so the worker "
+                   "serves no /metrics: set EVENTDESK_WORKER_METRICS_PORT or --metrics-port "
+                   "(0: none)", err=True)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade()
     declare_queues(settings.resolved_broker_url())
@@ -244,13 +262,37 @@ def run(host: str, port: int, smtp_port: int, demo: bool, concurrency: int) -> N
         ),
         subprocess.Popen(gunicorn_command(host, port, 2, API_THREADS), env=role_env(f"api-{port}")),  # noqa: S603
     ]
-    click.echo(f"eventdesk listening on http://{host}:{port}  (Ctrl-C stops)")
-    _supervise(procs)
+
+    def listening() -> bool:
+        # Connecting, not binding: a probe bound for an instant could make gunicorn's bind fail.
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            if probe.connect_ex((host, port)) != 0:
+                return False
+        click.echo(f"eventdesk listening on http://{host}:{port}  (Ctrl-C stops)")
+        return True
+
+    _supervise(procs, listening)
 
 
-def _supervise(procs: list[subprocess.Popen[Any]]) -> None:
-    """Wait until a child exits or we are told to stop; then stop every child."""
+def _port_free(host: str, port: int) -> bool:
+    """Whether a server could bind ``host:port`` now (with SO_REUSEADDR, as gunicorn does)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _supervise(procs: list[subprocess.Popen[Any]], ready: Callable[[], bool]) -> None:
+    """Wait until a child exits or we are told to stop; then stop every child.
+
+    ``ready`` is asked until it says the service is up (it announces it); a child that exits
+    before is a one-line error.
+    """
     stopping = False
+    up = False
 
     def stop(*_: object) -> None:
         nonlocal stopping
@@ -259,6 +301,7 @@ def _supervise(procs: list[subprocess.Popen[Any]]) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     while not stopping and all(proc.poll() is None for proc in procs):
+        up = up or ready()
         time.sleep(0.2)
     for proc in procs:
         if proc.poll() is None:
@@ -269,6 +312,9 @@ def _supervise(procs: list[subprocess.Popen[Any]]) -> None:
             proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             proc.kill()
+    if not up and not stopping:
+        click.echo("Error: eventdesk did not start (its log is above)", err=True)
+        sys.exit(1)
     sys.exit(max((proc.returncode or 0) for proc in procs) if not stopping else 0)
 
 
