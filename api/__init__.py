@@ -14,6 +14,7 @@ from shared.intake.lookup import (
 )
 from shared.intake.queueing import EventQueue
 from shared.intake.service import WebexIntake
+from shared.intake.waiters import WaitSlots
 from shared.metrics import initialize as initialize_metrics
 from shared.notify.ssrf import parse_networks
 from shared.publish import make_publisher
@@ -46,10 +47,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         stale_cache=settings.stale_cache_seconds,
         notify_allow=parse_networks(settings.notify_allow_networks),
     )
+    app.extensions["eventdesk.waiters"] = waiters = WaitSlots(settings.max_waiters_per_process)
     # The 4me Events API: the same keys (and key cache), queue and rate limit.
     app.extensions["eventdesk.fourme"] = FourMeIntake(
         queue=queue, authenticate=webex_intake.authenticate, secret=secret,
-        find_transaction=find_transaction, find_request=find_request,
+        find_transaction=find_transaction, find_request=find_request, waiters=waiters,
     )
     for module in (fourme, requests, status, health, openapi, metrics, deliveries):
         app.register_blueprint(module.bp)

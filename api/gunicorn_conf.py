@@ -1,11 +1,14 @@
 """gunicorn settings for the api role: ``gunicorn -c python:api.gunicorn_conf api.wsgi:app``.
 
 JSON logs for gunicorn's own lines and, with ``EVENTDESK_ACCESS_LOG=true``, the access log
-(``shared.logs``), and the multiprocess metrics bookkeeping when a worker process exits.
+(``shared.logs``), the multiprocess metrics bookkeeping when a worker process exits, and a
+control socket of each instance's own.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any
 
 from gunicorn import glogging
@@ -36,3 +39,18 @@ logger_class = Logger
 
 def child_exit(_server: Any, worker: Any) -> None:
     metrics.mark_process_dead(worker.pid, _settings.prometheus_multiproc_dir)
+
+
+def on_starting(server: Any) -> None:
+    """gunicorn 24+ serves a control socket at one fixed path per user by default, and a second
+    instance on the host takes it over (it unlinks the first one's): ``gunicornc`` would then
+    steer the wrong server. Unless one is configured, each instance gets a path named after its
+    listeners, in the default's directory.
+    """
+    settings = server.cfg.settings
+    control = settings.get("control_socket")
+    if control is None or control.value != control.default:
+        return
+    listeners = re.sub(r"[^A-Za-z0-9.]+", "-", "_".join(server.cfg.bind))[:64]
+    path = os.path.join(os.path.dirname(control.default), f"eventdesk-{listeners}.ctl")
+    server.cfg.set("control_socket", path)

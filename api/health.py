@@ -1,4 +1,5 @@
-"""``/healthz`` (the process answers) and ``/readyz`` (broker and database reachable)."""
+"""``/healthz`` (the process answers) and ``/readyz`` (broker and database reachable; and how
+many of this process's ``Prefer: wait`` slots are taken, shared/intake/waiters.py)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ from flask import Blueprint, Response, current_app, json
 from sqlalchemy import text
 
 from shared.db.engine import get_engine
+from shared.intake.waiters import WaitSlots
 from shared.publish import Publisher
 
 bp = Blueprint("health", __name__)
 
 
-def _json(body: dict[str, str], status: int) -> Response:
+def _json(body: dict[str, object], status: int) -> Response:
     return Response(json.dumps(body), status, mimetype="application/json")
 
 
@@ -36,4 +38,8 @@ def readyz() -> Response:
     except Exception as exc:  # any driver's failure means "not ready"
         checks["database"] = f"unreachable: {type(exc).__name__}"
     ready = all(value == "ok" for value in checks.values())
-    return _json({"status": "ready" if ready else "unavailable", **checks}, 200 if ready else 503)
+    # Full slots do not make the process unready: it still takes events (and answers 202).
+    waiters: WaitSlots = current_app.extensions["eventdesk.waiters"]
+    return _json({"status": "ready" if ready else "unavailable", **checks,
+                  "waiters": {"waiting": waiters.taken, "max": waiters.limit}},
+                 200 if ready else 503)

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -84,10 +87,10 @@ def _safe_url(url: str) -> str:
 
 def _import(path: Path) -> dict[str, int]:
     from shared.db.engine import session_scope
-    from shared.records.importer import import_records, load_file
+    from shared.records.importer import import_file
 
     with session_scope() as session:
-        return import_records(session, load_file(path))
+        return import_file(session, path)
 
 
 @main.group()
@@ -130,26 +133,58 @@ def keys() -> None:
 @click.option("--name", required=True, help="What the key is for.")
 @click.option("--person-id", type=int, default=None, help="Person the key acts as (4me token).")
 def keys_create(account: str, name: str, person_id: int | None) -> None:
-    """Create a key and print it; only its hash is stored, so this is the one chance to copy it."""
+    """Create a key and print its id and the key; only its hash is stored, so this is the one
+    chance to copy it."""
     from shared.db.engine import session_scope
-    from shared.records.keys import create_key
+    from shared.records.keys import UnknownRecord, create_key, find_key
+
+    try:
+        with session_scope() as session:
+            key = create_key(session, account, name, person_id=person_id)
+            created = find_key(session, key)
+            assert created is not None
+            key_id = created.id
+    except UnknownRecord as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"id: {key_id}\nkey: {key}")
+
+
+@keys.command("list")
+@click.option("--account", default=None, help="Only the keys of this account.")
+def keys_list(account: str | None) -> None:
+    """Every key (never the key itself): id, account, name, person, created, revoked."""
+    from shared.db.engine import session_scope
+    from shared.records.keys import list_keys
+
+    def when(moment: datetime | None) -> str:
+        return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else "-"
 
     with session_scope() as session:
-        key = create_key(session, account, name, person_id=person_id)
-    click.echo(key)
+        rows = [
+            (str(key.id), key.account_id, key.name,
+             "-" if key.person_id is None else str(key.person_id),
+             when(key.created_at), when(key.revoked_at))
+            for key in list_keys(session, account)
+        ]
+    header = ("id", "account", "name", "person", "created", "revoked")
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
+    for row in [header, *rows]:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+                   .rstrip())
 
 
 @keys.command("revoke")
 @click.argument("key_or_id")
 def keys_revoke(key_or_id: str) -> None:
-    """Revoke a key, given the key itself or its id."""
+    """Revoke a key, given the key itself or its id (revoking a revoked key changes nothing)."""
     from shared.db.engine import session_scope
-    from shared.records.keys import revoke_key
+    from shared.records.keys import Revoked, revoke_key
 
     with session_scope() as session:
-        if not revoke_key(session, key_or_id):
-            raise click.ClickException("no such key")
-    click.echo("revoked")
+        result = revoke_key(session, key_or_id)
+    if result is Revoked.NO_SUCH_KEY:
+        raise click.ClickException(result.value)
+    click.echo(result.value)
 
 
 @main.command()
@@ -184,9 +219,13 @@ def beat() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, help="HTTP API port")
 @click.option("--smtp-port", default=2525, show_default=True, help="SMTP port (Mail API)")
+@click.option("--metrics-port", type=int, default=None,
+              help="The worker's /metrics port (default: EVENTDESK_WORKER_METRICS_PORT, "
+                   "9808; 0: none).")
 @click.option("--demo", is_flag=True, help=f"Load the demo records ({DEMO_FILE.name}).")
 @click.option("--concurrency", default=2, show_default=True, help="worker processes")
-def run(host: str, port: int, smtp_port: int, demo: bool, concurrency: int) -> None:
+def run(*, host: str, port: int, smtp_port: int, metrics_port: int | None, demo: bool,
+        concurrency: int) -> None:
     """Run the whole service: migrate, then the API and a worker, until Ctrl-C.
 
     With no configuration it uses SQLite and kombu's SQLAlchemy transport on SQLite, both in
@@ -196,7 +235,19 @@ def run(host: str, port: int, smtp_port: int, demo: bool, concurrency: int) -> N
     from shared.publish import declare_queues
 
     del smtp_port  # the SMTP listener arrives with the Mail API
+    if metrics_port is not None:
+        # The worker reads its settings from the environment it inherits.
+        os.environ["EVENTDESK_WORKER_METRICS_PORT"] = str(metrics_port)
+        get_settings.cache_clear()
     settings = get_settings()
+    if not _port_free(host, port):
+        raise click.ClickException(f"{host}:{port} is already in use: stop what listens there, "
+                                   "or choose another --port")
+    metrics_at = (settings.worker_metrics_host, settings.worker_metrics_port)
+    if metrics_at[1] and not _port_free(*metrics_at):
+        click.echo(f"Warning: {metrics_at[0]}:{metrics_at[1]} is already in use, so the worker "
+                   "serves no /metrics: set EVENTDESK_WORKER_METRICS_PORT or --metrics-port "
+                   "(0: none)", err=True)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade()
     declare_queues(settings.resolved_broker_url())
@@ -211,13 +262,37 @@ def run(host: str, port: int, smtp_port: int, demo: bool, concurrency: int) -> N
         ),
         subprocess.Popen(gunicorn_command(host, port, 2, API_THREADS), env=role_env(f"api-{port}")),  # noqa: S603
     ]
-    click.echo(f"eventdesk listening on http://{host}:{port}  (Ctrl-C stops)")
-    _supervise(procs)
+
+    def listening() -> bool:
+        # Connecting, not binding: a probe bound for an instant could make gunicorn's bind fail.
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            if probe.connect_ex((host, port)) != 0:
+                return False
+        click.echo(f"eventdesk listening on http://{host}:{port}  (Ctrl-C stops)")
+        return True
+
+    _supervise(procs, listening)
 
 
-def _supervise(procs: list[subprocess.Popen[Any]]) -> None:
-    """Wait until a child exits or we are told to stop; then stop every child."""
+def _port_free(host: str, port: int) -> bool:
+    """Whether a server could bind ``host:port`` now (with SO_REUSEADDR, as gunicorn does)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _supervise(procs: list[subprocess.Popen[Any]], ready: Callable[[], bool]) -> None:
+    """Wait until a child exits or we are told to stop; then stop every child.
+
+    ``ready`` is asked until it says the service is up (it announces it); a child that exits
+    before is a one-line error.
+    """
     stopping = False
+    up = False
 
     def stop(*_: object) -> None:
         nonlocal stopping
@@ -226,6 +301,7 @@ def _supervise(procs: list[subprocess.Popen[Any]]) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     while not stopping and all(proc.poll() is None for proc in procs):
+        up = up or ready()
         time.sleep(0.2)
     for proc in procs:
         if proc.poll() is None:
@@ -236,6 +312,9 @@ def _supervise(procs: list[subprocess.Popen[Any]]) -> None:
             proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             proc.kill()
+    if not up and not stopping:
+        click.echo("Error: eventdesk did not start (its log is above)", err=True)
+        sys.exit(1)
     sys.exit(max((proc.returncode or 0) for proc in procs) if not stopping else 0)
 
 

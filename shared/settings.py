@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     # database is unreachable (connection errors and timeouts only), so a database outage up to
     # this long does not stop the intake. 0: never use a stale copy.
     stale_cache_seconds: float = Field(default=300.0, ge=0)
+    # At most this many ``Prefer: wait`` callers of one api process wait for their outcome at
+    # once; beyond it they get their 202 at once. A waiting caller holds one of the process's
+    # threads (8 by default), so this keeps the rest free to take events while the workers are
+    # behind. 0: ``Prefer: wait`` is never honoured.
+    max_waiters_per_process: int = Field(default=4, ge=0)
     # PostgreSQL: every connection attempt gives up after this long (libpq's minimum is 2 s)...
     database_connect_timeout_seconds: int = Field(default=2, ge=2)
     # ...and every statement after this long: the server cancels it, and the client stops

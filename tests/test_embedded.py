@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gunicorn.config import KNOWN_SETTINGS
 
 from tests.conftest import REPO, wait_until
 
@@ -41,18 +42,29 @@ def call(url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
         return error.code, json.loads(error.read())
 
 
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment of a newcomer's shell: no EVENTDESK_ settings but ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTDESK_")}
+    return {**env, "PYTHONPATH": str(REPO), **extra}
+
+
 class Service:
-    def __init__(self, folder: Path) -> None:
-        self.port = free_port()
+    def __init__(self, folder: Path, *args: str, port: int | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.folder = folder
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTDESK_")}
         self.log = (folder / "run.log").open("w")
+        # A metrics port of its own unless told: two runs at once must not share 9808.
+        metrics = [] if "--metrics-port" in args else ["--metrics-port", str(free_port())]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "run", "--demo", "--port", str(self.port)],
-            cwd=folder, env={**env, "PYTHONPATH": str(REPO)}, stdout=self.log,
-            stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "shared.cli", "run", "--demo", "--port", str(self.port),
+             *metrics, *args],
+            cwd=folder, env=env or clean_env(), stdout=self.log, stderr=subprocess.STDOUT,
         )
+
+    def output(self) -> str:
+        return (self.folder / "run.log").read_text()
 
     def up(self) -> bool:
         assert self.proc.poll() is None, (self.folder / "run.log").read_text()
@@ -97,3 +109,59 @@ def test_demo_turns_the_readme_curl_into_a_request(service: Service) -> None:
 
     service.proc.send_signal(signal.SIGTERM)
     assert service.proc.wait(40) == 0
+
+
+def test_run_says_listening_only_once_the_port_answers_and_warns_of_a_busy_metrics_port(
+    tmp_path: Path
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        metrics_port = busy.getsockname()[1]
+        running = Service(tmp_path, "--metrics-port", str(metrics_port))
+        try:
+            wait_until(lambda: "listening" in running.output() or running.proc.poll() is not None,
+                       60, 0.02)
+            with socket.socket() as probe:
+                assert probe.connect_ex(("127.0.0.1", running.port)) == 0, running.output()
+        finally:
+            running.proc.send_signal(signal.SIGTERM)
+            running.proc.wait(40)
+            running.log.close()
+    warnings = [line for line in running.output().splitlines() if line.startswith("Warning:")]
+    assert len(warnings) == 1, running.output()
+    assert f"127.0.0.1:{metrics_port} is already in use" in warnings[0]
+    assert "EVENTDESK_WORKER_METRICS_PORT" in warnings[0]
+    assert "--metrics-port" in warnings[0]
+
+
+def test_run_on_a_taken_port_is_a_one_line_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "shared.cli", "run", "--demo", "--port", str(port)],
+            cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60,
+            check=False)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.strip() == (f"Error: 127.0.0.1:{port} is already in use: stop what "
+                                   "listens there, or choose another --port")
+
+
+def test_two_api_instances_have_control_sockets_of_their_own(tmp_path: Path) -> None:
+    from tests.resilience.harness import Api
+
+    if all(setting.name != "control_socket" for setting in KNOWN_SETTINGS):
+        pytest.skip("this gunicorn has no control socket")
+    env = {"HOME": str(tmp_path), "XDG_RUNTIME_DIR": str(tmp_path),
+           "EVENTDESK_DATA_DIR": str(tmp_path / "data")}
+    first = Api(env, tmp_path / "first.log", workers=1)
+    second = Api(env, tmp_path / "second.log", workers=1)
+    try:
+        expected = {tmp_path / f"eventdesk-127.0.0.1-{api.port}.ctl" for api in (first, second)}
+        wait_until(lambda: set(tmp_path.glob("*.ctl")) == expected, 10, 0.1)
+    finally:
+        second.stop()
+        first.stop()

@@ -27,6 +27,7 @@ from shared.db.models import Note, Request
 from shared.intake.fourme import FourMeEventParameters, FourMeIntake, parse_wait
 from shared.intake.queueing import EventQueue
 from shared.intake.service import KeyInfo, LookupUnavailable
+from shared.intake.waiters import WaitSlots
 from shared.publish import Limited, TaskMessage
 from shared.requests.fields import FIELDS, FieldErrors, check_fields
 from shared.transactions.schemas import Outcome, TransactionView
@@ -252,15 +253,15 @@ class Clock:
         self.now += seconds
 
 
-def waiting_intake(find_transaction: Callable[[str, str], TransactionView | None]
-                   ) -> tuple[FourMeIntake, Clock]:
+def waiting_intake(find_transaction: Callable[[str, str], TransactionView | None],
+                   waiters: WaitSlots | None = None) -> tuple[FourMeIntake, Clock]:
     clock = Clock()
     caller = KeyInfo(key_id=1, account_id="wdc", person_id=301)
     intake = FourMeIntake(
         queue=EventQueue(Publisher()), authenticate=lambda _: caller, secret=b"s",
         find_transaction=find_transaction,
         find_request=lambda _, request_id: {"id": request_id, "subject": "s"},
-        sleep=clock.sleep, clock=clock,
+        waiters=waiters or WaitSlots(4), sleep=clock.sleep, clock=clock,
     )
     return intake, clock
 
@@ -305,6 +306,20 @@ def test_prefer_wait_answers_422_when_the_event_failed() -> None:
     assert reply.status == 422
     location = f"/v1/transactions/{reply.transid}"
     assert reply.body == {"message": f"The event ended failed: see {location}"}
+
+
+def test_prefer_wait_beyond_the_process_slots_answers_202_at_once() -> None:
+    slots = WaitSlots(1)
+    intake, clock = waiting_intake(lambda *_: None, slots)
+    with slots.slot() as granted:
+        assert granted
+        reply = send_waiting(intake, 10)
+    assert reply.status == 202
+    assert "Preference-Applied" not in reply.headers
+    assert clock.now == 0
+    # The slot is free again: the next caller waits.
+    assert send_waiting(intake, 1).headers["Preference-Applied"] == "wait=1"
+    assert slots.taken == 0
 
 
 def test_prefer_wait_gives_up_after_n_seconds_or_when_the_database_is_down() -> None:

@@ -33,7 +33,7 @@ from shared.records.importer import (
     import_records,
     load_file,
 )
-from shared.records.keys import create_key, find_key, hash_key, revoke_key
+from shared.records.keys import Revoked, create_key, find_key, hash_key, revoke_key
 from tests.conftest import throwaway_database
 
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "demo.yaml"
@@ -379,6 +379,31 @@ BAD_FILES: dict[str, tuple[Callable[[dict[str, Any]], object], str]] = {
         lambda d: d["accounts"].reverse(),
         "accounts[0].directory_account_id: no accounts record with id 'widget'",
     ),
+    "definition default the worker refuses": (
+        lambda d: d["event_definitions"][0]["defaults"].update(category="x"),
+        "event_definitions[0].defaults.category: must be one of incident",
+    ),
+    "definition default mapped onto a field that refuses it": (
+        lambda d: d["event_definitions"][0].update(defaults={"when": "soon"},
+                                                   mapping={"when": "waiting_until"}),
+        "event_definitions[0].defaults.when: expected yyyy-mm-ddThh:mm",
+    ),
+    "definition default with a control character": (
+        lambda d: d["event_definitions"][0]["defaults"].update(subject="a\x00b"),
+        "event_definitions[0].defaults.subject: must not contain control characters",
+    ),
+    "definition default that is no text": (
+        lambda d: d["event_definitions"][0]["defaults"].update(note=["a"]),
+        "event_definitions[0].defaults.note: must be text, a number, a boolean or null",
+    ),
+    "definition mapping onto no field": (
+        lambda d: d["event_definitions"][0].update(mapping={"host": "cii"}),
+        "event_definitions[0].mapping.host: 'cii' is not a 4me event field",
+    ),
+    "second person with the same primary email": (
+        lambda d: d["people"][3].update(primary_email=" Howard.TANNER@widget.com"),
+        "people[3].primary_email: person 301 of account 'wdc' has this primary email",
+    ),
     "same record twice": (
         lambda d: d["teams"].append(dict(d["teams"][0])),
         "teams[4]: the same record is given twice",
@@ -394,6 +419,22 @@ def test_bad_file_raises_and_writes_nothing(db_url: str, fault: str) -> None:
     assert message in str(raised.value)
     assert raised.value.kind is not None
     assert set(row_counts(db_url).values()) == {0}
+
+
+def test_primary_email_of_a_person_in_the_database_is_refused(db_url: str) -> None:
+    load(db_url, demo())
+    before = export(db_url)
+    newcomer = {"id": 399, "account": "wdc", "name": "Howard T.",
+                "primary_email": "HOWARD.tanner@widget.com"}
+    with pytest.raises(RecordsError, match=r"people\[0\].primary_email: person 301 of"):
+        load(db_url, {"people": [newcomer]})
+    assert export(db_url) == before
+    # Another account may have its own Howard; and a file that moves 301 to another email
+    # frees the old one.
+    load(db_url, {"people": [{**newcomer, "account": "widget"}]})
+    moved = {"id": 301, "account": "wdc", "name": "Howard Tanner",
+             "primary_email": "howard@widget.com"}
+    load(db_url, {"people": [newcomer, moved]})
 
 
 def test_error_names_kind_index_and_field(sqlite_db: str) -> None:
@@ -473,8 +514,8 @@ def test_find_key(db_url: str) -> None:
         assert find_key(session, "") is None
 
     with session_scope(db_url) as session:
-        assert revoke_key(session, "demo-key") is True
-        assert revoke_key(session, "demo-key") is False
+        assert revoke_key(session, "demo-key") is Revoked.NOW
+        assert revoke_key(session, "demo-key") is Revoked.ALREADY
     with session_scope(db_url) as session:
         assert find_key(session, "demo-key") is None
     # Importing the file again does not bring a revoked key back.
@@ -505,11 +546,13 @@ def test_create_and_revoke_keys(sqlite_db: str) -> None:
 
         other = create_key(session, "wdc", "other")
         assert other != plaintext
-        assert revoke_key(session, str(key_id)) is True
+        assert revoke_key(session, str(key_id)) is Revoked.NOW
         other_key = find_key(session, other)
         assert other_key is not None
-        assert revoke_key(session, other_key.id) is True
-        assert revoke_key(session, 12345) is False
-        assert revoke_key(session, "no-such-key") is False
+        assert revoke_key(session, other_key.id) is Revoked.NOW
+        assert revoke_key(session, other_key.id) is Revoked.ALREADY
+        assert revoke_key(session, 12345) is Revoked.NO_SUCH_KEY
+        for not_an_id in ("no-such-key", "²", "9" * 40):
+            assert revoke_key(session, not_an_id) is Revoked.NO_SUCH_KEY
         assert find_key(session, plaintext) is None
         assert find_key(session, other) is None

@@ -63,7 +63,8 @@ def _serve_metrics(**_: Any) -> None:
     try:
         _exporter.append(metrics.start_exporter(host, port, target))
     except OSError as exc:  # metrics are not worth stopping the worker for
-        log.error("metrics exporter did not start", host=host, port=port, error=str(exc))
+        log.warning("metrics exporter did not start: set EVENTDESK_WORKER_METRICS_PORT to a free "
+                    "port (0: none)", host=host, port=port, error=str(exc))
         return
     log.info("metrics exporter listening", host=host, port=port)
 

@@ -40,6 +40,7 @@ from shared.ids import make_transid
 from shared.intake.codes import IntakeError
 from shared.intake.queueing import EventQueue
 from shared.intake.service import KeyInfo, LookupUnavailable, retry_after
+from shared.intake.waiters import WaitSlots
 from shared.publish import PublishError
 from shared.requests.fields import (
     CHOICES,
@@ -268,15 +269,18 @@ class FourMeIntake:
         secret: bytes,
         find_transaction: Callable[[str, str], TransactionView | None],
         find_request: Callable[[str, int], dict[str, Any] | None],
+        waiters: WaitSlots,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``authenticate``: the Webex intake's (its key cache); ``find_*`` read the database."""
+        """``authenticate``: the Webex intake's (its key cache); ``find_*`` read the database;
+        ``waiters``: the process's slots for ``Prefer: wait`` (shared/intake/waiters.py)."""
         self._events = queue
         self._authenticate = authenticate
         self._secret = secret
         self._find_transaction = find_transaction
         self._find_request = find_request
+        self._waiters = waiters
         self._sleep = sleep
         self._clock = clock
 
@@ -309,7 +313,11 @@ class FourMeIntake:
         wait = parse_wait(prefer)
         if wait is None:
             return reply
-        reply = self._outcome(caller, reply, wait)
+        with self._waiters.slot() as granted:
+            if not granted:
+                # No Preference-Applied: the caller can tell that it was not waited for.
+                return reply
+            reply = self._outcome(caller, reply, wait)
         reply.headers["Preference-Applied"] = f"wait={wait}"
         return reply
 

@@ -49,7 +49,7 @@ from shared.db.models import (
 from shared.notify.urls import check_syntax
 from shared.records.keys import hash_key
 from shared.requests.fields import check_text
-from shared.requests.shaping import Template
+from shared.requests.shaping import Template, check_definition
 
 log = logging.getLogger(__name__)
 
@@ -324,6 +324,37 @@ class _References:
                     )
 
 
+def _definition_faults(item: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """An event definition's defaults and mapping, by the worker's rules (shared/requests)."""
+    return check_definition(item.get("defaults") or {}, item.get("mapping") or {})
+
+
+class _PrimaryEmails:
+    """People are found by primary email, case-insensitively (shared/records/directory.py), so a
+    second person of an account with the same one could never be found: refused."""
+
+    def __init__(self, session: Session, ids_in_file: set[Any]) -> None:
+        self.session = session
+        # A person in the database that the file also gives is judged by its item in the file.
+        self.ids_in_file = ids_in_file
+        self.in_file: dict[tuple[str, str], Any] = {}
+
+    def check(self, index: int, item: Mapping[str, Any]) -> None:
+        account, email, person = item.get("account_id"), item.get("primary_email"), item.get("id")
+        if account is None or email is None:
+            return  # an update by id that does not change them
+        folded = email.strip().casefold()
+        other = self.in_file.setdefault((account, folded), person)
+        if other == person:
+            other = next((found for found in self.session.scalars(select(Person.id).where(
+                Person.account_id == account,
+                func.lower(func.trim(Person.primary_email)) == folded,
+            )) if found != person and found not in self.ids_in_file), None)
+        if other is not None:
+            raise _error("people", index, "primary_email",
+                         f"person {other} of account {account!r} has this primary email")
+
+
 def _validate(session: Session, data: Any) -> list[tuple[str, list[dict[str, Any]]]]:
     """Check a whole records file; return its items per kind, in import order."""
     if not isinstance(data, dict):
@@ -334,6 +365,10 @@ def _validate(session: Session, data: Any) -> list[tuple[str, list[dict[str, Any
             f"unknown kind {unknown[0]!r} (known kinds: {', '.join(KINDS)})", kind=unknown[0]
         )
     references = _References(session)
+    people = data.get("people")
+    emails = _PrimaryEmails(session, {
+        raw.get("id") for raw in people if isinstance(raw, dict)
+    } if isinstance(people, list) else set())
     plan: list[tuple[str, list[dict[str, Any]]]] = []
     for kind_name, kind in KINDS.items():
         raw_items = data.get(kind_name)
@@ -355,6 +390,11 @@ def _validate(session: Session, data: Any) -> list[tuple[str, list[dict[str, Any
                 seen.add(identity)
             # Same-kind references (an account's directory account) must point to earlier items.
             references.check(kind_name, index, item)
+            faults = _definition_faults(item) if kind.model is EventDefinition else []
+            if faults:
+                raise _error(kind_name, index, *faults[0])
+            if kind.model is Person:
+                emails.check(index, item)
             if "id" in item:
                 references.in_file[kind_name].add(item["id"])
             items.append(item)
@@ -481,16 +521,51 @@ def _directories_first(accounts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return ordered
 
 
+def import_file(session: Session, path: str | Path) -> dict[str, int]:
+    """:func:`import_records` of a file; a fault in an item also names the item's line."""
+    text = _read(Path(path))
+    try:
+        return import_records(session, _parse(Path(path), text))
+    except RecordsError as exc:
+        line = _item_lines(text).get((exc.kind, exc.index))
+        if line is None:
+            raise
+        raise RecordsError(f"{path}, line {line}: {exc}", kind=exc.kind, index=exc.index,
+                           field=exc.field) from exc
+
+
+def _item_lines(text: str) -> dict[tuple[str | None, int | None], int]:
+    """The line (from 1) where each item of each kind starts; JSON is YAML enough for this."""
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return {}
+    lines: dict[tuple[str | None, int | None], int] = {}
+    if isinstance(root, yaml.MappingNode):
+        for key, items in root.value:
+            if isinstance(items, yaml.SequenceNode):
+                for index, item in enumerate(items.value):
+                    lines[(key.value, index)] = item.start_mark.line + 1
+    return lines
+
+
 def load_file(path: str | Path) -> dict[str, Any]:
     """Read a records file: YAML (``.yaml``, ``.yml``) or JSON (``.json``)."""
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in (".yaml", ".yml", ".json"):
+    return _parse(path, _read(path))
+
+
+def _read(path: Path) -> str:
+    if path.suffix.lower() not in (".yaml", ".yml", ".json"):
         raise RecordsError(f"{path}: expected a .yaml, .yml or .json file")
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise RecordsError(f"{path}: cannot read: {exc}") from exc
+
+
+def _parse(path: Path, text: str) -> dict[str, Any]:
+    suffix = path.suffix.lower()
     try:
         data = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:

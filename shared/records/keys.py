@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import hmac
 import secrets
@@ -9,7 +10,20 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.db.models import ApiKey, utcnow
+from shared.db.models import Account, ApiKey, Person, utcnow
+
+# The largest id a database integer column holds; a longer string of digits is no id.
+_MAX_ID_DIGITS = 18
+
+
+class UnknownRecord(ValueError):
+    """A key was asked for an account or person that does not exist (the message says which)."""
+
+
+class Revoked(enum.Enum):
+    NOW = "revoked"
+    ALREADY = "already revoked"
+    NO_SUCH_KEY = "no such key"
 
 
 def hash_key(key: str) -> str:
@@ -32,7 +46,18 @@ def create_key(
 
     Idempotent: when a key with the same hash exists, its name and person are updated; its
     account and revocation are kept as they are (a revoked key is not brought back).
+    Raises :class:`UnknownRecord` for an account that does not exist, or a person the worker
+    would not find for it: one of the account or of its directory account, as names resolve.
     """
+    account = session.get(Account, account_id)
+    if account is None:
+        raise UnknownRecord(f"no account {account_id!r}")
+    if person_id is not None:
+        person = session.get(Person, person_id)
+        if person is None or person.account_id not in (account.id, account.directory_account_id):
+            raise UnknownRecord(
+                f"no person {person_id} in account {account_id!r} or its directory account"
+            )
     plaintext = key if key is not None else secrets.token_urlsafe(32)
     hashed = hash_key(plaintext)
     existing = session.scalars(select(ApiKey).where(ApiKey.key_hash == hashed)).first()
@@ -56,22 +81,31 @@ def find_key(session: Session, key: str) -> ApiKey | None:
     return found
 
 
-def revoke_key(session: Session, key_or_id: str | int) -> bool:
-    """Revoke a key given by its plaintext or its id (an int, or a string of digits that is not
-    itself a key). True when an active key was found and is now revoked; False when there is no
-    such key or it was already revoked.
-    """
+def list_keys(session: Session, account_id: str | None = None) -> list[ApiKey]:
+    """Every key, revoked ones too, oldest first (of ``account_id`` only, when given)."""
+    query = select(ApiKey).order_by(ApiKey.id)
+    if account_id is not None:
+        query = query.where(ApiKey.account_id == account_id)
+    return list(session.scalars(query))
+
+
+def revoke_key(session: Session, key_or_id: str | int) -> Revoked:
+    """Revoke a key given by its plaintext or its id (an int, or a string of ASCII digits that
+    is not itself a key)."""
     found: ApiKey | None = None
     if isinstance(key_or_id, str):
         found = session.scalars(
             select(ApiKey).where(ApiKey.key_hash == hash_key(key_or_id))
         ).first()
-        if found is None and key_or_id.isdigit():
+        if (found is None and key_or_id.isascii() and key_or_id.isdigit()
+                and len(key_or_id) <= _MAX_ID_DIGITS):
             found = session.get(ApiKey, int(key_or_id))
     else:
         found = session.get(ApiKey, key_or_id)
-    if found is None or found.revoked_at is not None:
-        return False
+    if found is None:
+        return Revoked.NO_SUCH_KEY
+    if found.revoked_at is not None:
+        return Revoked.ALREADY
     found.revoked_at = utcnow()
     session.flush()
-    return True
+    return Revoked.NOW

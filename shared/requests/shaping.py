@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.db.models import EventDefinition
-from shared.requests.fields import FIELDS
+from shared.requests.fields import FIELDS, FieldErrors, check_fields, check_text
 
 _TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 
@@ -145,3 +145,35 @@ def shaping_of(definition: EventDefinition) -> Shaping:
         defaults=definition.defaults, mapping=definition.mapping,
         subject_template=definition.subject_template, note_template=definition.note_template,
     )
+
+
+def check_definition(defaults: dict[str, Any], mapping: dict[str, Any]) -> list[tuple[str, str]]:
+    """What in an event definition would fail every event that uses it, by the rules the
+    intake and the worker apply (:meth:`Shaping.fields`, :func:`check_fields`): a mapping onto a
+    name that is no 4me field (the parameter would be dropped), a default that is not a text,
+    number or boolean, or one that check_text or the field's own check refuses. Each fault as
+    (``defaults.<name>`` or ``mapping.<name>``, problem).
+    """
+    errors: list[tuple[str, str]] = []
+    usable: dict[str, Any] = {}
+    for name, target in mapping.items():
+        if isinstance(target, str) and target in FIELDS:
+            usable[name] = target
+        else:
+            errors.append((f"mapping.{name}", f"{target!r} is not a 4me event field"))
+    texts: dict[str, Any] = {}
+    for name, value in defaults.items():
+        if value is not None and not isinstance(value, str | int | float | bool):
+            errors.append((f"defaults.{name}", "must be text, a number, a boolean or null"))
+            continue
+        try:
+            texts[name] = check_text(value) if isinstance(value, str) else value
+        except ValueError as exc:
+            errors.append((f"defaults.{name}", str(exc)))
+    by_field = {usable.get(name, name): name for name in texts}
+    try:
+        check_fields(Shaping.of(defaults=texts, mapping=usable, subject_template=None,
+                                note_template=None).fields({}))
+    except FieldErrors as exc:
+        errors.extend((f"defaults.{by_field[field]}", problem) for field, problem in exc.errors)
+    return errors

@@ -1,0 +1,101 @@
+"""The README's recipes, run as written (issue 10: "README examples are checked by a test").
+
+The block of one ``curl`` per Webex code runs line by line against ``eventdesk run --demo`` in
+an empty folder, with ``python3 dev.py`` standing for this checkout's ``eventdesk`` and the
+README's ports for free ones; each line must print the code its comment names. An ``api … &``
+line starts that api (in a session of its own, stopped at the end) and waits for its port.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, wait_until
+from tests.test_embedded import Service, clean_env, free_port
+
+pytestmark = pytest.mark.slow
+
+README = REPO / "README.md"
+CODE = re.compile(r"#\s*(\d{3,4})$")
+
+
+def readme_block(after: str) -> list[str]:
+    """The lines of the first ``sh`` block after the line starting with ``after``."""
+    text = README.read_text()
+    start = text.index("```sh\n", text.index(after)) + len("```sh\n")
+    return text[start:text.index("```", start)].splitlines()
+
+
+def port_answers(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture
+def background() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        os.killpg(proc.pid, signal.SIGTERM)
+    for proc in started:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_every_webex_code_recipe_gives_its_code(
+    tmp_path: Path, background: list[subprocess.Popen[bytes]]
+) -> None:
+    lines = readme_block("One `curl` per code")
+    service = Service(tmp_path)
+    try:
+        wait_until(service.up, 60, 0.3)
+        ports = {"8000": str(service.port), "8001": str(free_port()), "8002": str(free_port())}
+
+        def as_here(line: str) -> str:
+            line = line.replace("python3 dev.py", f"{shlex.quote(sys.executable)} -m shared.cli")
+            return re.sub(r"(localhost:|--port )(800[012])\b",
+                          lambda match: match[1] + ports[match[2]], line)
+
+        preamble, checked = as_here(lines[0]), []
+        for line in lines[1:]:
+            if not line or line.startswith("#"):
+                continue
+            command = as_here(line)
+            if command.endswith("&"):
+                background.append(subprocess.Popen(
+                    ["bash", "-c", command[:-1]], cwd=tmp_path, env=clean_env(),
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    start_new_session=True))
+                port = int(re.findall(r"--port (\d+)", command)[0])
+                wait_until(partial(port_answers, port), 60, 0.2)
+                continue
+            expected = CODE.search(line)
+            assert expected, f"a README recipe line without its code: {line}"
+            code = expected[1]
+            output = subprocess.run(
+                ["bash", "-c", f"{preamble}\n{command}"], cwd=tmp_path, env=clean_env(),
+                capture_output=True, text=True, timeout=60, check=False).stdout
+            if len(code) == 3:  # an HTTP status, as curl -w prints it
+                assert output.strip() == code, (line, output)
+            else:
+                assert f'"code": "{code}"' in output, (line, output)
+            checked.append(code)
+    finally:
+        service.proc.send_signal(signal.SIGTERM)
+        service.proc.wait(40)
+        service.log.close()
+    assert sorted(checked) == sorted(
+        ["1002", "7000", "7001", "7003", "7004", "7005", "7020", "7025", "7027", "413"])
