@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Worker, load_demo, throwaway_database, wait_until
-from tests.resilience.harness import Api, Stream, private_redis, service_env, settle
+from tests.resilience.harness import Api, Stream, broker, service_env, settle
 
 pytestmark = [pytest.mark.resilience, pytest.mark.postgres]
 
@@ -29,11 +29,14 @@ KILLS = 5
 API_PROCESSES = 2
 
 
-def test_events_acknowledged_by_killed_api_processes_are_processed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["redis", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
+def test_events_acknowledged_by_killed_api_processes_are_processed(
+    kind: str, tmp_path: Path
+) -> None:
     with (throwaway_database("eventdesk_apikill") as database,
-          private_redis(tmp_path / "redis") as broker):
+          broker(kind, tmp_path / "broker") as url):
         load_demo(database)
-        env = service_env(broker.url, database)
+        env = service_env(url, database)
         worker = Worker(env, tmp_path / "worker.log")
         api = Api(env, tmp_path / "api.log", workers=API_PROCESSES)
         try:
@@ -44,7 +47,7 @@ def test_events_acknowledged_by_killed_api_processes_are_processed(tmp_path: Pat
             api.stop()
             worker.stop()
 
-    print(f"\n{len(killed)} api processes killed: {tally}; refused {stream.refused}; "
+    print(f"\n{kind}: {len(killed)} api processes killed: {tally}; refused {stream.refused}; "
           f"all done {seconds:.1f} s after the stream ended")
     assert len(killed) == KILLS
     assert stream.sent == EVENTS

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Worker, load_demo, throwaway_database
-from tests.resilience.harness import Api, Stream, private_redis, service_env, settle
+from tests.resilience.harness import Api, Stream, broker, service_env, settle
 from tests.resilience.proxy import TcpProxy
 
 pytestmark = [pytest.mark.resilience, pytest.mark.postgres]
@@ -32,12 +32,15 @@ THREADS = 8
 LATENCY_LIMIT = 7.0
 
 
-@pytest.mark.parametrize("fault", ["cut", "blackhole"])
-def test_intake_rides_out_a_database_outage(fault: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("fault", "kind"), [
+    ("cut", "redis"), ("blackhole", "redis"),
+    pytest.param("cut", "rabbitmq", marks=pytest.mark.rabbitmq),
+])
+def test_intake_rides_out_a_database_outage(fault: str, kind: str, tmp_path: Path) -> None:
     with (throwaway_database("eventdesk_outage") as database,
-          private_redis(tmp_path / "redis") as broker, TcpProxy(5432) as proxy):
+          broker(kind, tmp_path / "broker") as url, TcpProxy(5432) as proxy):
         load_demo(database)
-        env = service_env(broker.url, database.replace(":5432/", f":{proxy.port}/"))
+        env = service_env(url, database.replace(":5432/", f":{proxy.port}/"))
         worker = Worker(env, tmp_path / "worker.log")
         api = Api(env, tmp_path / "api.log")
         try:
@@ -55,7 +58,7 @@ def test_intake_rides_out_a_database_outage(fault: str, tmp_path: Path) -> None:
     during = [code for sent, _, code in stream.answers if window[0] <= sent < window[1]]
     share = during.count("1002") / len(during)
     slowest = max(seconds for _, seconds, _ in stream.answers)
-    print(f"\n{fault} {OUTAGE:.0f} s: {tally}; refused {stream.refused}; during the outage "
+    print(f"\n{kind}, {fault} {OUTAGE:.0f} s: {tally}; refused {stream.refused}; during the outage "
           f"{during.count('1002')}/{len(during)} answered 1002 ({share:.2%}); slowest request "
           f"{slowest:.2f} s; all done {recovery:.1f} s after the database came back")
     assert stream.sent >= EVENTS
