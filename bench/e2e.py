@@ -5,7 +5,7 @@ Run from the repository root::
     python -m bench.e2e [--events 20000] [--scenarios storm,distinct,storm100,distinct100] [--json]
     eventdesk bench e2e ...
 
-Setup: a throwaway PostgreSQL database (created, migrated, loaded with ``examples/demo.yaml``,
+Setup: a throwaway PostgreSQL database (created, migrated, loaded with ``shared/records/demo.yaml``,
 dropped at the end), the api under gunicorn (the intake benchmark's settings) and a Celery worker
 on the ``events`` queue (``--concurrency``, ``--batch-size``), both on Redis database 13 (flushed
 before and after), rate limit out of the way. A few warm-up events go through first.
@@ -72,7 +72,7 @@ SCENARIOS = {
     "storm100": (STORM, 100), "distinct100": (DISTINCT, 100),
 }
 TARGETS = {"storm": 1000.0, "storm100": 3000.0, "distinct100": 3000.0}  # events/s end to end
-# The events a storm repeats: (host, CI label). Both CIs are in examples/demo.yaml, so each CI's
+# The events a storm repeats: (host, CI label). Both CIs are in the demo records, so each CI's
 # events match one request (same account, source, service instance and CI).
 REPEATS = [("db1", "ABC1234"), ("db2", "ABC1234"), ("db1-standby", "ABC1234"), ("pc23", "CMP00023")]
 DISTINCT_EVERY = 10  # in a storm, one event in ten is distinct
@@ -510,7 +510,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="a Redis database the bench owns: flushed before and after")
     parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
                         help="a PostgreSQL server (admin database) to create the bench's on")
-    parser.add_argument("--records", type=Path, default=ROOT / "examples" / "demo.yaml")
+    parser.add_argument("--records", type=Path, default=ROOT / "shared" / "records" / "demo.yaml")
     parser.add_argument("--key", default="demo-key", help="the API key sent in the 'key' header")
     parser.add_argument("--start-timeout", type=float, default=60.0)
     parser.add_argument("--stall-timeout", type=float, default=60.0,

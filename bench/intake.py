@@ -13,7 +13,7 @@ client):
 
 - **baseline** (``bench.baseline_app``): validate with a small pydantic model, one raw Redis RPUSH.
 - **eventdesk** (``api.wsgi:app``): the real api on a fresh SQLite database loaded with
-  ``examples/demo.yaml``, publishing to a dedicated Redis database, rate limit out of the way.
+  ``shared/records/demo.yaml``, publishing to a dedicated Redis database, rate limit out of the way.
 
 Scenarios: single-event bodies and 100-event bodies. Only 200 answers count. Nothing drains the
 queue during the run: this measures the accept rate. The Redis database is flushed before and
@@ -224,7 +224,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--redis-url", default="redis://127.0.0.1:6379/15",
         help="a Redis database the bench owns: it is flushed before and after each run",
     )
-    parser.add_argument("--records", type=Path, default=ROOT / "examples" / "demo.yaml")
+    parser.add_argument("--records", type=Path, default=ROOT / "shared" / "records" / "demo.yaml")
     parser.add_argument("--key", default="demo-key", help="the API key sent in the 'key' header")
     parser.add_argument("--start-timeout", type=float, default=30.0)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")

@@ -9,8 +9,8 @@ No api, broker or Celery: the events of ``bench.e2e``'s scenarios are built as
 :class:`EventBatch` objects (``--per-batch`` events each, as the api queues them) and handed to
 ``process_batches`` ``--per-call`` events at a time, each call in its own ``session_scope`` (its
 commit and the after-commit log lines and metrics included), as one worker pool process does.
-It runs on a throwaway database (created, migrated, loaded with ``examples/demo.yaml``, dropped
-at the end; ``--sqlite``: a temporary SQLite file instead), the processing tables emptied
+It runs on a throwaway database (created, migrated, loaded with the demo records, dropped at
+the end; ``--sqlite``: a temporary SQLite file instead), the processing tables emptied
 between scenarios, after a warm-up call. ``--notify`` gives every batch a notify URL, so each
 event also makes a notification delivery. Log lines are configured as in the worker (INFO, JSON)
 and written to /dev/null.
@@ -161,10 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         db: Database | None = None
         if args.sqlite:
             url = prepare_eventdesk(Path(stack.enter_context(tempfile.TemporaryDirectory())),
-                                    ROOT / "examples" / "demo.yaml")
+                                    ROOT / "shared" / "records" / "demo.yaml")
         else:
             db = Database(args.postgres_url)
-            db.create(ROOT / "examples" / "demo.yaml")
+            db.create(ROOT / "shared" / "records" / "demo.yaml")
             stack.callback(db.drop)
             url = db.url
         key_id = demo_key_id(url)

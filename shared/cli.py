@@ -20,8 +20,8 @@ import click
 
 from shared.settings import get_settings
 
-REPO = Path(__file__).resolve().parents[1]
-DEMO_FILE = REPO / "examples" / "demo.yaml"
+# Package data, so that ``run --demo`` works from an installed wheel as from the checkout.
+DEMO_FILE = Path(__file__).resolve().parent / "records" / "demo.yaml"
 # Threads per api process: they mostly wait on the broker's answer, and the more requests a process
 # has in hand at once, the more of them share one message (group commit, shared/intake/queueing.py).
 API_THREADS = 8
@@ -316,33 +316,6 @@ def _supervise(procs: list[subprocess.Popen[Any]], ready: Callable[[], bool]) ->
         click.echo("Error: eventdesk did not start (its log is above)", err=True)
         sys.exit(1)
     sys.exit(max((proc.returncode or 0) for proc in procs) if not stopping else 0)
-
-
-@main.group()
-def bench() -> None:
-    """Benchmarks (they print figures; they are not tests)."""
-
-
-def _bench_main(name: str, args: tuple[str, ...]) -> None:
-    """Run ``bench/<name>.py``'s ``main`` with the arguments as given (bench/ is not installed)."""
-    import importlib
-
-    sys.path.insert(0, str(REPO))
-    sys.exit(importlib.import_module(f"bench.{name}").main(list(args)))
-
-
-@bench.command("intake", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def bench_intake(args: tuple[str, ...]) -> None:
-    """The front door against a bare Flask + Redis baseline (see bench/intake.py)."""
-    _bench_main("intake", args)
-
-
-@bench.command("e2e", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def bench_e2e(args: tuple[str, ...]) -> None:
-    """Events posted until processed on PostgreSQL, against a no-op Celery worker (bench/e2e.py)."""
-    _bench_main("e2e", args)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from shared.settings import get_settings
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = uuid.uuid4().hex[:8]
-DEMO = REPO / "examples" / "demo.yaml"
+DEMO = REPO / "shared" / "records" / "demo.yaml"
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 # EVENTDESK_TEST_REDIS_PORT: a Redis of the run's own (say, a second checkout's tests beside
 # these), since the suite spreads itself over that server's sixteen databases.

@@ -48,9 +48,14 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, "PYTHONPATH": str(REPO), **extra}
 
 
+# How a newcomer calls eventdesk from the checkout; an installed one is its venv's script.
+FROM_CHECKOUT = (sys.executable, "-m", "shared.cli")
+
+
 class Service:
     def __init__(self, folder: Path, *args: str, port: int | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None,
+                 eventdesk: tuple[str, ...] = FROM_CHECKOUT) -> None:
         self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.folder = folder
@@ -58,13 +63,23 @@ class Service:
         # A metrics port of its own unless told: two runs at once must not share 9808.
         metrics = [] if "--metrics-port" in args else ["--metrics-port", str(free_port())]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "run", "--demo", "--port", str(self.port),
+            [*eventdesk, "run", "--demo", "--port", str(self.port),
              *metrics, *args],
             cwd=folder, env=env or clean_env(), stdout=self.log, stderr=subprocess.STDOUT,
         )
 
     def output(self) -> str:
         return (self.folder / "run.log").read_text()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            # SIGTERM, so that `run` stops its worker and api too (a SIGKILL would orphan them).
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(40)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
 
     def up(self) -> bool:
         assert self.proc.poll() is None, (self.folder / "run.log").read_text()
@@ -79,17 +94,16 @@ def service(tmp_path: Path) -> Iterator[Service]:
     running = Service(tmp_path)
     wait_until(running.up, 60, 0.3)
     yield running
-    if running.proc.poll() is None:
-        # SIGTERM, so that `run` stops its worker and api too (a SIGKILL would orphan them).
-        running.proc.send_signal(signal.SIGTERM)
-        try:
-            running.proc.wait(40)
-        except subprocess.TimeoutExpired:
-            running.proc.kill()
-    running.log.close()
+    running.stop()
 
 
 def test_demo_turns_the_readme_curl_into_a_request(service: Service) -> None:
+    the_curl_becomes_a_request(service)
+    service.proc.send_signal(signal.SIGTERM)
+    assert service.proc.wait(40) == 0
+
+
+def the_curl_becomes_a_request(service: Service) -> None:
     status, body = call(service.base + "/resources/v1/events/externalevent/", CURL_BODY)
     assert status == 200
     (entry,) = body["response"]
@@ -106,9 +120,6 @@ def test_demo_turns_the_readme_curl_into_a_request(service: Service) -> None:
         subject, source = connection.execute(
             "SELECT subject, source FROM requests WHERE id = ?", (request_id,)).fetchone()
     assert (subject, source) == ("Server Down", "nagios")
-
-    service.proc.send_signal(signal.SIGTERM)
-    assert service.proc.wait(40) == 0
 
 
 def test_run_says_listening_only_once_the_port_answers_and_warns_of_a_busy_metrics_port(

@@ -36,7 +36,7 @@ from shared.records.importer import (
 from shared.records.keys import Revoked, create_key, find_key, hash_key, revoke_key
 from tests.conftest import throwaway_database
 
-DEMO = Path(__file__).resolve().parents[1] / "examples" / "demo.yaml"
+DEMO = Path(__file__).resolve().parents[1] / "shared" / "records" / "demo.yaml"
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEMO_COUNTS = {
     "accounts": 2,
