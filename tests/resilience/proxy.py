@@ -75,7 +75,7 @@ class TcpProxy:
                     if not data:
                         return
                     peers[sock].sendall(data)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: cut() closed a socket select() was given
             return
         finally:
             _reset(client)
