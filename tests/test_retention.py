@@ -1,14 +1,18 @@
-"""Retention: what a purge removes and keeps, on PostgreSQL and SQLite."""
+"""Retention: what a purge removes and keeps, on PostgreSQL and SQLite; the expired transid's
+404; the command line; the beat schedule."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import func, select
 
+from shared.cli import main as cli
 from shared.db.engine import session_scope
 from shared.db.migrate import upgrade
 from shared.db.models import (
@@ -205,3 +209,45 @@ def test_purge_stops_at_its_budget(database: str) -> None:
     assert not log.present(transids)
 
 
+# -- the api and the command line -----------------------------------------------------------
+
+
+@pytest.fixture
+def sqlite_database(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'eventdesk.sqlite'}"
+    upgrade(url)
+    load_demo(url)
+    return url
+
+
+def test_purge_refuses_a_bad_duration(configure: Callable[..., None], sqlite_database: str
+                                      ) -> None:
+    configure(database_url=sqlite_database)
+    result = CliRunner().invoke(cli, ["purge", "--older-than", "soon"])
+    assert result.exit_code == 2
+    assert "not a duration" in result.output
+
+
+def test_the_configured_retention(configure: Callable[..., None]) -> None:
+    from shared.settings import get_settings
+
+    configure()
+    assert get_settings().transaction_retention == timedelta(days=14)
+    assert get_settings().dead_delivery_retention is None
+    configure(transaction_retention="30d", dead_delivery_retention="90d", purge_interval="90s")
+    settings = get_settings()
+    assert (settings.transaction_retention, settings.dead_delivery_retention,
+            settings.purge_interval) == (timedelta(days=30), timedelta(days=90),
+                                         timedelta(seconds=90))
+
+
+def test_beat_runs_the_purge_on_the_notify_queue() -> None:
+    from shared.publish import PURGE_TASK
+    from worker.app import app
+    from worker.retention import purge_expired
+
+    entry = app.conf.beat_schedule[PURGE_TASK]
+    assert (entry["task"], entry["options"]["queue"]) == (PURGE_TASK, "notify")
+    assert entry["schedule"] == 300
+    assert app.tasks[PURGE_TASK].name == purge_expired.name
+    assert app.amqp.router.route({}, PURGE_TASK)["queue"].name == "notify"
