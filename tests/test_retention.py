@@ -20,6 +20,7 @@ from shared.db.models import (
     NotificationAttempt,
     NotificationDelivery,
     Request,
+    RetentionMark,
     Transaction,
 )
 from shared.ids import issued_at, issued_for, make_transid
@@ -218,6 +219,42 @@ def sqlite_database(tmp_path: Path) -> str:
     upgrade(url)
     load_demo(url)
     return url
+
+
+def test_status_of_a_purged_transid_says_it_expired(
+    configure: Callable[..., None], sqlite_database: str, broker: str,
+) -> None:
+    from api import create_app
+
+    configure(database_url=sqlite_database, broker_url=broker)
+    client = create_app().test_client()
+    log = Log(sqlite_database)
+    purged = log.add(datetime.now(UTC) - timedelta(seconds=10), delivery="delivered", attempts=1)
+    waiting = make_transid(SECRET, ACCOUNT)  # issued, no worker has taken it yet
+    headers = {"key": "demo-key"}
+
+    def status(transid: str) -> object:
+        return client.get(f"/v1/transactions/{transid}", headers=headers).get_json()["status"]
+
+    assert status(purged) == "completed"
+
+    result = CliRunner().invoke(cli, ["purge", "--older-than", "2s"])
+    assert result.exit_code == 0, result.output
+    assert "transactions: 1 removed" in result.output
+    assert "notification_deliveries: 1 removed" in result.output
+    assert "notification_attempts: 1 removed" in result.output
+
+    answer = client.get(f"/v1/transactions/{purged}", headers=headers)
+    assert answer.status_code == 404
+    assert "expired from the log" in answer.get_json()["message"]
+    # Issued after the horizon: not yet processed, rather than removed.
+    assert status(waiting) == "queued"
+    never = uuid.uuid4().hex
+    answer = client.get(f"/v1/transactions/{never}", headers=headers)
+    assert (answer.status_code, answer.get_json()["message"]) == (404, "no such transaction")
+    with session_scope(sqlite_database) as session:
+        assert session.scalar(select(func.count()).select_from(Request)) == 1
+        assert session.get(RetentionMark, "transactions") is not None
 
 
 def test_purge_refuses_a_bad_duration(configure: Callable[..., None], sqlite_database: str
