@@ -175,7 +175,8 @@ def purge(older_than: str | None) -> None:
     for table, count in result.counts().items():
         click.echo(f"{table}: {count} removed")
     click.echo(f"received before {result.horizon:%Y-%m-%dT%H:%M:%SZ}; "
-               f"{result.batches} batches in {result.seconds:.2f} s")
+               f"{result.batches} batches in {result.seconds:.2f} s, "
+               f"the longest {result.longest_batch_seconds * 1000:.0f} ms")
 
 
 @main.command()

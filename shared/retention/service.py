@@ -23,6 +23,8 @@ class Purged:
     attempts: int = 0
     batches: int = 0
     seconds: float = 0.0
+    # The longest batch: how long row locks were held at most (a replay waits no longer).
+    longest_batch_seconds: float = 0.0
     # False when the time budget ran out first: the next purge carries on.
     complete: bool = True
     horizon: datetime | None = field(default=None)
@@ -66,9 +68,12 @@ def _purge_account(
     """Batches until the account has nothing left (True) or the deadline passed (False)."""
     cursor = None
     while True:
+        began = time.monotonic()
         with session_scope(database_url) as session:
             step = store.purge_batch(session, account_id, horizon, after=cursor, limit=batch,
                                      now=datetime.now(UTC))
+        result.longest_batch_seconds = max(result.longest_batch_seconds,
+                                           time.monotonic() - began)
         result.transactions += step.transactions
         result.deliveries += step.deliveries
         result.attempts += step.attempts
