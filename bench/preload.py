@@ -40,7 +40,8 @@ WITH made AS (
          CASE WHEN at > now() - interval '24 hours' THEN 'assigned' ELSE 'completed' END,
          'nagios', 'p' || i, '{}', md5('preload' || i), at, at
   FROM (SELECT i, now() - (%(period)s * random()) AS at
-        FROM generate_series(%(first)s, %(last)s) AS i WHERE i %% %(every)s = 0) AS s
+        FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS i
+        WHERE i %% %(every)s = 0) AS s
   RETURNING id, created_at, source_id
 )
 INSERT INTO notes (request_id, text, text_hash, internal, created_at)
@@ -60,7 +61,7 @@ SELECT md5('preload' || i), 'webex', 'wdc', 'server-down', 'e' || i,
                          END, 'request_id', i / %(every)s, 'match', 'ci'),
        at, at + interval '80 milliseconds'
 FROM (SELECT i, now() - (%(period)s * random()) AS at
-      FROM generate_series(%(first)s, %(last)s) AS i) AS s
+      FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS i) AS s
 """
 
 _DELIVERIES = """
@@ -77,7 +78,7 @@ WITH sent AS (
          t.completed_at, 0
   FROM transactions AS t
   WHERE t.transid = ANY(ARRAY(SELECT md5('preload' || i)
-                              FROM generate_series(%(first)s, %(last)s) AS i
+                              FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS i
                               WHERE i %% %(notify)s = 1))
   RETURNING id, completed_at
 )
