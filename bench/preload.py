@@ -146,6 +146,8 @@ def explain(conn: psycopg.Connection[Any], name: str, sql: str) -> Plan:
 
     def walk(node: dict[str, Any]) -> None:
         kind = node["Node Type"]
+        if node.get("Conflict Arbiter Indexes"):
+            scans.append(f"conflict arbiter {', '.join(node['Conflict Arbiter Indexes'])}")
         if "Scan" in kind:
             where = node.get("Index Name") or node.get("Relation Name") or ""
             scans.append(f"{kind} {where}".strip())
