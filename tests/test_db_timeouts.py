@@ -42,6 +42,8 @@ def test_the_worker_has_a_statement_timeout_of_its_own(
     postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(db, "_statement_timeout", [])
+    # An engine made after another test imported worker.app carries the worker's timeout.
+    db.dispose_engines()
     try:
         with db.session_scope(postgres_url) as session:
             assert session.execute(text("SHOW statement_timeout")).scalar() == "3s"
