@@ -15,15 +15,13 @@ from typing import Annotated
 from pydantic import BeforeValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.retention.rules import parse_duration
+
 DATA_DIR = Path(".eventdesk")
 
 
-def _duration(value: object) -> object:
-    from shared.retention.rules import parse_duration
-
-    if value in ("", None):
-        return None
-    return parse_duration(value)  # type: ignore[arg-type]
+def _duration(value: str | float | timedelta | None) -> timedelta | None:
+    return None if value is None or value == "" else parse_duration(value)
 
 
 # ``30d``, ``12h``, ``15m``, ``90s`` (a bare number: seconds).

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from shared.db.engine import session_scope
@@ -27,7 +27,7 @@ class Purged:
     longest_batch_seconds: float = 0.0
     # False when the time budget ran out first: the next purge carries on.
     complete: bool = True
-    horizon: datetime | None = field(default=None)
+    horizon: datetime | None = None
 
     def counts(self) -> dict[str, int]:
         return {"transactions": self.transactions, "notification_deliveries": self.deliveries,
