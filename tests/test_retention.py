@@ -288,3 +288,15 @@ def test_beat_runs_the_purge_on_the_notify_queue() -> None:
     assert entry["schedule"] == 300
     assert app.tasks[PURGE_TASK].name == purge_expired.name
     assert app.amqp.router.route({}, PURGE_TASK)["queue"].name == "notify"
+
+
+def test_the_scheduled_purge_uses_the_configured_retention(
+    configure: Callable[..., None], sqlite_database: str,
+) -> None:
+    from worker.retention import purge_expired
+
+    configure(database_url=sqlite_database, transaction_retention="14d")
+    log = Log(sqlite_database)
+    old, recent = log.add(OLD, delivery="delivered", attempts=1), log.add(RECENT)
+    assert purge_expired() == 1
+    assert log.present([old, recent]) == {recent}
