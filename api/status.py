@@ -7,12 +7,17 @@ from flask import Blueprint, Response, current_app, json
 from api.auth import requires_key
 from api.errors import error_json
 from shared.db.engine import session_scope
-from shared.ids import issued_for, well_formed
+from shared.ids import issued_at, issued_for, well_formed
 from shared.intake.service import KeyInfo
+from shared.retention.queries import removed_before
+from shared.retention.rules import expired_from_log
 from shared.transactions.schemas import TransactionView
 from shared.transactions.service import transaction_view
 
 bp = Blueprint("status", __name__)
+
+EXPIRED = ("transaction expired from the log: finished transactions are removed after the "
+           "retention period")
 
 
 @bp.get("/v1/transactions/<transid>")
@@ -22,9 +27,11 @@ def transaction(key: KeyInfo, transid: str) -> Response:
         return error_json(404, "no such transaction")
     with session_scope() as session:
         view = transaction_view(session, key.account_id, transid)
-    if view is None:
-        # No row yet: either a worker has not taken it, or it is not ours to show.
-        if not issued_for(current_app.extensions["eventdesk.secret"], key.account_id, transid):
-            return error_json(404, "no such transaction")
-        view = TransactionView.queued(transid)
+        # No row yet: either a worker has not taken it, retention removed it, or it is not ours.
+        if view is None:
+            if not issued_for(current_app.extensions["eventdesk.secret"], key.account_id, transid):
+                return error_json(404, "no such transaction")
+            if expired_from_log(issued_at(transid), removed_before(session)):
+                return error_json(404, EXPIRED)
+            view = TransactionView.queued(transid)
     return Response(json.dumps(view.to_json()), 200, mimetype="application/json")

@@ -3,6 +3,7 @@
 Run from the repository root::
 
     python -m bench.e2e [--events 20000] [--scenarios storm,distinct,storm100,distinct100] [--json]
+                        [--preload N]
     eventdesk bench e2e ...
 
 Setup: a throwaway PostgreSQL database (created, migrated, loaded with ``shared/records/demo.yaml``,
@@ -30,6 +31,14 @@ Baseline, measured in the same run before the stack starts: a standard Celery wo
 (``bench/noop_app.py``, one task a message, same concurrency) draining ``--noop-messages`` no-op
 messages queued beforehand. eventdesk's end-to-end events/s is shown as a ratio to its drain rate.
 
+With ``--preload N`` the scenarios run twice in the same run: on the empty database, then after
+N finished transactions and what they made are bulk-loaded over the retention period
+(``bench/preload.py``: a database on day 30), where between scenarios only the scenario's own
+rows are removed. The report adds the bytes per row of each table, EXPLAIN ANALYZE of the
+matching, the claim and the read API's statements at that size (each must use an index), the
+preloaded/empty ratio of e2e events/s (target >= 0.8 for storm and distinct100), and a retention
+purge of the older half of the preload (time, rows/s, longest batch).
+
 Targets: >= 1,000 events/s end to end for the storm posted one event a request, >= 3,000 for
 100-event bodies. Exit status: 0 even when a target is missed or events are left unprocessed
 (reported); non-zero when a server does not start or dies, or PostgreSQL or Redis is unreachable.
@@ -51,6 +60,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +72,7 @@ if TYPE_CHECKING:
     import redis
 
     from bench.loadgen import Target
+    from bench.preload import Loaded
     from bench.servers import CeleryWorker, GunicornServer, GunicornSettings, Service
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,6 +92,12 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/13"
 # Emptied before each scenario (the reference records stay).
 # In an order that DELETE can follow too (referencing tables first).
 PROCESSING_TABLES = "notification_attempts, notification_deliveries, notes, requests, transactions"
+# With a preload, the rows above its highest ids (and transactions received after it) go.
+ID_TABLES = ("notification_attempts", "notification_deliveries", "notes", "requests")
+# A scenario's transactions: a range of ix_transactions_account_received, not a full count.
+SCENARIO_TRANSACTIONS = "account_id IN (SELECT id FROM accounts) AND received_at >= %(since)s"
+# Preloaded e2e events/s against empty, for these scenarios (issue 14).
+PRELOAD_TARGET = {"storm": 0.8, "distinct100": 0.8}
 POLL_S = 0.1  # how often completion is checked: the end-to-end time's resolution
 SAMPLE_S = 0.2  # how often RSS is sampled
 # The worker's CPU in two: its main process (the consumer: fetches, acknowledges, buffers the
@@ -192,6 +209,52 @@ class Figures:
 
 
 @dataclass
+class Preloaded:
+    """What ``--preload`` measured besides the scenarios."""
+
+    transactions: int
+    load_s: float
+    # table -> (rows, bytes with TOAST and indexes, bytes a row)
+    storage: dict[str, tuple[int, int, float]]
+    # (statement, uses an index, its scans, execution ms)
+    plans: list[tuple[str, bool, list[str], float]]
+    purge: dict[str, float] = field(default_factory=dict)
+
+    def table(self, figures: list[Figures]) -> list[str]:
+        lines = ["", f"preload: {self.transactions} finished transactions in {self.load_s:.1f} s",
+                 f"{'table':<26}{'rows':>11}{'MiB':>9}{'bytes/row':>11}"]
+        lines += [f"{table:<26}{rows:>11}{size / 2**20:>9.1f}{per_row:>11.0f}"
+                  for table, (rows, size, per_row) in self.storage.items()]
+        lines.append("EXPLAIN ANALYZE on the preloaded database:")
+        lines += [f"  {'index' if indexed else 'NO INDEX':<9}{ms:>8.3f} ms  {name}: "
+                  f"{', '.join(scans) or 'no scan'}" for name, indexed, scans, ms in self.plans]
+        empty = {f.scenario: f for f in figures}
+        for f in figures:
+            before = empty.get(f.scenario.removesuffix(PRELOADED))
+            if f.scenario.endswith(PRELOADED) and before is not None and before.all_done \
+                    and f.all_done:
+                ratio = f.e2e_events_per_s / before.e2e_events_per_s
+                target = PRELOAD_TARGET.get(before.scenario)
+                verdict = "" if target is None else \
+                    f" (target >= {target}: {'met' if ratio >= target else 'MISSED'})"
+                lines.append(f"{before.scenario}: preloaded {f.e2e_events_per_s:,.0f} e2e "
+                             f"events/s, empty {before.e2e_events_per_s:,.0f}: "
+                             f"{ratio:.2f}x{verdict}")
+        if self.purge:
+            p = self.purge
+            lines.append(
+                f"purge of the older half: {p['transactions']:.0f} transactions, "
+                f"{p['deliveries']:.0f} deliveries, {p['attempts']:.0f} attempts in "
+                f"{p['seconds']:.1f} s ({p['transactions'] / max(p['seconds'], 1e-9):,.0f} "
+                f"transactions/s), {p['batches']:.0f} batches, the longest "
+                f"{p['longest_batch_ms']:.0f} ms")
+        return lines
+
+
+PRELOADED = "+pre"
+
+
+@dataclass
 class Report:
     generator: str
     generator_version: str
@@ -205,6 +268,7 @@ class Report:
     figures: list[Figures] = field(default_factory=list)
     profiles: list[str] = field(default_factory=list)
     failed: str = ""  # why the run stopped early
+    preload: Preloaded | None = None
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -274,6 +338,7 @@ class Report:
             else:
                 verdict = "met" if f.met else "MISSED"
                 lines.append(f"{label}: {f.e2e_events_per_s:,.0f} ({target}: {verdict})")
+        lines += self.preload.table(self.figures) if self.preload is not None else []
         lines += [f"profile: {path}" for path in self.profiles]
         if self.failed:
             lines.append(f"\nstopped early: {self.failed}")
@@ -322,6 +387,10 @@ class Database:
             hide_password=False
         )
         self._conn: psycopg.Connection[Any] | None = None
+        # --preload: the highest preloaded id of each of ID_TABLES, and when the preload ended.
+        self.kept: dict[str, int] = {}
+        self.preloaded_at: datetime | None = None
+        self.since = datetime(1970, 1, 1, tzinfo=UTC)  # when the current scenario began
 
     def create(self, records: Path) -> None:
         import psycopg
@@ -344,16 +413,43 @@ class Database:
         return self._conn
 
     def scalar(self, sql: str) -> int:
-        row = self.conn.execute(sql).fetchone()
+        row = self.conn.execute(sql, {"since": self.since}).fetchone()
         assert row is not None
         return int(row[0])
 
     def done(self) -> int:
-        return self.scalar("SELECT count(*) FROM transactions WHERE status <> 'processing'")
+        return self.scalar(f"SELECT count(*) FROM transactions WHERE {SCENARIO_TRANSACTIONS} "
+                           "AND status <> 'processing'")
 
     def empty_processing_tables(self) -> None:
+        """Back to the empty database, or to just the preload."""
         self.conn.execute("SET lock_timeout = '10s'")
-        self.conn.execute(f"TRUNCATE {PROCESSING_TABLES} RESTART IDENTITY CASCADE")
+        if self.preloaded_at is None:
+            self.conn.execute(f"TRUNCATE {PROCESSING_TABLES} RESTART IDENTITY CASCADE")
+        else:
+            for table in ID_TABLES:
+                self.conn.execute(f"DELETE FROM {table} WHERE id > %s",
+                                  (self.kept[table],))
+            self.conn.execute("DELETE FROM transactions WHERE account_id IN "
+                              "(SELECT id FROM accounts) AND received_at >= %s",
+                              (self.preloaded_at,))
+            for table in (*ID_TABLES, "transactions"):
+                self.conn.execute(f"VACUUM ANALYZE {table}")
+        self.since = datetime.now(UTC)
+
+    def preload(self, count: int, period: timedelta) -> Loaded:
+        from bench import preload
+
+        self.empty_processing_tables()
+        loaded = preload.load(self.conn, count, period)
+        self.kept = {table: self.scalar(f"SELECT coalesce(max(id), 0) FROM {table}")
+                     for table in ID_TABLES}
+        self.preloaded_at = datetime.now(UTC)
+        return loaded
+
+    def requests_created(self) -> int:
+        return self.scalar(
+            f"SELECT count(*) FROM requests WHERE id > {self.kept.get('requests', 0)}")
 
     def cpu_by_pid(self) -> dict[int, float]:
         """CPU so far of this database's backends (but the bench's own) and the server's
@@ -521,6 +617,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep-database", action="store_true",
                         help="do not drop the database at the end (to look at what was made)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--preload", type=int, default=0, metavar="N",
+                        help="run the scenarios again after bulk-loading N finished transactions "
+                        "over the retention period (bench/preload.py)")
     args = parser.parse_args(argv)
     if min(args.events, args.connections, args.concurrency, args.api_workers) < 1:
         parser.error("--events, --connections, --concurrency and --api-workers must be >= 1")
@@ -639,7 +738,8 @@ class Stack:
                 f"\n{self.worker.log_tail()}"
             )
 
-    def run(self, scenario: str, baseline: Baseline | None, report: Report) -> Figures:
+    def run(self, scenario: str, baseline: Baseline | None, report: Report, label: str = ""
+            ) -> Figures:
         from bench import loadgen
 
         kind, per_body = SCENARIOS[scenario]
@@ -673,18 +773,21 @@ class Stack:
         e2e_rate = accepted / e2e_s if e2e_s > 0 else 0.0
         target = TARGETS.get(scenario)
         return Figures(
-            scenario=scenario, events_per_body=per_body, events=len(events), bodies=len(posts),
+            scenario=scenario + label, events_per_body=per_body, events=len(events),
+            bodies=len(posts),
             answered_200=result.ok,
             non_200={str(status): count for status, count in result.non_ok.items()},
             errors=result.errors, accepted=accepted, completed=done,
             distinct_events=self.db.scalar(
-                "SELECT count(DISTINCT correlationid) FROM transactions"
+                "SELECT count(DISTINCT correlationid) FROM transactions "
+                f"WHERE {SCENARIO_TRANSACTIONS}"
             ),
-            failed=self.db.scalar("SELECT count(*) FROM transactions WHERE status = 'failed'"),
+            failed=self.db.scalar("SELECT count(*) FROM transactions "
+                                  f"WHERE {SCENARIO_TRANSACTIONS} AND status = 'failed'"),
             post_s=round(posted - started, 3), e2e_s=round(e2e_s, 3),
             post_events_per_s=accepted / (posted - started),
             e2e_events_per_s=e2e_rate, completed_when_posted=done_when_posted,
-            requests_created=self.db.scalar("SELECT count(*) FROM requests"),
+            requests_created=self.db.requests_created(),
             expected_requests=expected_requests,
             queue_left=int(self.client.llen(EVENTS_QUEUE)),
             p50_ms=result.p50_ms, p99_ms=result.p99_ms,
@@ -745,6 +848,36 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
+def preloaded(args: argparse.Namespace, db: Database, stack: Stack, report: Report
+              ) -> Preloaded:
+    """Preload, look at the plans, run the scenarios again, then time a purge of half."""
+    from bench import preload
+    from shared.settings import Settings
+
+    period = Settings().transaction_retention
+    log(f"preload: {args.preload} finished transactions over {period}")
+    loaded = db.preload(args.preload, period)
+    now = datetime.now(UTC)
+    plans = [preload.explain(db.conn, name, sql)
+             for name, sql in preload.hot_statements(now).items()]
+    result = Preloaded(
+        transactions=loaded.transactions, load_s=loaded.seconds,
+        storage={table: (size.rows, size.total_bytes, size.bytes_per_row)
+                 for table, size in preload.storage(db.conn).items()},
+        plans=[(plan.name, plan.uses_index, plan.scans, plan.ms) for plan in plans],
+    )
+    for scenario in args.scenarios:
+        report.figures.append(stack.run(scenario, report.baseline, report, PRELOADED))
+    log("purge: the older half of the preload")
+    purged = preload.purge_profile(db.url, period / 2)
+    result.purge = {
+        "transactions": purged.transactions, "deliveries": purged.deliveries,
+        "attempts": purged.attempts, "seconds": purged.seconds, "batches": purged.batches,
+        "longest_batch_ms": purged.longest_batch_seconds * 1000,
+    }
+    return result
+
+
 def run(
     args: argparse.Namespace, report: Report, *, settings: GunicornSettings, db: Database,
     client: redis.Redis,
@@ -769,6 +902,8 @@ def run(
                 stack.start()
                 for scenario in args.scenarios:
                     report.figures.append(stack.run(scenario, report.baseline, report))
+                if args.preload > 0:
+                    report.preload = preloaded(args, db, stack, report)
     except Exception as exc:  # a server, the database, Redis or the load generator failed
         log(f"ERROR: {type(exc).__name__}: {exc}")
         report.failed = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"

@@ -188,6 +188,33 @@ def keys_revoke(key_or_id: str) -> None:
 
 
 @main.command()
+@click.option("--older-than", "older_than", metavar="DURATION", default=None,
+              help="Remove finished transactions received longer ago than this (30d, 12h, "
+                   "90s). Default: EVENTDESK_TRANSACTION_RETENTION.")
+def purge(older_than: str | None) -> None:
+    """Remove finished transactions, their deliveries and attempts, past retention.
+
+    Requests and notes are never removed. Runs in short batches, safe beside a live service.
+    """
+    from datetime import UTC, datetime
+
+    from shared.retention.rules import parse_duration
+    from shared.retention.service import horizon_for
+    from shared.retention.service import purge as purge_log
+
+    try:
+        age = parse_duration(older_than) if older_than is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from exc
+    result = purge_log(horizon_for(get_settings(), datetime.now(UTC), age))
+    for table, count in result.counts().items():
+        click.echo(f"{table}: {count} removed")
+    click.echo(f"received before {result.horizon:%Y-%m-%dT%H:%M:%SZ}; "
+               f"{result.batches} batches in {result.seconds:.2f} s, "
+               f"the longest {result.longest_batch_seconds * 1000:.0f} ms")
+
+
+@main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True)
 @click.option("--workers", default=2, show_default=True, help="gunicorn worker processes")
@@ -211,7 +238,7 @@ def worker(queues: str, concurrency: int) -> None:
 
 @main.command()
 def beat() -> None:
-    """Run Celery beat: the notify sweeper's clock. Run exactly one per deployment."""
+    """Run Celery beat: the notify sweeper's and the purge's clock. Run exactly one."""
     os.execv(sys.executable, beat_command(get_settings().log_level))  # noqa: S606
 
 

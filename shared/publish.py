@@ -31,6 +31,9 @@ EVENTS_QUEUE = "events"
 NOTIFY_QUEUE = "notify"
 MAIL_QUEUE = "mail"
 QUEUES = (EVENTS_QUEUE, MAIL_QUEUE, NOTIFY_QUEUE)
+# Retention's purge (worker/retention.py): housekeeping, on the notify queue with the sweeper,
+# never on events, whose consumer batches its messages.
+PURGE_TASK = "retention.purge"
 
 _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
 _EMBED = '{"callbacks":null,"errbacks":null,"chain":null,"chord":null}'

@@ -7,13 +7,25 @@ both under ``./.eventdesk/``.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.retention.rules import parse_duration
+
 DATA_DIR = Path(".eventdesk")
+
+
+def _duration(value: str | float | timedelta | None) -> timedelta | None:
+    return None if value is None or value == "" else parse_duration(value)
+
+
+# ``30d``, ``12h``, ``15m``, ``90s`` (a bare number: seconds).
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
 
 
 class Settings(BaseSettings):
@@ -88,6 +100,14 @@ class Settings(BaseSettings):
     notify_requeue_seconds: float = Field(default=300.0, gt=0)
     # Networks notify URLs may reach although private or local (comma-separated CIDRs).
     notify_allow_networks: str = ""
+
+    # Retention (shared/retention/, docs/operations.md): finished transactions, their
+    # deliveries and attempts are removed this long after they were received; dead and
+    # disabled deliveries (and their transactions) are kept for dead_delivery_retention when
+    # that is longer. Requests and notes are never removed. Beat purges every purge_interval.
+    transaction_retention: Duration = Field(default=timedelta(days=14), gt=timedelta(0))
+    dead_delivery_retention: Duration | None = None
+    purge_interval: Duration = Field(default=timedelta(minutes=5), gt=timedelta(0))
 
     # Logs and metrics (DESIGN 7). The worker's main process serves /metrics on this port
     # (0: no exporter); the api serves it on its own port.

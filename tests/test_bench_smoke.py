@@ -159,6 +159,31 @@ def test_e2e_bench_processes_every_event(capsys: pytest.CaptureFixture[str]) -> 
     assert redis.Redis.from_url(REDIS_URL).dbsize() == 0
 
 
+def test_e2e_bench_with_a_preload(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import e2e
+
+    status = e2e.main([
+        "--events", "200", "--scenarios", "storm", "--connections", "4", "--noop-messages", "0",
+        "--stall-timeout", "20", "--start-timeout", "30", "--redis-url", REDIS_URL,
+        "--preload", "3000", "--json",
+    ])
+    out = capsys.readouterr().out
+
+    assert status == 0, out
+    report = json.loads(out)
+    empty, preloaded = report["figures"]
+    assert (empty["scenario"], preloaded["scenario"]) == ("storm", "storm+pre")
+    # Counted apart from the preload: the scenario's own transactions and requests only.
+    assert preloaded["completed"] == preloaded["distinct_events"] == 200
+    assert preloaded["requests_created"] == preloaded["expected_requests"] == 22
+    preload = report["preload"]
+    assert preload["storage"]["transactions"][0] == 3000
+    assert preload["storage"]["requests"][0] == 300
+    assert all(indexed for _, indexed, _, _ in preload["plans"]), preload["plans"]
+    assert preload["purge"]["transactions"] > 0
+    assert preload["purge"]["deliveries"] == preload["purge"]["attempts"] > 0
+
+
 def test_e2e_scenario_events() -> None:
     from bench import e2e
 

@@ -20,12 +20,12 @@ from celery.signals import worker_process_init
 from kombu import Queue
 
 from shared.db.engine import dispose_engines, use_statement_timeout
-from shared.publish import QUEUES
+from shared.publish import PURGE_TASK, QUEUES
 from shared.settings import get_settings
 from worker import signals  # noqa: F401 - connects the log and metrics handlers
 from worker.broker import REAP_INTERVAL
 
-TASK_MODULES = ["worker.events", "worker.notify", "worker.sweeper"]
+TASK_MODULES = ["worker.events", "worker.notify", "worker.sweeper", "worker.retention"]
 
 
 def make_celery() -> Celery:
@@ -51,6 +51,7 @@ def make_celery() -> Celery:
         Transport.polling_interval = 0.1
         transport_options = {"connect_args": {"timeout": 30}}
     sweep_every = settings.notify_sweep_interval_seconds
+    purge_every = settings.purge_interval.total_seconds()
     app = Celery("eventdesk", broker=broker_url, include=TASK_MODULES)
     app.conf.update(
         task_serializer="json",
@@ -67,7 +68,7 @@ def make_celery() -> Celery:
         task_queues=[Queue(name, routing_key=name, durable=True) for name in QUEUES],
         task_default_queue="events",
         task_routes={"events.*": {"queue": "events"}, "notify.*": {"queue": "notify"},
-                     "mail.*": {"queue": "mail"}},
+                     "mail.*": {"queue": "mail"}, PURGE_TASK: {"queue": "notify"}},
         worker_hijack_root_logger=False,
         enable_utc=True,
         # The notify sweeper (worker/sweeper.py), run by ``celery beat`` (``eventdesk beat``, or
@@ -78,6 +79,10 @@ def make_celery() -> Celery:
             "task": "notify.sweep", "schedule": sweep_every,
             # A sweep that waited in a long queue is dropped: a newer one is behind it.
             "options": {"queue": "notify", "expires": max(6 * sweep_every, 30)},
+        }, PURGE_TASK: {
+            # Retention (worker/retention.py); one waiting longer than its interval is dropped.
+            "task": PURGE_TASK, "schedule": purge_every,
+            "options": {"queue": "notify", "expires": purge_every},
         }},
     )
     return app

@@ -380,3 +380,17 @@ class NotifyHostSlot(Base):
     slot: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     holder: Mapped[str | None] = mapped_column(String(32))
     lease_until: Mapped[datetime | None]
+
+
+class RetentionMark(Base):
+    """How far retention has removed a log: ``removed_before`` is the latest horizon applied.
+
+    It lets the api tell a transid retention removed ("expired from the log") from one still
+    queued, without keeping anything of the removed rows (shared/retention/).
+    """
+
+    __tablename__ = "retention_marks"
+
+    log: Mapped[str] = mapped_column(String(32), primary_key=True)
+    removed_before: Mapped[datetime]
+    updated_at: Mapped[datetime]

@@ -231,10 +231,7 @@ class RequestFilter:
     updated_since: datetime | None = None
 
 
-def list_requests(
-    session: Session, account_id: str, where: RequestFilter, number: int, size: int
-) -> tuple[list[RequestView], Page]:
-    """The account's requests that pass ``where``, oldest first, page ``number``."""
+def requests_query(account_id: str, where: RequestFilter) -> Select[Request]:
     query = select(Request).where(Request.account_id == account_id)
     if where.source is not None:
         query = query.where(Request.source == where.source)
@@ -244,9 +241,20 @@ def list_requests(
         query = query.where(Request.status == where.status)
     if where.updated_since is not None:
         query = query.where(Request.updated_at >= where.updated_since)
-    rows, page = _page(session, query.order_by(Request.id), number, size)
+    return query.order_by(Request.id)
+
+
+def list_requests(
+    session: Session, account_id: str, where: RequestFilter, number: int, size: int
+) -> tuple[list[RequestView], Page]:
+    """The account's requests that pass ``where``, oldest first, page ``number``."""
+    rows, page = _page(session, requests_query(account_id, where), number, size)
     names = load_names(session, rows)
     return [request_view(row, names) for row in rows], page
+
+
+def notes_query(request_id: int) -> Select[Note]:
+    return select(Note).where(Note.request_id == request_id).order_by(Note.id)
 
 
 def list_notes(
@@ -256,6 +264,5 @@ def list_notes(
     owner = session.scalar(select(Request.account_id).where(Request.id == request_id))
     if owner != account_id:
         return None
-    query = select(Note).where(Note.request_id == request_id).order_by(Note.id)
-    rows, page = _page(session, query, number, size)
+    rows, page = _page(session, notes_query(request_id), number, size)
     return [note_view(row) for row in rows], page

@@ -32,7 +32,7 @@ from datetime import datetime
 from itertools import groupby
 from typing import Any
 
-from sqlalchemy import TextClause, insert, select, text, update
+from sqlalchemy import Select, TextClause, insert, select, text, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
@@ -178,7 +178,7 @@ _PG_FINISH = text(
 
 # The event parameters travel as JSON text inside the JSON: de-escaped, a \u0000 in a value
 # would fail the statement, and the claim must not fail (a failed batch is recorded through it).
-_PG_CLAIM = text(
+PG_CLAIM = text(
     "INSERT INTO transactions (transid, channel, account_id, key_id, evtid, correlationid, "
     "parameters, notifyurl, expiry, received_at, status, created_at) "
     "SELECT transid, channel, account_id, key_id, evtid, correlationid, "
@@ -205,7 +205,7 @@ def _claim(session: Session, batches: Sequence[EventBatch], now: datetime) -> se
         for batch in batches for event in batch.events
     ]
     if postgres:
-        return set(session.scalars(_PG_CLAIM, {"rows": _json(rows)}))
+        return set(session.scalars(PG_CLAIM, {"rows": _json(rows)}))
     # Rows as parameters (executemany), not .values(rows): the statement stays the same for
     # every batch, so it is compiled once.
     return set(session.scalars(
@@ -316,21 +316,31 @@ def _lock_keys(session: Session, keys: set[str]) -> None:
     )
 
 
-def _open_requests(
-    session: Session, keys: set[str], now: datetime
-) -> dict[str, _Request]:
-    """For each match key, the newest open request created within the window."""
-    if not keys:
-        return {}
-    found: dict[str, _Request] = {}
-    candidates = session.execute(
+def open_requests_query(accounts: set[str], keys: set[str], now: datetime) -> Select[Any]:
+    """The open requests created within the window on any of the keys, newest first.
+
+    A key already names its account; the accounts are there for the index, which leads with
+    them (ix_requests_match): without them a full database is read from end to end.
+    """
+    return (
         select(Request.id, Request.match_key, *(getattr(Request, name) for name in UPDATABLE))
         .where(
+            Request.account_id.in_(accounts),
             Request.match_key.in_(keys),
             Request.status.not_in(CLOSED_STATUSES),
             Request.created_at >= now - WINDOW,
         ).order_by(Request.created_at.desc(), Request.id.desc())
     )
+
+
+def _open_requests(
+    session: Session, accounts: set[str], keys: set[str], now: datetime
+) -> dict[str, _Request]:
+    """For each match key, the newest open request created within the window."""
+    if not keys:
+        return {}
+    found: dict[str, _Request] = {}
+    candidates = session.execute(open_requests_query(accounts, keys, now))
     for request_id, key, *values in candidates:
         if key is not None and key not in found:
             found[key] = _Request(request_id, dict(zip(UPDATABLE, values, strict=True)))
@@ -418,7 +428,8 @@ def process_batches(
     live = _live(_Context(session, directory), work, now)
     keys = {item.key for item in live if item.key}
     _lock_keys(session, keys)
-    requests = _open_requests(session, keys, now)
+    accounts = {item.draft.account_id for item in live if item.key and item.draft}
+    requests = _open_requests(session, accounts, keys, now)
     new_notes: list[_NewNote] = []
     for item in live:
         _apply(item, requests, new_notes, now)
