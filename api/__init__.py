@@ -14,13 +14,25 @@ from shared.intake.lookup import (
 )
 from shared.intake.queueing import EventQueue
 from shared.intake.service import WebexIntake
+from shared.mail.service import MailIntake
 from shared.metrics import initialize as initialize_metrics
 from shared.publish import make_publisher
 from shared.settings import Settings, get_settings
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    from api import deliveries, errors, fourme, health, metrics, openapi, requests, status, webex
+    from api import (
+        deliveries,
+        errors,
+        fourme,
+        health,
+        mail,
+        metrics,
+        openapi,
+        requests,
+        status,
+        webex,
+    )
 
     settings = settings or get_settings()
     app = Flask(__name__)
@@ -49,7 +61,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         queue=queue, authenticate=webex_intake.authenticate, secret=secret,
         find_transaction=find_transaction, find_request=find_request,
     )
-    for module in (fourme, requests, status, health, openapi, metrics, deliveries):
+    # The 4me Mail API's HTTP door: the same publisher; the raw message goes to the database.
+    app.extensions["eventdesk.mail"] = MailIntake(publisher, secret, settings.mail_max_bytes)
+    for module in (fourme, mail, requests, status, health, openapi, metrics, deliveries):
         app.register_blueprint(module.bp)
     errors.register(app)
     # The Webex intake, the busiest route, in plain WSGI ahead of Flask (api/webex.py).

@@ -84,6 +84,14 @@ class Settings(BaseSettings):
     # Networks notify URLs may reach although private or local (comma-separated CIDRs).
     notify_allow_networks: str = ""
 
+    # The Mail API (shared/mail/): the largest message taken (SMTP 552, HTTP 413), the networks
+    # the SMTP listener takes mail from (it sits behind the organisation's mail gateway, without
+    # AUTH), and its STARTTLS certificate and key (PEM files; none: no STARTTLS).
+    mail_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    smtp_allow_networks: str = "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16"
+    smtp_tls_cert: Path | None = None
+    smtp_tls_key: Path | None = None
+
     # Logs and metrics (DESIGN 7). The worker's main process serves /metrics on this port
     # (0: no exporter); the api serves it on its own port.
     log_level: str = "INFO"

@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -371,3 +372,29 @@ class NotifyHostSlot(Base):
     slot: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     holder: Mapped[str | None] = mapped_column(String(32))
     lease_until: Mapped[datetime | None]
+
+
+class MailMessage(Base):
+    """A message the Mail API accepted, kept raw: it is durable here before the sender's 250
+    (or the gateway's 202), and a worker turns it into a request or a note (shared/mail/)."""
+
+    __tablename__ = "mail_messages"
+    __table_args__ = (
+        # A message delivered again (the sender never saw our 250) is the same mail.
+        UniqueConstraint("account_id", "message_id", name="uq_mail_messages_message_id"),
+        Index("ix_mail_messages_pending", "status", "received_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    transid: Mapped[str] = mapped_column(String(64), unique=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    recipient: Mapped[str] = mapped_column(String(320))
+    team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id"))
+    message_id: Mapped[str | None] = mapped_column(String(255))
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    peer: Mapped[str | None] = mapped_column(String(64))  # "smtp 192.0.2.1" or "http key 7"
+    received_at: Mapped[datetime]
+    # received -> processed | quarantined | rejected
+    status: Mapped[str] = mapped_column(String(16), default="received")
+    # The request this mail created or added a note to: replies to it thread onto that request.
+    request_id: Mapped[int | None] = mapped_column(ForeignKey("requests.id"))

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from email import message_from_bytes, policy
 from email.message import EmailMessage, Message
+from email.parser import BytesHeaderParser
 from email.utils import getaddresses
 from html.parser import HTMLParser
 
@@ -79,7 +80,8 @@ def _walk(message: Message, limits: Limits) -> list[Message]:
                 raise Quarantined(f"a header longer than {limits.max_header_bytes} bytes")
         children = part.get_payload() if part.is_multipart() else None
         if isinstance(children, list):
-            stack.extend((child, depth + 1) for child in reversed(children))
+            stack.extend((child, depth + 1) for child in reversed(children)
+                         if isinstance(child, Message))
         else:
             leaves.append(part)
     return leaves
@@ -168,6 +170,15 @@ def _sender(message: EmailMessage) -> str | None:
     if len(addresses) != 1 or addresses[0].count("@") != 1:
         return None
     return addresses[0].strip().lower()
+
+
+def message_id_of(raw: bytes) -> str | None:
+    """The Message-ID, from the headers alone (intake's duplicate check); None if unreadable."""
+    try:
+        headers = BytesHeaderParser(policy=policy.default).parsebytes(raw)
+        return _message_id(headers.get("Message-ID"))
+    except Exception:  # an unreadable header is the worker's to quarantine, not intake's
+        return None
 
 
 def parse(raw: bytes, limits: Limits | None = None) -> ParsedMail:

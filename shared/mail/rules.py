@@ -227,3 +227,11 @@ def may_access(person_id: int, roles: Mapping[str, Any], account_id: str,
                people: tuple[int | None, ...]) -> bool:
     """A sender may add a note to a request they are a person of, or as a Specialist."""
     return person_id in people or SPECIALIST in _roles(roles, account_id)
+
+
+class UnknownRecipient(BadRecipient):
+    """No account or team has this address."""
+
+
+class DirectoryRecipient(BadRecipient):
+    """A directory account: it holds no requests, so it receives no mail."""

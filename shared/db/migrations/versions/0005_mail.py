@@ -1,0 +1,50 @@
+"""mail: raw messages of the Mail API
+
+Revision ID: 0005
+Revises: 0003
+Create Date: 2026-11-30 01:15:00
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+import shared.db.models
+
+revision = "0005"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+_BIGID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+_WHEN = shared.db.models.UTCDateTime(timezone=True)
+
+
+def upgrade() -> None:
+    op.create_table(
+        "mail_messages",
+        sa.Column("id", _BIGID, autoincrement=True, nullable=False),
+        sa.Column("transid", sa.String(length=64), nullable=False),
+        sa.Column("account_id", sa.String(length=64), nullable=False),
+        sa.Column("recipient", sa.String(length=320), nullable=False),
+        sa.Column("team_id", _BIGID, nullable=True),
+        sa.Column("message_id", sa.String(length=255), nullable=True),
+        sa.Column("raw", sa.LargeBinary(), nullable=False),
+        sa.Column("peer", sa.String(length=64), nullable=True),
+        sa.Column("received_at", _WHEN, nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("request_id", _BIGID, nullable=True),
+        sa.ForeignKeyConstraint(["account_id"], ["accounts.id"]),
+        sa.ForeignKeyConstraint(["team_id"], ["teams.id"]),
+        sa.ForeignKeyConstraint(["request_id"], ["requests.id"]),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("transid"),
+        sa.UniqueConstraint("account_id", "message_id", name="uq_mail_messages_message_id"),
+    )
+    op.create_index("ix_mail_messages_pending", "mail_messages", ["status", "received_at"])
+
+
+def downgrade() -> None:
+    op.drop_index("ix_mail_messages_pending", table_name="mail_messages")
+    op.drop_table("mail_messages")
