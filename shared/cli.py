@@ -42,6 +42,10 @@ def worker_command(
     ]
 
 
+def smtp_command(host: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "api.smtp", "--host", host, "--port", str(port)]
+
+
 def beat_command(loglevel: str = "INFO") -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "worker.app", "beat", "--loglevel", loglevel]
 
@@ -175,6 +179,14 @@ def worker(queues: str, concurrency: int) -> None:
 
 
 @main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=2525, show_default=True)
+def smtp(host: str, port: int) -> None:
+    """Serve the 4me Mail API over SMTP (aiosmtpd)."""
+    os.execve(sys.executable, smtp_command(host, port), role_env(f"smtp-{port}"))  # noqa: S606
+
+
+@main.command()
 def beat() -> None:
     """Run Celery beat: the notify sweeper's clock. Run exactly one per deployment."""
     os.execv(sys.executable, beat_command(get_settings().log_level))  # noqa: S606
@@ -187,7 +199,7 @@ def beat() -> None:
 @click.option("--demo", is_flag=True, help=f"Load the demo records ({DEMO_FILE.name}).")
 @click.option("--concurrency", default=2, show_default=True, help="worker processes")
 def run(host: str, port: int, smtp_port: int, demo: bool, concurrency: int) -> None:
-    """Run the whole service: migrate, then the API and a worker, until Ctrl-C.
+    """Run the whole service: migrate, then the API, the SMTP listener and a worker, until Ctrl-C.
 
     With no configuration it uses SQLite and kombu's SQLAlchemy transport on SQLite, both in
     ./.eventdesk/, so nothing else has to be installed.
@@ -195,7 +207,6 @@ def run(host: str, port: int, smtp_port: int, demo: bool, concurrency: int) -> N
     from shared.db.migrate import upgrade
     from shared.publish import declare_queues
 
-    del smtp_port  # the SMTP listener arrives with the Mail API
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade()
@@ -210,8 +221,10 @@ def run(host: str, port: int, smtp_port: int, demo: bool, concurrency: int) -> N
             env=role_env(f"worker-{settings.worker_metrics_port}"),
         ),
         subprocess.Popen(gunicorn_command(host, port, 2, API_THREADS), env=role_env(f"api-{port}")),  # noqa: S603
+        subprocess.Popen(smtp_command(host, smtp_port), env=role_env(f"smtp-{smtp_port}")),  # noqa: S603
     ]
-    click.echo(f"eventdesk listening on http://{host}:{port}  (Ctrl-C stops)")
+    click.echo(f"eventdesk listening on http://{host}:{port} and smtp://{host}:{smtp_port}"
+               "  (Ctrl-C stops)")
     _supervise(procs)
 
 
