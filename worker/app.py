@@ -25,7 +25,7 @@ from shared.settings import get_settings
 from worker import signals  # noqa: F401 - connects the log and metrics handlers
 from worker.broker import REAP_INTERVAL
 
-TASK_MODULES = ["worker.events", "worker.notify", "worker.sweeper"]
+TASK_MODULES = ["worker.events", "worker.mail", "worker.notify", "worker.sweeper"]
 
 
 def make_celery() -> Celery:
@@ -78,6 +78,9 @@ def make_celery() -> Celery:
             "task": "notify.sweep", "schedule": sweep_every,
             # A sweep that waited in a long queue is dropped: a newer one is behind it.
             "options": {"queue": "notify", "expires": max(6 * sweep_every, 30)},
+        }, "mail.sweep": {
+            # Mail stored but never queued (worker/mail.py); a missed sweep costs nothing.
+            "task": "mail.sweep", "schedule": 60.0, "options": {"queue": "mail", "expires": 120},
         }},
     )
     return app
