@@ -91,6 +91,12 @@ class Settings(BaseSettings):
     smtp_allow_networks: str = "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16"
     smtp_tls_cert: Path | None = None
     smtp_tls_key: Path | None = None
+    # The outbound relay (host:port) for 'Email Rejected' replies (none: not sent) and their
+    # From address (none: mailer-daemon@<the account's mail domain>); the authserv-ids of the
+    # receiving MTAs whose Authentication-Results are trusted for X-4me-From (comma-separated).
+    mail_relay: str = ""
+    mail_reply_from: str = ""
+    mail_authserv_ids: str = ""
 
     # Logs and metrics (DESIGN 7). The worker's main process serves /metrics on this port
     # (0: no exporter); the api serves it on its own port.

@@ -3,21 +3,28 @@ and PostgreSQL with the demo records (account wdc, mail domain mail.eventdesk.lo
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from email import message_from_bytes
+from email import policy as email_policy
 from email.message import EmailMessage
 from typing import Any
 
 import pytest
+from aiosmtpd.controller import Controller
 from sqlalchemy import select
 
 from shared.db.engine import session_scope
-from shared.db.models import MailMessage, Note, Request, Transaction
+from shared.db.models import Account, MailMessage, Note, Person, Request, Transaction
 from shared.ids import make_transid
 from shared.mail import store
 from shared.mail.queries import Destination
-from shared.mail.service import process_mail
+from shared.mail.service import MailConfig, process_mail
 from shared.records.directory import Directory
+from tests.conftest import wait_until
+from tests.test_mail_smtp import free_port
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 WDC = Destination("wdc", None, "wdc@mail.eventdesk.local")
@@ -44,7 +51,7 @@ def message(body: str, *, sender: str = "howard.tanner@widget.com", subject: str
 
 
 def deliver(db: str, raw: bytes, destination: Destination = WDC, now: datetime = NOW,
-            times: int = 1) -> dict[str, Any]:
+            times: int = 1, config: MailConfig | None = None) -> dict[str, Any]:
     """Store ``raw`` as intake does, process it ``times`` times; the transaction's row."""
     from shared.mail.mime import message_id_of
 
@@ -56,7 +63,7 @@ def deliver(db: str, raw: bytes, destination: Destination = WDC, now: datetime =
     directory = Directory(0)
     for _ in range(times):
         with session_scope(db) as session:
-            process_mail(session, mail_id, now, directory)
+            process_mail(session, mail_id, now, directory, config)
     with session_scope(db) as session:
         row = session.get(Transaction, transid)
         assert row is not None
@@ -196,3 +203,110 @@ def test_processed_twice_makes_one_request(db: str) -> None:
         made = session.scalars(select(Request).where(Request.source_id == message_id)).all()
     assert len(made) == 1
     assert done["outcome"]["action"] == "created"
+
+
+@pytest.fixture
+def policy(db: str) -> Iterator[Callable[..., None]]:
+    """Set wdc's Email Policy for one test; the defaults again afterwards."""
+
+    def apply(**options: object) -> None:
+        with session_scope(db) as session:
+            account = session.get(Account, "wdc")
+            assert account is not None
+            account.mail_policy = dict(options)
+
+    yield apply
+    apply()
+
+
+@pytest.fixture
+def relay() -> Iterator[tuple[str, list[bytes]]]:
+    """A test SMTP relay that keeps what it is sent."""
+    received: list[bytes] = []
+
+    class Keep:
+        async def handle_DATA(self, server: object, session: object,  # noqa: ARG002
+                              envelope: Any) -> str:
+            received.append(envelope.original_content)
+            return "250 OK"
+
+    port = free_port()
+    controller = Controller(Keep(), hostname="127.0.0.1", port=port)
+    controller.start()
+    yield f"127.0.0.1:{port}", received
+    controller.stop()
+
+
+def test_policy_without_new_requests_rejects_and_replies(
+    db: str, policy: Callable[..., None], relay: tuple[str, list[bytes]],
+) -> None:
+    policy(create_requests=False)
+    address, received = relay
+    config = MailConfig(relay=address)
+    done = deliver(db, message("Help!", sender="ellen.brown@widget.com",
+                               subject="Laptop broken")[0], config=config)
+    assert (done["status"], done["mail_status"]) == ("failed", "rejected")
+    assert "does not allow email to create requests" in done["error"]
+    wait_until(lambda: received, 10)
+    reply = message_from_bytes(received[0], policy=email_policy.default)
+    assert reply["To"] == "ellen.brown@widget.com"
+    assert reply["Subject"] == "Email Rejected: Laptop broken"
+    assert reply["Auto-Submitted"] == "auto-replied"
+    # An automatic message is rejected without a reply: no mail loops.
+    deliver(db, message("Out of office", sender="ellen.brown@widget.com",
+                        Auto_Submitted="auto-replied")[0], config=config)
+    time.sleep(0.5)
+    assert len(received) == 1
+
+
+def test_policy_without_replies_as_notes_makes_new_requests(
+    db: str, policy: Callable[..., None],
+) -> None:
+    first = deliver(db, message("Broken", sender="ellen.brown@widget.com")[0])
+    policy(replies_as_notes=False)
+    original = request(db, first["outcome"]["request_id"]).source_id
+    reply = deliver(db, message("Still broken", sender="ellen.brown@widget.com",
+                                In_Reply_To=f"<{original}>")[0])
+    assert reply["outcome"]["action"] == "created"
+
+
+def test_an_invalid_policy_rejects_with_the_reason(db: str, policy: Callable[..., None]) -> None:
+    policy(create_requests="sometimes")
+    done = deliver(db, message("x")[0])
+    assert done["mail_status"] == "rejected"
+    assert "Email Policy of wdc is invalid" in done["error"]
+
+
+@pytest.mark.parametrize(("options", "auth", "results", "acts_for", "ignored"), [
+    ({"allow_from": True, "from_secret": "S3CRET"}, "S3CRET",
+     "mx.widget.com; dmarc=pass header.from=example.com", 302, None),
+    ({}, "S3CRET", "mx.widget.com; dmarc=pass header.from=example.com", None,
+     "does not allow #from"),
+    ({"allow_from": True, "from_secret": "S3CRET"}, "wrong",
+     "mx.widget.com; dmarc=pass header.from=example.com", None, "X-4me-Auth"),
+    ({"allow_from": True, "from_secret": "S3CRET"}, "S3CRET",
+     "mx.widget.com; dmarc=fail header.from=example.com", None, "no DMARC pass"),
+    ({"allow_from": True, "from_secret": "S3CRET"}, "S3CRET",
+     "forged.example; dmarc=pass header.from=example.com", None, "no DMARC pass"),
+])
+def test_x_4me_from_acts_for_someone_else_only_when_allowed(
+    db: str, policy: Callable[..., None], options: dict[str, object], auth: str, results: str,
+    acts_for: int | None, ignored: str | None,
+) -> None:
+    # The seed's example: a web form's address, on behalf of someone else.
+    policy(**options)
+    with session_scope(db) as session:
+        session.merge(Person(id=399, account_id="wdc", name="Demo Request Webform",
+                             primary_email="demo-request-webform@example.com"))
+    raw, _ = message("I would like to request a demo of your product.",
+                     sender="demo-request-webform@example.com",
+                     subject="Request for product demo", X_4me_From="ellen.brown@widget.com",
+                     X_4me_Auth=auth, Authentication_Results=results)
+    done = deliver(db, raw, config=MailConfig(authserv_ids=frozenset({"mx.widget.com"})))
+    made = request(db, done["outcome"]["request_id"])
+    assert made.requested_for_id == (acts_for or 399)
+    assert made.created_by_id == made.requested_by_id == made.requested_for_id
+    if ignored:
+        assert ignored in done["outcome"]["ignored"]["X-4me-From"]
+    else:
+        assert "ignored" not in done["outcome"]

@@ -166,5 +166,5 @@ def test_mail_defaults() -> None:
 def test_subject_ids_and_feedback_window() -> None:
     assert subject_request_ids("Re: Request #123456 and 12345 and 1234567") == [123456, 1234567]
     now = datetime(2026, 1, 29, tzinfo=UTC)
-    assert within_feedback(now - timedelta(days=28), now)
-    assert not within_feedback(now - timedelta(days=28, seconds=1), now)
+    assert within_feedback(now - timedelta(days=28), now, 28)
+    assert not within_feedback(now - timedelta(days=28, seconds=1), now, 28)

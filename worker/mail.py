@@ -16,7 +16,7 @@ from typing import Any
 from shared.db.engine import session_scope
 from shared.mail.queries import pending
 from shared.mail.schemas import PROCESS_TASK, SWEEP_TASK
-from shared.mail.service import fail_mail, process_mail
+from shared.mail.service import MailConfig, fail_mail, process_mail
 from shared.publish import MAIL_QUEUE
 from shared.records.directory import Directory
 from shared.settings import get_settings
@@ -26,6 +26,7 @@ from worker.app import app
 log = logging.getLogger(__name__)
 # One per pool process, like events.process's: reference records, reloaded after the cache TTL.
 DIRECTORY = Directory(get_settings().cache_ttl_seconds)
+CONFIG = MailConfig.from_settings(get_settings())
 # Longer than a mail waits in a healthy queue, so the sweep rarely queues one twice.
 REQUEUE_AFTER = timedelta(minutes=5)
 SWEEP_LIMIT = 1000
@@ -36,7 +37,7 @@ def process(self: Any, mail_id: int) -> None:
     now = datetime.now(UTC)
     try:
         with session_scope() as session:
-            process_mail(session, int(mail_id), now, DIRECTORY)
+            process_mail(session, int(mail_id), now, DIRECTORY, CONFIG)
     except Exception as exc:
         if classify(exc) is Fault.OUTAGE:
             raise self.retry(exc=exc, countdown=min(30, 2 ** self.request.retries)) from exc

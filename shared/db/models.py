@@ -77,6 +77,8 @@ class Account(Base):
     notify_hub_signature: Mapped[bool] = mapped_column(
         Boolean, default=False, server_default=false()
     )
+    # The Email Policy of the Mail API (shared/mail/schemas.py EmailPolicy); {}: its defaults.
+    mail_policy: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
 
 
 class ApiKey(Base):

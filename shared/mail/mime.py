@@ -51,6 +51,12 @@ class ParsedMail:
     text: str
     attachments: tuple[Attachment, ...]  # at most MAX_ATTACHMENTS
     attachments_omitted: int
+    override_from: str | None = None  # X-4me-From
+    override_auth: str | None = None  # X-4me-Auth
+    # (authserv-id, header.from domain or "") of each Authentication-Results with dmarc=pass
+    dmarc_passes: tuple[tuple[str, str], ...] = ()
+    # An automatic message (RFC 3834, or a list's): never answered, so no mail loop.
+    automatic: bool = False
 
 
 class Quarantined(ValueError):
@@ -162,6 +168,32 @@ def _message_id(value: object) -> str | None:
     return text[:250] or None
 
 
+def _dmarc_passes(message: EmailMessage) -> tuple[tuple[str, str], ...]:
+    """RFC 8601 results: the authserv-id, then ``method=result`` clauses and their properties."""
+    passes = []
+    for header in message.get_all("Authentication-Results") or []:
+        authserv, *clauses = str(header).split(";")
+        authserv_id = authserv.strip().split(" ")[0].lower()
+        for clause in clauses:
+            words = clause.split()
+            if words and words[0].lower() == "dmarc=pass":
+                domain = next((word.partition("=")[2].lower() for word in words[1:]
+                               if word.lower().startswith("header.from=")), "")
+                passes.append((authserv_id, domain))
+    return tuple(passes)
+
+
+def _automatic(message: EmailMessage) -> bool:
+    submitted = str(message.get("Auto-Submitted", "no") or "no").strip().lower()
+    precedence = str(message.get("Precedence", "") or "").strip().lower()
+    return submitted != "no" or precedence in ("bulk", "junk", "list")
+
+
+def _address(value: object) -> str | None:
+    addresses = [address for _, address in getaddresses([str(value)]) if address]
+    return addresses[0].strip().lower() if len(addresses) == 1 else None
+
+
 def _sender(message: EmailMessage) -> str | None:
     values = message.get_all("From") or []
     addresses = [address for _, address in getaddresses([str(value) for value in values])
@@ -196,6 +228,10 @@ def parse(raw: bytes, limits: Limits | None = None) -> ParsedMail:
                   *reversed(_MESSAGE_ID.findall(str(message.get("References", "") or "")))]
         message_id = _message_id(message.get("Message-ID"))
         sender = _sender(message)
+        override = message.get("X-4me-From")
+        override_auth = message.get("X-4me-Auth")
+        dmarc_passes = _dmarc_passes(message)
+        automatic = _automatic(message)
     except Quarantined:
         raise
     except Exception as exc:  # the parser's and decoders' errors are many; each one is this mail's
@@ -206,4 +242,7 @@ def parse(raw: bytes, limits: Limits | None = None) -> ParsedMail:
         thread_ids=tuple(dict.fromkeys(thread))[:_MAX_THREAD_IDS], text=text,
         attachments=tuple(attachments[:MAX_ATTACHMENTS]),
         attachments_omitted=max(0, len(attachments) - MAX_ATTACHMENTS),
+        override_from=_address(override) if override is not None else None,
+        override_auth=str(override_auth).strip() if override_auth is not None else None,
+        dmarc_passes=dmarc_passes, automatic=automatic,
     )

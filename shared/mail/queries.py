@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from shared.db.models import Account, MailMessage, Request, Team
 from shared.mail.rules import DirectoryRecipient, Recipient, UnknownRecipient
+from shared.mail.schemas import EmailPolicy
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,12 @@ def destination(session: Session, recipient: Recipient) -> Destination:
         if team_id is None:
             raise UnknownRecipient(f"no team of {account.id} has the address {address}")
     return Destination(account.id, team_id, address)
+
+
+def email_policy(session: Session, account_id: str) -> EmailPolicy:
+    """The account's Email Policy; raises pydantic's ValidationError when it is not one."""
+    stored = session.scalars(select(Account.mail_policy).where(Account.id == account_id)).first()
+    return EmailPolicy.model_validate(stored or {})
 
 
 def existing_transid(session: Session, account_id: str, message_id: str) -> str | None:

@@ -13,6 +13,10 @@
   ``Email``, sourceID the Message-ID, created_by/requested_by/requested_for the sender, the team
   of the team address the mail was sent to.
 - Replies: a 6+ digit request id in the subject; the feedback window (28 days by default).
+- ``X-4me-From`` + ``X-4me-Auth`` act for another person only when the Email Policy allows it,
+  the secret matches, and an ``Authentication-Results`` header of a trusted receiving MTA (its
+  authserv-id configured) records ``dmarc=pass`` with ``header.from`` the From domain. That MTA
+  must strip such headers arriving from outside (RFC 8601 section 5), or they could be forged.
 
 Where the seed is silent: ``declined`` as a shortcut is the status (it is also a completion
 reason); a shortcut or parameter given twice, the last one counts; ``time_spent`` and
@@ -22,6 +26,7 @@ them yet); ``internal`` makes the body an internal note.
 
 from __future__ import annotations
 
+import hmac
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,9 +34,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from shared.mail.mime import ParsedMail
+from shared.mail.schemas import EmailPolicy
 from shared.requests.fields import CHOICES, TEXT_FIELDS, FieldErrors, check_fields
 
-FEEDBACK_WINDOW = timedelta(days=28)
 NO_SUBJECT = "(no subject)"
 SPECIALIST = "specialist"
 SERVICE_DESK_ANALYST = "service_desk_analyst"
@@ -213,14 +218,31 @@ def request_fields(
     return fields
 
 
+def acting_sender(parsed: ParsedMail, policy: EmailPolicy,
+                  trusted: frozenset[str]) -> tuple[str | None, str | None]:
+    """The address the mail acts for, and why its X-4me-From was ignored (None: not given, or
+    honoured)."""
+    if parsed.override_from is None:
+        return parsed.sender, None
+    if not policy.allow_from or not policy.from_secret:
+        return parsed.sender, "the Email Policy does not allow #from"
+    if parsed.override_auth is None or not hmac.compare_digest(
+            parsed.override_auth.encode(), policy.from_secret.encode()):
+        return parsed.sender, "X-4me-Auth does not match the Email Policy's secret"
+    domain = (parsed.sender or "").rpartition("@")[2]
+    if not any(authserv in trusted and found == domain
+               for authserv, found in parsed.dmarc_passes):
+        return parsed.sender, f"no DMARC pass for {domain or 'the sender'} from a trusted MTA"
+    return parsed.override_from, None
+
+
 def subject_request_ids(subject: str) -> list[int]:
     """The request ids a subject names: runs of 6 to 18 digits."""
     return [int(found) for found in _REQUEST_ID.findall(subject)]
 
 
-def within_feedback(updated_at: datetime, now: datetime,
-                    window: timedelta = FEEDBACK_WINDOW) -> bool:
-    return now - updated_at <= window
+def within_feedback(updated_at: datetime, now: datetime, days: int) -> bool:
+    return now - updated_at <= timedelta(days=days)
 
 
 def may_access(person_id: int, roles: Mapping[str, Any], account_id: str,

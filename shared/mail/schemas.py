@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 # ``mail.process`` takes one argument: the id of a ``mail_messages`` row.
 PROCESS_TASK = "mail.process"
@@ -18,3 +18,21 @@ class MailQueued(BaseModel):
 
     transid: str
     status: Literal["queued"] = "queued"
+
+
+class EmailPolicy(BaseModel):
+    """An account's Email Policy (``accounts.mail_policy``, imported and exported with the
+    account records); an option left out has the default shown."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # 'Allow inbound email to generate new requests': else an 'Email Rejected' reply.
+    create_requests: bool = True
+    # 'Allow replies to be added as notes': else a reply is a new request.
+    replies_as_notes: bool = True
+    # 'Allow email parameter #from': X-4me-From with X-4me-Auth equal to from_secret, and a DMARC
+    # pass recorded by a trusted receiving MTA, acts for another person.
+    allow_from: bool = False
+    from_secret: str | None = None
+    # The feedback window of replies ('Provide feedback' of the Self Service Settings), in days.
+    feedback_days: int = Field(default=28, ge=0, le=3650)

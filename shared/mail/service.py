@@ -12,12 +12,16 @@ the same database transaction (and a new request goes through the events' own
 1. read the MIME under limits; a malformed or hostile message ends ``quarantined`` with the
    reason (transaction ``failed``);
 2. the sender: a person of the account or its directory account by the From address (primary
-   emails first, then other emails), never by display name; an unknown sender ends ``rejected``;
-3. a reply becomes a note on the request it answers: by In-Reply-To/References (to a message
-   that created or added a note to the request), then by a 6+ digit request id in the subject;
-   the request must have been updated within the feedback window (28 days) and be the
-   sender's (created, requested by or for them) or the sender a Specialist of the account;
-4. anything else is a new request with the Mail API defaults and the sender's parameters
+   emails first, then other emails), never by display name, or by ``X-4me-From`` where the
+   account's Email Policy allows it (shared/mail/rules.py); an unknown sender ends ``rejected``;
+3. a reply becomes a note on the request it answers, when the Email Policy allows replies as
+   notes: by In-Reply-To/References (to a message that created or added a note to the
+   request), then by a 6+ digit request id in the subject; the request must have been updated
+   within the feedback window (28 days by default) and be the sender's (created, requested by
+   or for them) or the sender a Specialist of the account;
+4. when the Email Policy does not allow mail to create requests: ``rejected``, and an 'Email
+   Rejected' reply through the relay (shared/mail/outbound.py);
+5. anything else is a new request with the Mail API defaults and the sender's parameters
    (shared/mail/rules.py), through the events' processing: resolution, templates, defaults and
    event matching are the 4me Events API's.
 """
@@ -25,8 +29,10 @@ the same database transaction (and a new request goes through the events' own
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from datetime import datetime
 
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from shared import observe
@@ -34,11 +40,12 @@ from shared.db.engine import session_scope
 from shared.db.models import MailMessage, Transaction
 from shared.ids import make_transid
 from shared.logs import get_logger
-from shared.mail import queries, store
+from shared.mail import outbound, queries, store
 from shared.mail.mime import Limits, ParsedMail, Quarantined, message_id_of, parse
 from shared.mail.queries import Destination
 from shared.mail.rules import (
     UnknownRecipient,
+    acting_sender,
     apply_parameters,
     may_access,
     note_text,
@@ -48,9 +55,10 @@ from shared.mail.rules import (
     subject_request_ids,
     within_feedback,
 )
-from shared.mail.schemas import PROCESS_TASK
+from shared.mail.schemas import PROCESS_TASK, EmailPolicy
 from shared.publish import MAIL_QUEUE, Publisher, PublishError, task_message
 from shared.records.directory import Directory, PersonRef, Scope
+from shared.settings import Settings
 from shared.transactions.processing import process_batches, record_failure
 from shared.transactions.schemas import EventBatch, QueuedEvent
 
@@ -65,6 +73,24 @@ class TooLarge(ValueError):
 
 class MailRejected(ValueError):
     """The message cannot become a request or note (its sender is unknown, say)."""
+
+
+@dataclass(frozen=True)
+class MailConfig:
+    """The deployment's settings for processing (the Email Policy is per account)."""
+
+    limits: Limits = field(default_factory=Limits)
+    relay: str | None = None
+    reply_from: str | None = None
+    authserv_ids: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MailConfig:
+        return cls(
+            limits=Limits(max_bytes=settings.mail_max_bytes), relay=settings.mail_relay or None,
+            reply_from=settings.mail_reply_from or None,
+            authserv_ids=frozenset(item.strip().lower() for item in
+                                   settings.mail_authserv_ids.split(",") if item.strip()))
 
 
 def queue(publisher: Publisher, mail_id: int) -> bool:
@@ -114,18 +140,26 @@ class MailIntake:
         return transid
 
 
-def _sender(scope: Scope, parsed: ParsedMail) -> PersonRef:
-    if parsed.sender is None:
+def _policy(session: Session, account_id: str) -> EmailPolicy:
+    try:
+        return queries.email_policy(session, account_id)
+    except ValidationError as exc:
+        raise MailRejected(f"the Email Policy of {account_id} is invalid: "
+                           f"{exc.errors()[0]['msg']}") from exc
+
+
+def _sender(scope: Scope, address: str | None) -> PersonRef:
+    if address is None:
         raise MailRejected("the message has no single From address")
-    person: PersonRef | None = scope.person(parsed.sender)
+    person: PersonRef | None = scope.person(address)
     if person is None:
         raise MailRejected(f"no person of {scope.home.account_id} (or its directory account) "
-                           f"has the address {parsed.sender}")
+                           f"has the address {address}")
     return person
 
 
-def _reply_target(session: Session, account_id: str, parsed: ParsedMail, sender: PersonRef,
-                  now: datetime) -> tuple[int, str] | None:
+def _reply_target(session: Session, account_id: str, parsed: ParsedMail, *,
+                  sender: PersonRef, now: datetime, feedback_days: int) -> tuple[int, str] | None:
     """The request this mail is a reply to, and why; None when it is none's."""
     candidates: list[tuple[int, str]] = []
     threaded = queries.threaded_request(session, account_id, parsed.thread_ids)
@@ -138,14 +172,14 @@ def _reply_target(session: Session, account_id: str, parsed: ParsedMail, sender:
         session, account_id, [request_id for request_id, _ in candidates])}
     for request_id, reason in candidates:
         fact = facts.get(request_id)
-        if fact is not None and within_feedback(fact.updated_at, now) \
+        if fact is not None and within_feedback(fact.updated_at, now, feedback_days) \
                 and may_access(sender.id, sender.roles, account_id, fact.people):
             return request_id, reason
     return None
 
 
 def _add_reply(session: Session, row: MailMessage, *, parsed: ParsedMail, body: str,
-               target: tuple[int, str], has_parameters: bool, now: datetime) -> None:
+               target: tuple[int, str], ignored: dict[str, str], now: datetime) -> None:
     request_id, reason = target
     text = note_text(parsed, body)
     if text:
@@ -153,8 +187,8 @@ def _add_reply(session: Session, row: MailMessage, *, parsed: ParsedMail, body: 
                        transid=row.transid, now=now)
     outcome: dict[str, object] = {"action": "updated" if text else "unchanged",
                                   "request_id": request_id, "reason": reason}
-    if has_parameters:
-        outcome["ignored"] = {"parameters": "parameters never update an existing request"}
+    if ignored:
+        outcome["ignored"] = ignored
     store.record_completed(session, row, {}, outcome, now)
     store.finish(row, "processed", request_id)
     observe.processed(session, "mail", row.received_at,
@@ -162,7 +196,8 @@ def _add_reply(session: Session, row: MailMessage, *, parsed: ParsedMail, body: 
 
 
 def _new_request(session: Session, row: MailMessage, *, parsed: ParsedMail,
-                 sender: PersonRef, directory: Directory, now: datetime) -> None:
+                 sender: PersonRef, directory: Directory, ignored: dict[str, str],
+                 now: datetime) -> None:
     parameters, body = split_parameters(parsed.text)
     given = apply_parameters(parameters, sender.roles, row.account_id,
                              lambda name: directory.account(session, name) is not None)
@@ -173,8 +208,8 @@ def _new_request(session: Session, row: MailMessage, *, parsed: ParsedMail,
     process_batches(session, [batch], now, directory)
     transaction = session.get(Transaction, row.transid)
     outcome = transaction.outcome if transaction is not None else None
-    if transaction is not None and outcome and given.ignored:
-        transaction.outcome = {**outcome, "ignored": given.ignored}
+    if transaction is not None and outcome and (ignored or given.ignored):
+        transaction.outcome = {**outcome, "ignored": {**ignored, **given.ignored}}
     store.finish(row, "processed", outcome.get("request_id") if outcome else None)
 
 
@@ -183,27 +218,53 @@ def _mail_batch(row: MailMessage) -> EventBatch:
                       events=[QueuedEvent(transid=row.transid)])
 
 
+def _reject(session: Session, row: MailMessage, parsed: ParsedMail, config: MailConfig,
+            now: datetime) -> None:
+    """The Email Policy allows no new requests: record it, and answer 'Email Rejected'."""
+    reason = f"the Email Policy of {row.account_id} does not allow email to create requests"
+    if config.relay and parsed.sender and not parsed.automatic:
+        domain = row.recipient.rpartition("@")[2]
+        reply = outbound.rejection(parsed, to=parsed.sender, account_id=row.account_id,
+                                   sender=config.reply_from or f"mailer-daemon@{domain}")
+        relay = config.relay
+        observe.after_commit(session, lambda: outbound.send(relay, reply))
+        reason += f"; an Email Rejected reply goes to {parsed.sender}"
+    store.finish(row, "rejected")
+    record_failure(session, _mail_batch(row), MailRejected(reason), now)
+
+
 def process_mail(session: Session, mail_id: int, now: datetime, directory: Directory,
-                 limits: Limits | None = None) -> None:
+                 config: MailConfig | None = None) -> None:
     """Act on the stored message ``mail_id`` once (module docstring)."""
+    config = config or MailConfig()
     row = store.take(session, mail_id)
     if row is None:
         return
     try:
-        parsed = parse(row.raw, limits)
+        parsed = parse(row.raw, config.limits)
+        policy = _policy(session, row.account_id)
         scope = Scope(session, directory, row.account_id)
-        sender = _sender(scope, parsed)
+        address, override_ignored = acting_sender(parsed, policy, config.authserv_ids)
+        sender = _sender(scope, address)
     except (Quarantined, MailRejected, LookupError) as exc:
         store.finish(row, "quarantined" if isinstance(exc, Quarantined) else "rejected")
         record_failure(session, _mail_batch(row), exc, now)
         return
+    ignored = {"X-4me-From": override_ignored} if override_ignored else {}
     parameters, body = split_parameters(parsed.text)
-    target = _reply_target(session, row.account_id, parsed, sender, now)
+    target = _reply_target(session, row.account_id, parsed, sender=sender, now=now,
+                           feedback_days=policy.feedback_days) \
+        if policy.replies_as_notes else None
     if target is not None:
-        _add_reply(session, row, parsed=parsed, body=body, target=target,
-                   has_parameters=bool(parameters), now=now)
+        if parameters:
+            ignored["parameters"] = "parameters never update an existing request"
+        _add_reply(session, row, parsed=parsed, body=body, target=target, ignored=ignored,
+                   now=now)
+    elif not policy.create_requests:
+        _reject(session, row, parsed, config, now)
     else:
-        _new_request(session, row, parsed=parsed, sender=sender, directory=directory, now=now)
+        _new_request(session, row, parsed=parsed, sender=sender, directory=directory,
+                     ignored=ignored, now=now)
 
 
 def fail_mail(session: Session, mail_id: int, error: BaseException, now: datetime) -> None:

@@ -1,4 +1,4 @@
-"""mail: raw messages of the Mail API
+"""mail: raw messages of the Mail API, accounts' Email Policy
 
 Revision ID: 0005
 Revises: 0003
@@ -22,6 +22,9 @@ _WHEN = shared.db.models.UTCDateTime(timezone=True)
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("accounts", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("mail_policy", sa.JSON(), nullable=False,
+                                      server_default="{}"))
     op.create_table(
         "mail_messages",
         sa.Column("id", _BIGID, autoincrement=True, nullable=False),
@@ -48,3 +51,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_mail_messages_pending", table_name="mail_messages")
     op.drop_table("mail_messages")
+    with op.batch_alter_table("accounts", schema=None) as batch_op:
+        batch_op.drop_column("mail_policy")
