@@ -1,5 +1,6 @@
 """``POST /v1/mail``: the 4me Mail API for gateways that forward mail by HTTP (the rules:
-shared/mail/service.py).
+shared/mail/service.py); ``GET /v1/requests/<id>/attachments`` and
+``GET /v1/mail/<transid>/attachments/<index>``: what mail brought to a request.
 
 ``Content-Type: message/rfc822``, the raw message as the body; a key (``key`` header or
 ``Authorization: Bearer``); the address it was sent to as the ``recipient`` query parameter or
@@ -10,6 +11,7 @@ message is stored, with the transid to poll.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from urllib.parse import quote
 
 from flask import Blueprint, Response, current_app, json, request
 from sqlalchemy.exc import SQLAlchemyError
@@ -17,11 +19,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from api.auth import requires_key
 from api.errors import error_json
 from shared import metrics
+from shared.db.engine import session_scope
 from shared.intake.service import KeyInfo
 from shared.logs import get_logger
+from shared.mail import queries
+from shared.mail.mime import Quarantined, attachment
 from shared.mail.rules import BadRecipient
 from shared.mail.schemas import MailQueued
 from shared.mail.service import MailIntake
+from shared.mail.views import attachment_views
 
 bp = Blueprint("mail", __name__)
 log = get_logger(__name__)
@@ -61,3 +67,35 @@ def mail(key: KeyInfo) -> Response:
                         mimetype="application/json")
     response.headers.update({"Location": f"/v1/transactions/{transid}", "X-Transid": transid})
     return response
+
+
+@bp.get("/v1/requests/<int(max=9223372036854775807):request_id>/attachments")
+@requires_key()
+def attachments(key: KeyInfo, request_id: int) -> Response:
+    with session_scope() as session:
+        if not queries.requests_of(session, key.account_id, [request_id]):
+            return error_json(404, "no such request")
+        mails = queries.mails_of_request(session, key.account_id, request_id)
+    views = attachment_views(mails)
+    return Response(json.dumps([view.model_dump() for view in views]), 200,
+                    mimetype="application/json")
+
+
+@bp.get("/v1/mail/<transid>/attachments/<int(max=19):index>")
+@requires_key()
+def download(key: KeyInfo, transid: str, index: int) -> Response:
+    with session_scope() as session:
+        raw = queries.raw_of(session, key.account_id, transid)
+    try:
+        found = attachment(raw, index) if raw is not None else None
+    except Quarantined:
+        found = None
+    if found is None:
+        return error_json(404, "no such attachment")
+    item, content = found
+    # Never shown as a page of ours: a mail's HTML or SVG must not run in the api's origin.
+    return Response(content, 200, headers={
+        "Content-Type": "application/octet-stream", "X-Content-Type-Options": "nosniff",
+        "Content-Disposition": f"attachment; filename*=UTF-8''{quote(item.filename)}",
+        "X-Attachment-Content-Type": item.content_type,
+    })

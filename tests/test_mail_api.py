@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
+from email.message import EmailMessage
 
 import pytest
 import redis
@@ -12,6 +15,8 @@ from flask.testing import FlaskClient
 
 from shared.db.engine import session_scope
 from shared.db.models import Account, MailMessage
+from shared.mail.service import process_mail
+from shared.records.directory import Directory
 
 RAW = (b"From: howard.tanner@widget.com\r\nTo: wdc@mail.eventdesk.local\r\n"
        b"Subject: Through the gateway\r\nMessage-ID: <gw-%s@widget.com>\r\n\r\nBody\r\n")
@@ -105,3 +110,44 @@ def test_a_directory_account_receives_no_mail(client: FlaskClient, sqlite_url: s
             account = session.get(Account, "widget")
             assert account is not None
             account.mail_domain = None
+
+
+def test_attachments_listed_and_downloaded(client: FlaskClient, sqlite_url: str) -> None:
+    message = EmailMessage()
+    message["From"] = "howard.tanner@widget.com"
+    message["Subject"] = f"Logs {uuid.uuid4().hex}"
+    message["Message-ID"] = f"<{uuid.uuid4().hex}@widget.com>"
+    message.set_content("Logs attached.")
+    for number in range(21):
+        message.add_attachment(f"log {number}".encode(), maintype="text", subtype="plain",
+                               filename=f"log{number}.txt")
+    status, body = post(client, bytes(message))
+    assert status == 202
+    with session_scope(sqlite_url) as session:
+        mail_id = session.query(MailMessage).filter_by(transid=body["transid"]).one().id
+    with session_scope(sqlite_url) as session:
+        process_mail(session, mail_id, datetime.now(UTC), Directory(0))
+    view = client.get(f"/v1/transactions/{body['transid']}", headers={"key": "demo-key"})
+    request_id = view.get_json()["outcome"]["request_id"]
+    notes = client.get(f"/v1/requests/{request_id}/notes", headers={"key": "demo-key"})
+    text = notes.get_json()[0]["text"]
+    assert "log19.txt (text/plain, 6 bytes)" in text
+    assert "1 more attachments not added (at most 20 a message)" in text
+    listed = client.get(f"/v1/requests/{request_id}/attachments",
+                        headers={"key": "demo-key"}).get_json()
+    assert [item["filename"] for item in listed] == [f"log{n}.txt" for n in range(20)]
+    got = client.get(listed[3]["url"], headers={"key": "demo-key"})
+    assert got.status_code == 200
+    assert got.data == b"log 3"
+    assert got.headers["Content-Type"] == "application/octet-stream"
+    assert got.headers["Content-Disposition"] == "attachment; filename*=UTF-8''log3.txt"
+    assert client.get(f"/v1/mail/{body['transid']}/attachments/20",
+                      headers={"key": "demo-key"}).status_code == 404
+    assert client.get(f"/v1/requests/{request_id + 10**6}/attachments",
+                      headers={"key": "demo-key"}).status_code == 404
+
+
+def test_openapi_documents_the_mail_paths(client: FlaskClient) -> None:
+    paths = client.get("/openapi.json").get_json()["paths"]
+    assert {"/v1/mail", "/v1/requests/{id}/attachments",
+            "/v1/mail/{transid}/attachments/{index}"} <= set(paths)

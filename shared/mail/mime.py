@@ -160,6 +160,36 @@ def _attachment(part: Message) -> Attachment | None:
     )
 
 
+def _attachments(leaves: list[Message], body: Message | None) -> list[tuple[Attachment, Message]]:
+    found = []
+    for part in leaves:
+        item = _attachment(part) if part is not body else None
+        if item is not None:
+            found.append((item, part))
+    return found
+
+
+def attachment(raw: bytes, index: int, limits: Limits | None = None
+               ) -> tuple[Attachment, bytes] | None:
+    """The ``index``-th attachment the Mail API kept of a stored message, and its content."""
+    limits = limits or Limits()
+    _check_raw(raw, limits)
+    try:
+        message = message_from_bytes(raw, policy=policy.default)
+        assert isinstance(message, EmailMessage)
+        _, body = _body_text(message)
+        kept = _attachments(_walk(message, limits), body)[:MAX_ATTACHMENTS]
+        if not 0 <= index < len(kept):
+            return None
+        item, part = kept[index]
+        payload = part.get_payload(decode=True)
+    except Quarantined:
+        raise
+    except Exception as exc:  # as in parse(): the message's fault
+        raise Quarantined(f"unreadable message: {type(exc).__name__}") from exc
+    return item, payload if isinstance(payload, bytes) else b""
+
+
 def _message_id(value: object) -> str | None:
     found = _MESSAGE_ID.search(str(value or ""))
     if found:
@@ -222,7 +252,7 @@ def parse(raw: bytes, limits: Limits | None = None) -> ParsedMail:
         assert isinstance(message, EmailMessage)
         leaves = _walk(message, limits)
         text, body = _body_text(message)
-        found = [_attachment(part) for part in leaves if part is not body]
+        found = _attachments(leaves, body)
         subject = str(message.get("Subject", "") or "")
         thread = [*_MESSAGE_ID.findall(str(message.get("In-Reply-To", "") or "")),
                   *reversed(_MESSAGE_ID.findall(str(message.get("References", "") or "")))]
@@ -236,7 +266,7 @@ def parse(raw: bytes, limits: Limits | None = None) -> ParsedMail:
         raise
     except Exception as exc:  # the parser's and decoders' errors are many; each one is this mail's
         raise Quarantined(f"unreadable message: {type(exc).__name__}") from exc
-    attachments = [item for item in found if item is not None]
+    attachments = [item for item, _ in found]
     return ParsedMail(
         message_id=message_id, subject=" ".join(subject.split()), sender=sender,
         thread_ids=tuple(dict.fromkeys(thread))[:_MAX_THREAD_IDS], text=text,

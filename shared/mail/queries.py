@@ -89,3 +89,19 @@ def requests_of(session: Session, account_id: str, ids: Sequence[int]) -> list[R
     return [RequestFacts(rows[id_].id, rows[id_].updated_at,
                          (rows[id_].created_by_id, rows[id_].requested_by_id,
                           rows[id_].requested_for_id)) for id_ in ids if id_ in rows]
+
+
+def mails_of_request(session: Session, account_id: str, request_id: int
+                     ) -> list[tuple[str, bytes]]:
+    """The transid and raw message of each mail that created or added a note to the request."""
+    return [(row.transid, row.raw) for row in session.execute(
+        select(MailMessage.transid, MailMessage.raw).where(
+            MailMessage.account_id == account_id, MailMessage.request_id == request_id)
+        .order_by(MailMessage.received_at, MailMessage.id))]
+
+
+def raw_of(session: Session, account_id: str, transid: str) -> bytes | None:
+    """A processed mail's raw message, for the account only."""
+    return session.scalars(select(MailMessage.raw).where(
+        MailMessage.account_id == account_id, MailMessage.transid == transid,
+        MailMessage.status == "processed")).first()

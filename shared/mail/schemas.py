@@ -36,3 +36,15 @@ class EmailPolicy(BaseModel):
     from_secret: str | None = None
     # The feedback window of replies ('Provide feedback' of the Self Service Settings), in days.
     feedback_days: int = Field(default=28, ge=0, le=3650)
+
+
+class AttachmentView(BaseModel):
+    """An attachment (or inline image) of a mail that became a request or a note."""
+
+    mail: str = Field(description="The transid of the mail that carried it.")
+    index: int
+    filename: str
+    content_type: str
+    size: int = Field(description="Decoded size in bytes.")
+    inline: bool
+    url: str = Field(description="Where to download it: GET with the same key.")
