@@ -10,6 +10,7 @@ organisation's mail gateway (the rules: shared/mail/service.py).
   and the sender tries again. Killed before the 250, nothing is promised; after it, the stored
   row is processed whatever happens to this process (the beat's sweep queues it again).
 - STARTTLS when ``EVENTDESK_SMTP_TLS_CERT`` and ``EVENTDESK_SMTP_TLS_KEY`` are set.
+- ``/metrics`` on ``EVENTDESK_SMTP_METRICS_PORT`` (9809): ``eventdesk_mail_received_total``.
 
 Database work runs in the event loop's thread pool, so a slow commit holds only its session.
 """
@@ -120,8 +121,20 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
+def _export_metrics(settings: Settings) -> None:
+    if not settings.smtp_metrics_port:
+        return
+    metrics.initialize("smtp")
+    host, port = settings.worker_metrics_host, settings.smtp_metrics_port
+    try:
+        metrics.start_exporter(host, port, metrics.registry(settings.prometheus_multiproc_dir))
+    except OSError as exc:  # metrics are not worth refusing mail for
+        log.error("metrics exporter did not start", host=host, port=port, error=str(exc))
+
+
 def serve(host: str, port: int) -> None:
     settings = get_settings()
+    _export_metrics(settings)
     intake = MailIntake(
         make_publisher(settings.resolved_broker_url(), settings.resolved_redis_url(),
                        settings.rate_limit_per_second, settings.rate_limit_burst),

@@ -77,8 +77,11 @@ notification_attempts = Counter(
     "eventdesk_notification_attempts", "POSTs to notify URLs, by result (success, failure).",
     ["result"],
 )
+# What the Mail API's doors did with a message (api/smtp.py, api/mail.py).
+MAIL_RESULTS: Final = ("accepted", "refused_peer", "refused_recipient", "too_large", "invalid",
+                       "unavailable")
 mail_received = Counter(
-    "eventdesk_mail_received", "Mail messages taken by the smtp role, by result.", ["result"],
+    "eventdesk_mail_received", "Mail messages offered to the Mail API, by result.", ["result"],
 )
 task_duration = Histogram(
     "eventdesk_task_duration_seconds",
@@ -116,6 +119,9 @@ def initialize(role: str) -> None:
             notifications.labels(result)
         for result in ("success", "failure"):
             notification_attempts.labels(result)
+    elif role == "smtp":
+        for result in MAIL_RESULTS:
+            mail_received.labels(result)
 
 
 # The labelled children, looked up once: labels() takes a lock and validates on every call.

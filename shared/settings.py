@@ -95,6 +95,8 @@ class Settings(BaseSettings):
     # From address (none: mailer-daemon@<the account's mail domain>); the authserv-ids of the
     # receiving MTAs whose Authentication-Results are trusted for X-4me-From (comma-separated).
     mail_relay: str = ""
+    # The SMTP listener's /metrics exporter (on worker_metrics_host; 0: none).
+    smtp_metrics_port: int = Field(default=9809, ge=0, le=65535)
     mail_reply_from: str = ""
     mail_authserv_ids: str = ""
 

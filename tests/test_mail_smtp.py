@@ -18,6 +18,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select
@@ -50,7 +51,7 @@ class Listener:
             stdout=self._log, stderr=subprocess.STDOUT,
             env={**os.environ, "EVENTDESK_BROKER_URL": stack.broker,
                  "EVENTDESK_DATABASE_URL": stack.database, "EVENTDESK_SECRET_KEY": "test-secret",
-                 "EVENTDESK_MAIL_MAX_BYTES": str(MAX_BYTES),
+                 "EVENTDESK_MAIL_MAX_BYTES": str(MAX_BYTES), "EVENTDESK_SMTP_METRICS_PORT": "0",
                  **{f"EVENTDESK_{name.upper()}": value for name, value in settings.items()}})
         wait_until(lambda: self._listening() or self.proc.poll() is not None, 30)
         if self.proc.poll() is not None:
@@ -205,12 +206,17 @@ def test_refusals_at_rcpt_and_data(listener: Listener, redis_postgres: Stack) ->
 def test_peers_outside_the_accepted_networks_are_refused(
     redis_postgres: Stack, tmp_path: Path,
 ) -> None:
-    strict = Listener(redis_postgres, tmp_path / "smtp.log", smtp_allow_networks="10.0.0.0/8")
+    metrics_port = free_port()
+    strict = Listener(redis_postgres, tmp_path / "smtp.log", smtp_allow_networks="10.0.0.0/8",
+                      smtp_metrics_port=str(metrics_port))
     try:
         with strict.client() as smtp:
             smtp.ehlo()
             code, _ = smtp.mail("ellen.brown@widget.com")
             assert code == 550
+        exposed = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+        assert 'eventdesk_mail_received_total{result="refused_peer"} 1.0' in exposed
+        assert 'eventdesk_mail_received_total{result="accepted"} 0.0' in exposed
     finally:
         strict.stop()
 
