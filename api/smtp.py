@@ -2,7 +2,9 @@
 organisation's mail gateway (the rules: shared/mail/service.py).
 
 - MAIL FROM: only from the accepted peer networks (``EVENTDESK_SMTP_ALLOW_NETWORKS``): 550
-  otherwise. No AUTH: the gateway in front of it is the one the world talks to.
+  otherwise. No AUTH: the gateway in front of it is the one the world talks to. At most
+  ``EVENTDESK_SMTP_PEER_MESSAGES_PER_MINUTE`` messages a minute from one address (451 over it),
+  and ``EVENTDESK_SMTP_PEER_CONNECTIONS`` connections at once (421 over it).
 - RCPT TO: ``<account>@<mail domain>`` or ``<team local part>.<account>@<mail domain>``; an
   unknown address or a directory account: 550, at RCPT, so the sender's MTA bounces it.
 - DATA: over ``EVENTDESK_MAIL_MAX_BYTES``: 552 (announced with SIZE in EHLO). The raw message is
@@ -23,6 +25,7 @@ import ipaddress
 import signal
 import ssl
 import weakref
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,7 +36,7 @@ from shared.logs import get_logger
 from shared.mail.queries import Destination
 from shared.mail.rules import BadRecipient
 from shared.mail.service import MailIntake
-from shared.publish import make_publisher
+from shared.publish import LocalLimiter, make_publisher
 from shared.settings import Settings, get_settings
 
 log = get_logger(__name__)
@@ -45,19 +48,28 @@ def parse_networks(text: str) -> list[Network]:
             for item in text.split(",") if item.strip()]
 
 
+def peer_address(peer: object) -> str:
+    """The address of aiosmtpd's ``session.peer`` (a (host, port, ...) tuple for TCP)."""
+    return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+
+
 class MailHandler:
     """aiosmtpd's handler: each hook answers the SMTP command it is named after."""
 
-    def __init__(self, intake: MailIntake, networks: list[Network]) -> None:
+    def __init__(self, intake: MailIntake, networks: list[Network],
+                 per_minute: float = 600.0) -> None:
         self._intake = intake
         self._networks = networks
+        # This listener's own buckets: a peer's rate is per listener process, like its
+        # connections (a deployment of K listeners lets a peer send K times as much).
+        self._rate = LocalLimiter(per_minute / 60, max(1, int(per_minute)))
         self._destinations: weakref.WeakKeyDictionary[Envelope, list[Destination]] = \
             weakref.WeakKeyDictionary()
 
-    def _allowed(self, peer: Any) -> bool:
+    def _allowed(self, peer: object) -> bool:
         try:
-            address = ipaddress.ip_address(peer[0] if isinstance(peer, tuple) else peer)
-        except (TypeError, ValueError, IndexError):
+            address = ipaddress.ip_address(peer_address(peer))
+        except ValueError:
             return False
         return any(address in network for network in self._networks)
 
@@ -68,6 +80,9 @@ class MailHandler:
         if not self._allowed(session.peer):
             metrics.mail_received.labels(result="refused_peer").inc()
             return "550 5.7.1 mail is not accepted from your network"
+        if self._rate.take({peer_address(session.peer): 1}) is not None:
+            metrics.mail_received.labels(result="refused_peer").inc()
+            return "451 4.7.1 too many messages from your address, try again later"
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 OK"
@@ -95,7 +110,7 @@ class MailHandler:
     ) -> str:
         raw = envelope.original_content or b""
         loop = asyncio.get_running_loop()
-        peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
+        peer = peer_address(session.peer)
         transids = []
         try:
             for destination in self._destinations.pop(envelope, []):
@@ -111,6 +126,43 @@ class MailHandler:
             return "451 4.3.0 temporary failure, try again later"
         metrics.mail_received.labels(result="accepted").inc()
         return f"250 OK queued as {' '.join(transids)}"
+
+
+class PeerLimitedSMTP(SMTP):
+    """aiosmtpd's SMTP session, refused (421) beyond ``limit`` connections from one address."""
+
+    def __init__(self, handler: MailHandler, *, connections: Counter[str], limit: int,
+                 **options: Any) -> None:
+        super().__init__(handler, **options)
+        self._connections = connections
+        self._limit = limit
+        self._peer: str | None = None
+        self._refused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.transport is None:  # not the STARTTLS upgrade of a connection counted already
+            peer = str((transport.get_extra_info("peername") or ("",))[0])
+            if self._connections[peer] >= self._limit:
+                self._refused = True
+                transport.write(b"421 4.7.0 too many connections from your address\r\n")  # type: ignore[attr-defined]
+                transport.close()
+                return
+            self._connections[peer] += 1
+            self._peer = peer
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return
+        if self._peer is not None:
+            self._connections[self._peer] -= 1
+            if not self._connections[self._peer]:
+                del self._connections[self._peer]
+            self._peer = None
+        super().connection_lost(error)
+
+    def eof_received(self) -> bool | None:
+        return False if self._refused else super().eof_received()
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -139,12 +191,16 @@ def serve(host: str, port: int) -> None:
         make_publisher(settings.resolved_broker_url(), settings.resolved_redis_url(),
                        settings.rate_limit_per_second, settings.rate_limit_burst),
         settings.resolved_secret_key(), settings.mail_max_bytes)
-    handler = MailHandler(intake, parse_networks(settings.smtp_allow_networks))
+    handler = MailHandler(intake, parse_networks(settings.smtp_allow_networks),
+                          settings.smtp_peer_messages_per_minute)
     context = tls_context(settings)
+    connections: Counter[str] = Counter()
     loop = asyncio.new_event_loop()
     server = loop.run_until_complete(loop.create_server(
-        lambda: SMTP(handler, data_size_limit=settings.mail_max_bytes, tls_context=context,
-                     ident="eventdesk", timeout=60),
+        lambda: PeerLimitedSMTP(
+            handler, connections=connections, limit=settings.smtp_peer_connections,
+            data_size_limit=settings.mail_max_bytes, tls_context=context, ident="eventdesk",
+            timeout=60),
         host, port))
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, loop.stop)

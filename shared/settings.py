@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     smtp_allow_networks: str = "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16"
     smtp_tls_cert: Path | None = None
     smtp_tls_key: Path | None = None
+    # Per peer address and listener process: connections at once, messages a minute.
+    smtp_peer_connections: int = Field(default=20, ge=1)
+    smtp_peer_messages_per_minute: float = Field(default=600.0, gt=0)
     # The outbound relay (host:port) for 'Email Rejected' replies (none: not sent) and their
     # From address (none: mailer-daemon@<the account's mail domain>); the authserv-ids of the
     # receiving MTAs whose Authentication-Results are trusted for X-4me-From (comma-separated).

@@ -233,3 +233,24 @@ def test_a_listener_killed_after_its_250_loses_nothing(
     smtp.close()
     assert processed(redis_postgres.database, message_id(message))["status"] == "processed"
     doomed.stop()
+
+
+def test_per_peer_connection_and_message_limits(redis_postgres: Stack, tmp_path: Path) -> None:
+    limited = Listener(redis_postgres, tmp_path / "smtp.log", smtp_peer_connections="2",
+                       smtp_peer_messages_per_minute="3")
+    try:
+        first, second = limited.client(), limited.client()
+        with pytest.raises(smtplib.SMTPConnectError) as refused:
+            limited.client()
+        assert refused.value.smtp_code == 421
+        second.quit()
+        first.ehlo()
+        answers = []
+        for _ in range(4):
+            answers.append(first.mail("ellen.brown@widget.com")[0])
+            first.rset()
+        assert answers == [250, 250, 250, 451]
+        first.quit()
+        wait_until(lambda: limited.client().quit(), 10)  # a connection closed frees its place
+    finally:
+        limited.stop()
