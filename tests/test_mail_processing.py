@@ -310,3 +310,35 @@ def test_x_4me_from_acts_for_someone_else_only_when_allowed(
         assert ignored in done["outcome"]["ignored"]["X-4me-From"]
     else:
         assert "ignored" not in done["outcome"]
+
+
+def test_policy_auto_creates_a_person_for_an_unknown_sender(
+    db: str, policy: Callable[..., None],
+) -> None:
+    policy(auto_create_people=True)
+    address = f"new.{uuid.uuid4().hex[:8]}@example.org"
+    done = deliver(db, message("Hello, I am new", sender=f"New Person <{address}>")[0])
+    assert done["status"] == "completed"
+    made = request(db, done["outcome"]["request_id"])
+    with session_scope(db) as session:
+        person = session.get(Person, made.requested_for_id)
+        assert person is not None
+        assert (person.account_id, person.name, person.primary_email, person.roles) == \
+            ("wdc", "New Person", address, {})
+    # The next mail from the same address finds that person.
+    again = deliver(db, message("Me again", sender=address)[0])
+    assert request(db, again["outcome"]["request_id"]).requested_for_id == person.id
+
+
+def test_the_email_policy_is_imported_and_exported_with_the_account(db: str) -> None:
+    from shared.records.importer import export_records, import_records
+
+    account = f"mail{uuid.uuid4().hex[:8]}"
+    with session_scope(db) as session:
+        import_records(session, {"accounts": [{
+            "id": account, "name": "Mail test", "mail_domain": "mail.example.org",
+            "mail_policy": {"create_requests": False, "feedback_days": 7}}]})
+    with session_scope(db) as session:
+        exported = {item["id"]: item for item in export_records(session)["accounts"]}
+    assert exported[account]["mail_policy"] == {"create_requests": False, "feedback_days": 7}
+    assert exported["wdc"]["mail_policy"] == {}

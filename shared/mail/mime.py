@@ -46,7 +46,7 @@ class Attachment:
 class ParsedMail:
     message_id: str | None
     subject: str
-    sender: str | None  # the From address (addr-spec), never its display name
+    sender: str | None  # the From address (addr-spec); who it is is never its display name
     thread_ids: tuple[str, ...]  # In-Reply-To then References, newest reference first
     text: str
     attachments: tuple[Attachment, ...]  # at most MAX_ATTACHMENTS
@@ -57,6 +57,7 @@ class ParsedMail:
     dmarc_passes: tuple[tuple[str, str], ...] = ()
     # An automatic message (RFC 3834, or a list's): never answered, so no mail loop.
     automatic: bool = False
+    sender_name: str = ""  # the From display name: only to name a person created for it
 
 
 class Quarantined(ValueError):
@@ -224,6 +225,12 @@ def _address(value: object) -> str | None:
     return addresses[0].strip().lower() if len(addresses) == 1 else None
 
 
+def _display_name(message: EmailMessage) -> str:
+    names = [name for name, _ in getaddresses([str(value) for value in
+                                               message.get_all("From") or []])]
+    return " ".join(names[0].split())[:255] if len(names) == 1 else ""
+
+
 def _sender(message: EmailMessage) -> str | None:
     values = message.get_all("From") or []
     addresses = [address for _, address in getaddresses([str(value) for value in values])
@@ -262,6 +269,7 @@ def parse(raw: bytes, limits: Limits | None = None) -> ParsedMail:
         override_auth = message.get("X-4me-Auth")
         dmarc_passes = _dmarc_passes(message)
         automatic = _automatic(message)
+        sender_name = _display_name(message)
     except Quarantined:
         raise
     except Exception as exc:  # the parser's and decoders' errors are many; each one is this mail's
@@ -274,5 +282,5 @@ def parse(raw: bytes, limits: Limits | None = None) -> ParsedMail:
         attachments_omitted=max(0, len(attachments) - MAX_ATTACHMENTS),
         override_from=_address(override) if override is not None else None,
         override_auth=str(override_auth).strip() if override_auth is not None else None,
-        dmarc_passes=dmarc_passes, automatic=automatic,
+        dmarc_passes=dmarc_passes, automatic=automatic, sender_name=sender_name,
     )

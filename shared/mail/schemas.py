@@ -34,6 +34,9 @@ class EmailPolicy(BaseModel):
     # pass recorded by a trusted receiving MTA, acts for another person.
     allow_from: bool = False
     from_secret: str | None = None
+    # A sender no person has the address of becomes a new person of the account (no roles),
+    # instead of being rejected.
+    auto_create_people: bool = False
     # The feedback window of replies ('Provide feedback' of the Self Service Settings), in days.
     feedback_days: int = Field(default=28, ge=0, le=3650)
 

@@ -13,7 +13,8 @@ the same database transaction (and a new request goes through the events' own
    reason (transaction ``failed``);
 2. the sender: a person of the account or its directory account by the From address (primary
    emails first, then other emails), never by display name, or by ``X-4me-From`` where the
-   account's Email Policy allows it (shared/mail/rules.py); an unknown sender ends ``rejected``;
+   account's Email Policy allows it (shared/mail/rules.py); an unknown sender ends ``rejected``,
+   or becomes a new person of the account (no roles) when the Email Policy says so;
 3. a reply becomes a note on the request it answers, when the Email Policy allows replies as
    notes: by In-Reply-To/References (to a message that created or added a note to the
    request), then by a 6+ digit request id in the subject; the request must have been updated
@@ -148,12 +149,18 @@ def _policy(session: Session, account_id: str) -> EmailPolicy:
                            f"{exc.errors()[0]['msg']}") from exc
 
 
-def _sender(scope: Scope, address: str | None) -> PersonRef:
+def _sender(session: Session, directory: Directory, account_id: str, *, address: str | None,
+            name: str, create: bool) -> PersonRef:
     if address is None:
         raise MailRejected("the message has no single From address")
-    person: PersonRef | None = scope.person(address)
+    person: PersonRef | None = Scope(session, directory, account_id).person(address)
+    if person is None and create:
+        person_id = store.create_person(session, account_id=account_id, email=address,
+                                        name=name)
+        directory.forget(account_id)
+        person = Scope(session, directory, account_id).by_id("people", person_id)
     if person is None:
-        raise MailRejected(f"no person of {scope.home.account_id} (or its directory account) "
+        raise MailRejected(f"no person of {account_id} (or its directory account) "
                            f"has the address {address}")
     return person
 
@@ -243,9 +250,10 @@ def process_mail(session: Session, mail_id: int, now: datetime, directory: Direc
     try:
         parsed = parse(row.raw, config.limits)
         policy = _policy(session, row.account_id)
-        scope = Scope(session, directory, row.account_id)
         address, override_ignored = acting_sender(parsed, policy, config.authserv_ids)
-        sender = _sender(scope, address)
+        sender = _sender(session, directory, row.account_id, address=address,
+                         name=parsed.sender_name if address == parsed.sender else "",
+                         create=policy.auto_create_people)
     except (Quarantined, MailRejected, LookupError) as exc:
         store.finish(row, "quarantined" if isinstance(exc, Quarantined) else "rejected")
         record_failure(session, _mail_batch(row), exc, now)

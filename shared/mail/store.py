@@ -6,11 +6,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shared.db.models import MailMessage, Note, Request, Transaction
+from shared.db.models import MailMessage, Note, Person, Request, Transaction
 from shared.mail.queries import Destination, existing_transid
 from shared.requests.matching import note_hash
 
@@ -71,3 +71,24 @@ def record_completed(session: Session, row: MailMessage, parameters: dict[str, A
         parameters=parameters, received_at=row.received_at, status="completed",
         outcome=outcome, created_at=now, completed_at=now,
     ))
+
+
+# pg_advisory_xact_lock id for allocating person ids (any constant no other lock uses).
+_PERSON_ID_LOCK = 0x6D61696C  # "mail"
+
+
+def create_person(session: Session, *, account_id: str, email: str, name: str) -> int:
+    """A person of the account for a sender no one has the address of (Email Policy); its id
+    is above every person's. Returns the id (an existing person's, when a concurrent mail from
+    the same sender created it first)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PERSON_ID_LOCK})
+    existing = session.scalars(select(Person.id).where(
+        Person.account_id == account_id, func.lower(Person.primary_email) == email)).first()
+    if existing is not None:
+        return existing
+    person_id = (session.scalar(select(func.max(Person.id))) or 0) + 1
+    session.add(Person(id=person_id, account_id=account_id, name=name or email,
+                       primary_email=email, other_emails=[], roles={}, team_ids=[]))
+    session.flush()
+    return person_id
