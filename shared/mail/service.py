@@ -36,7 +36,7 @@ from datetime import datetime
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from shared import observe
+from shared import metrics, observe
 from shared.db.engine import session_scope
 from shared.db.models import MailMessage, Transaction
 from shared.ids import make_transid
@@ -141,6 +141,12 @@ class MailIntake:
         return transid
 
 
+def _finish(session: Session, row: MailMessage, status: str,
+            request_id: int | None = None) -> None:
+    store.finish(row, status, request_id)
+    observe.after_commit(session, metrics.mail_processed.labels(result=status).inc)
+
+
 def _policy(session: Session, account_id: str) -> EmailPolicy:
     try:
         return queries.email_policy(session, account_id)
@@ -197,7 +203,7 @@ def _add_reply(session: Session, row: MailMessage, *, parsed: ParsedMail, body: 
     if ignored:
         outcome["ignored"] = ignored
     store.record_completed(session, row, {}, outcome, now)
-    store.finish(row, "processed", request_id)
+    _finish(session, row, "processed", request_id)
     observe.processed(session, "mail", row.received_at,
                       [(row.transid, "completed", outcome)])
 
@@ -217,7 +223,7 @@ def _new_request(session: Session, row: MailMessage, *, parsed: ParsedMail,
     outcome = transaction.outcome if transaction is not None else None
     if transaction is not None and outcome and (ignored or given.ignored):
         transaction.outcome = {**outcome, "ignored": {**ignored, **given.ignored}}
-    store.finish(row, "processed", outcome.get("request_id") if outcome else None)
+    _finish(session, row, "processed", outcome.get("request_id") if outcome else None)
 
 
 def _mail_batch(row: MailMessage) -> EventBatch:
@@ -236,7 +242,7 @@ def _reject(session: Session, row: MailMessage, parsed: ParsedMail, config: Mail
         relay = config.relay
         observe.after_commit(session, lambda: outbound.send(relay, reply))
         reason += f"; an Email Rejected reply goes to {parsed.sender}"
-    store.finish(row, "rejected")
+    _finish(session, row, "rejected")
     record_failure(session, _mail_batch(row), MailRejected(reason), now)
 
 
@@ -255,7 +261,7 @@ def process_mail(session: Session, mail_id: int, now: datetime, directory: Direc
                          name=parsed.sender_name if address == parsed.sender else "",
                          create=policy.auto_create_people)
     except (Quarantined, MailRejected, LookupError) as exc:
-        store.finish(row, "quarantined" if isinstance(exc, Quarantined) else "rejected")
+        _finish(session, row, "quarantined" if isinstance(exc, Quarantined) else "rejected")
         record_failure(session, _mail_batch(row), exc, now)
         return
     ignored = {"X-4me-From": override_ignored} if override_ignored else {}
@@ -279,5 +285,5 @@ def fail_mail(session: Session, mail_id: int, error: BaseException, now: datetim
     """End the message ``failed`` by ``error`` (a bug or bad data processing it), once."""
     row = store.take(session, mail_id)
     if row is not None:
-        store.finish(row, "failed")
+        _finish(session, row, "failed")
         record_failure(session, _mail_batch(row), error, now)
