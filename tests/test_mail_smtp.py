@@ -8,6 +8,7 @@ import os
 import signal
 import smtplib
 import socket
+import ssl
 import subprocess
 import sys
 import uuid
@@ -26,7 +27,7 @@ from sqlalchemy import select
 from api import create_app
 from shared.db.engine import session_scope
 from shared.db.models import Account, MailMessage, Note, Request
-from tests.conftest import REPO, wait_until
+from tests.conftest import REPO, require_tool, wait_until
 from tests.test_worker import Stack, redis_postgres, wait_done
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
@@ -254,3 +255,28 @@ def test_per_peer_connection_and_message_limits(redis_postgres: Stack, tmp_path:
         wait_until(lambda: limited.client().quit(), 10)  # a connection closed frees its place
     finally:
         limited.stop()
+
+
+def test_starttls_when_a_certificate_is_configured(
+    redis_postgres: Stack, tmp_path: Path,
+) -> None:
+    openssl = require_tool("openssl", "openssl")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    secure = Listener(redis_postgres, tmp_path / "smtp.log", smtp_tls_cert=str(cert),
+                      smtp_tls_key=str(key))
+    try:
+        message = mail("Over TLS.", subject=f"TLS {uuid.uuid4().hex[:6]}")
+        with secure.client() as smtp:
+            smtp.ehlo()
+            assert smtp.has_extn("starttls")
+            context = ssl.create_default_context(cafile=str(cert))
+            context.check_hostname = False
+            smtp.starttls(context=context)
+            smtp.ehlo()
+            assert smtp.send_message(message) == {}
+        assert processed(redis_postgres.database, message_id(message))["status"] == "processed"
+    finally:
+        secure.stop()
