@@ -78,6 +78,12 @@ def test_attachments_at_most_twenty_and_the_rest_counted() -> None:
 
 @pytest.mark.parametrize(("raw", "reason"), [
     (b"x" * 2000, "larger than"),
+    # The hostile messages: 10,000 parts, 200-deep nesting, a 1 MB header line.
+    (b"Content-Type: multipart/mixed; boundary=b\n\n" + b"--b\nContent-Type: text/plain\n\nx\n"
+     * 10_000, "more than 500 MIME parts"),
+    (b"".join(b"Content-Type: multipart/mixed; boundary=b%d\n\n--b%d\n" % (i, i)
+              for i in range(200)) + b"Content-Type: text/plain\n\nx", "nested deeper"),
+    (b"From: a@b.org\nSubject: " + b"a" * 1_000_000 + b"\n\nbody", "a header longer"),
     (b"Content-Type: multipart/mixed; boundary=b\n\n" + b"--b\nContent-Type: text/plain\n\nx\n"
      * 600, "more than 500 MIME parts"),
     (b"Subject: " + b"a" * 70_000 + b"\n\nbody", "a header longer"),

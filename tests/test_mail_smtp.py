@@ -280,3 +280,22 @@ def test_starttls_when_a_certificate_is_configured(
         assert processed(redis_postgres.database, message_id(message))["status"] == "processed"
     finally:
         secure.stop()
+
+
+def test_hostile_mail_is_quarantined_and_the_worker_keeps_serving(
+    listener: Listener, redis_postgres: Stack,
+) -> None:
+    deep_id, flat_id = f"deep-{uuid.uuid4().hex}", f"flat-{uuid.uuid4().hex}"
+    deep = (f"From: ellen.brown@widget.com\r\nMessage-ID: <{deep_id}>\r\n".encode()
+            + b"".join(b"Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n" % (i, i)
+                       for i in range(200)) + b"Content-Type: text/plain\r\n\r\nx\r\n")
+    not_mime = f"Message-ID: <{flat_id}>\r\n\r\n\x01\x02 no headers to speak of\r\n".encode()
+    with listener.client() as smtp:
+        for raw in (deep, not_mime):
+            assert smtp.sendmail("x@widget.com", ["wdc@mail.eventdesk.local"], raw) == {}
+    assert processed(redis_postgres.database, deep_id)["status"] == "quarantined"
+    assert processed(redis_postgres.database, flat_id)["status"] == "rejected"  # no sender
+    fine = mail("Still here?", subject=f"After {uuid.uuid4().hex[:6]}")
+    with listener.client() as smtp:
+        smtp.send_message(fine)
+    assert processed(redis_postgres.database, message_id(fine))["status"] == "processed"
