@@ -26,7 +26,7 @@ from shared.mail import queries
 from shared.mail.mime import Quarantined, attachment
 from shared.mail.rules import BadRecipient
 from shared.mail.schemas import MailQueued
-from shared.mail.service import MailIntake
+from shared.mail.service import MailIntake, TooLarge
 from shared.mail.views import attachment_views
 
 bp = Blueprint("mail", __name__)
@@ -49,14 +49,15 @@ def mail(key: KeyInfo) -> Response:
     if not address:
         return _refuse(400, "the recipient query parameter or X-4me-Recipient header is "
                             "required", "invalid")
-    if (request.content_length or 0) > intake.max_bytes:
-        return _refuse(413, f"the message is larger than {intake.max_bytes} bytes", "too_large")
     # A chunked body is cut off at the same limit while it is read (413 from api/errors.py).
     request.max_content_length = intake.max_bytes
     try:
+        intake.check_size(request.content_length or 0)
         destination = intake.destination(address, key.account_id)
         transid = intake.accept(request.get_data(), destination, f"http key {key.key_id}",
                                 datetime.now(UTC))
+    except TooLarge as exc:
+        return _refuse(413, str(exc), "too_large")
     except BadRecipient as exc:
         return _refuse(422, str(exc), "refused_recipient")
     except SQLAlchemyError:

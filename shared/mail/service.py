@@ -94,16 +94,14 @@ class MailConfig:
                                    settings.mail_authserv_ids.split(",") if item.strip()))
 
 
-def queue(publisher: Publisher, mail_id: int) -> bool:
-    """Ask a worker to process the stored message; False (logged) when the broker refused:
-    the sweep queues it later."""
+def queue(publisher: Publisher, mail_id: int) -> None:
+    """Ask a worker to process the stored message. A broker that refuses is logged only: the
+    message is stored, and the sweep queues it later."""
     try:
         publisher.publish(task_message(PROCESS_TASK, MAIL_QUEUE, json.dumps([mail_id])), {})
     except PublishError as exc:
         log.warning("mail stored but not queued; the sweep will queue it", mail_id=mail_id,
                     error=str(exc))
-        return False
-    return True
 
 
 class MailIntake:
@@ -113,6 +111,10 @@ class MailIntake:
         self._publisher = publisher
         self._secret = secret
         self.max_bytes = max_bytes
+
+    def check_size(self, size: int) -> None:
+        if size > self.max_bytes:
+            raise TooLarge(f"the message is larger than {self.max_bytes} bytes")
 
     def destination(self, address: str, account_id: str | None = None) -> Destination:
         """The account (and team) of ``address``, which must be ``account_id``'s when given;
@@ -129,8 +131,7 @@ class MailIntake:
         Returns only once the message is committed; raises TooLarge, or the database's error
         (then nothing was stored, and the sender should try again).
         """
-        if len(raw) > self.max_bytes:
-            raise TooLarge(f"the message is larger than {self.max_bytes} bytes")
+        self.check_size(len(raw))
         with session_scope() as session:
             mail_id, transid = store.save(
                 session, transid=make_transid(self._secret, destination.account_id),
