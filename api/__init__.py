@@ -15,6 +15,7 @@ from shared.intake.lookup import (
 from shared.intake.queueing import EventQueue
 from shared.intake.service import WebexIntake
 from shared.intake.waiters import WaitSlots
+from shared.mail.service import MailIntake
 from shared.metrics import initialize as initialize_metrics
 from shared.notify.ssrf import parse_networks
 from shared.publish import make_publisher
@@ -22,7 +23,18 @@ from shared.settings import Settings, get_settings
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    from api import deliveries, errors, fourme, health, metrics, openapi, requests, status, webex
+    from api import (
+        deliveries,
+        errors,
+        fourme,
+        health,
+        mail,
+        metrics,
+        openapi,
+        requests,
+        status,
+        webex,
+    )
 
     settings = settings or get_settings()
     app = Flask(__name__)
@@ -53,7 +65,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         queue=queue, authenticate=webex_intake.authenticate, secret=secret,
         find_transaction=find_transaction, find_request=find_request, waiters=waiters,
     )
-    for module in (fourme, requests, status, health, openapi, metrics, deliveries):
+    # The 4me Mail API's HTTP door: the same publisher; the raw message goes to the database.
+    app.extensions["eventdesk.mail"] = MailIntake(publisher, secret, settings.mail_max_bytes)
+    for module in (fourme, mail, requests, status, health, openapi, metrics, deliveries):
         app.register_blueprint(module.bp)
     errors.register(app)
     # The Webex intake, the busiest route, in plain WSGI ahead of Flask (api/webex.py).

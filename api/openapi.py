@@ -11,6 +11,7 @@ from pydantic.json_schema import models_json_schema
 
 from shared.intake.fourme import FourMeError, FourMeEventParameters, FourMeQueued
 from shared.intake.webex import WebexEventRequest, WebexResponse
+from shared.mail.schemas import AttachmentView, MailQueued
 from shared.notify.payload import Notification
 from shared.notify.rules import STATES
 from shared.notify.schemas import DeliveryList, Redelivery
@@ -38,7 +39,8 @@ def document() -> dict[str, Any]:
          (DeliveryList, "serialization"), (Redelivery, "serialization"),
          (FourMeEventParameters, "validation"), (FourMeQueued, "serialization"),
          (FourMeError, "serialization"), (RequestView, "serialization"),
-         (NoteView, "serialization")],
+         (NoteView, "serialization"), (MailQueued, "serialization"),
+         (AttachmentView, "serialization")],
         ref_template=_REF,
     )
     webex_answer = _json_body(WebexResponse, "One entry per event, or one for the request")
@@ -85,6 +87,7 @@ def document() -> dict[str, Any]:
             },
             **_delivery_paths(),
             **_fourme_paths(),
+            **_mail_paths(),
             "/healthz": {"get": {"responses": {"200": {"description": "Alive"}}}},
             "/readyz": {"get": {"responses": {"200": {"description": "Ready"},
                                               "503": {"description": "Broker or database down"}}}},
@@ -163,6 +166,50 @@ def _delivery_paths() -> dict[str, Any]:
                 "400": {"description": "A bad parameter"},
                 "401": {"description": "No valid key"},
             },
+        }},
+    }
+
+
+def _mail_paths() -> dict[str, Any]:
+    """The 4me Mail API's HTTP door and what mail brought to a request (README "4me Mail API")."""
+    refused = {str(status): {"description": text} for status, text in (
+        (400, "No recipient"), (401, "No valid key"), (413, "Over EVENTDESK_MAIL_MAX_BYTES"),
+        (415, "Not message/rfc822"), (422, "Not an address of the key's account"),
+        (503, "Database unreachable: not stored"))}
+    return {
+        "/v1/mail": {"post": {
+            "summary": "4me Mail API: a raw message, as the mail gateway received it",
+            "security": _AUTH,
+            "parameters": [
+                {"name": "recipient", "in": "query", "required": False,
+                 "description": "The address it was sent to (or X-4me-Recipient)",
+                 "schema": {"type": "string"}},
+                {"name": "X-4me-Recipient", "in": "header", "required": False,
+                 "schema": {"type": "string"}}],
+            "requestBody": {"required": True, "content": {"message/rfc822": {
+                "schema": {"type": "string", "format": "binary"}}}},
+            "responses": {"202": _json_body(MailQueued, "Stored; its state is at Location"),
+                          **refused},
+        }},
+        "/v1/requests/{id}/attachments": {"get": {
+            "summary": "Attachments of the mail that created or added notes to the request",
+            "security": _AUTH,
+            "parameters": [{"name": "id", "in": "path", "required": True,
+                            "schema": {"type": "integer"}}],
+            "responses": {"200": {"description": "The attachments", "content": {
+                "application/json": {"schema": {"type": "array",
+                                                "items": _ref(AttachmentView)}}}},
+                          "404": {"description": "Not a request of this account"}},
+        }},
+        "/v1/mail/{transid}/attachments/{index}": {"get": {
+            "summary": "One attachment's content (always application/octet-stream)",
+            "security": _AUTH,
+            "parameters": [_TRANSID, {"name": "index", "in": "path", "required": True,
+                                      "schema": {"type": "integer", "maximum": 19}}],
+            "responses": {"200": {"description": "The content", "content": {
+                "application/octet-stream": {"schema": {"type": "string",
+                                                        "format": "binary"}}}},
+                          "404": {"description": "No such attachment of this account"}},
         }},
     }
 

@@ -45,6 +45,10 @@ def worker_command(
     ]
 
 
+def smtp_command(host: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "api.smtp", "--host", host, "--port", str(port)]
+
+
 def beat_command(loglevel: str = "INFO") -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "worker.app", "beat", "--loglevel", loglevel]
 
@@ -237,6 +241,14 @@ def worker(queues: str, concurrency: int) -> None:
 
 
 @main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=2525, show_default=True)
+def smtp(host: str, port: int) -> None:
+    """Serve the 4me Mail API over SMTP (aiosmtpd)."""
+    os.execve(sys.executable, smtp_command(host, port), role_env(f"smtp-{port}"))  # noqa: S606
+
+
+@main.command()
 def beat() -> None:
     """Run Celery beat: the notify sweeper's and the purge's clock. Run exactly one."""
     os.execv(sys.executable, beat_command(get_settings().log_level))  # noqa: S606
@@ -253,7 +265,7 @@ def beat() -> None:
 @click.option("--concurrency", default=2, show_default=True, help="worker processes")
 def run(*, host: str, port: int, smtp_port: int, metrics_port: int | None, demo: bool,
         concurrency: int) -> None:
-    """Run the whole service: migrate, then the API and a worker, until Ctrl-C.
+    """Run the whole service: migrate, then the API, the SMTP listener and a worker, until Ctrl-C.
 
     With no configuration it uses SQLite and kombu's SQLAlchemy transport on SQLite, both in
     ./.eventdesk/, so nothing else has to be installed.
@@ -261,15 +273,15 @@ def run(*, host: str, port: int, smtp_port: int, metrics_port: int | None, demo:
     from shared.db.migrate import upgrade
     from shared.publish import declare_queues
 
-    del smtp_port  # the SMTP listener arrives with the Mail API
     if metrics_port is not None:
         # The worker reads its settings from the environment it inherits.
         os.environ["EVENTDESK_WORKER_METRICS_PORT"] = str(metrics_port)
         get_settings.cache_clear()
     settings = get_settings()
-    if not _port_free(host, port):
-        raise click.ClickException(f"{host}:{port} is already in use: stop what listens there, "
-                                   "or choose another --port")
+    for taken, option in ((port, "--port"), (smtp_port, "--smtp-port")):
+        if not _port_free(host, taken):
+            raise click.ClickException(f"{host}:{taken} is already in use: stop what listens "
+                                       f"there, or choose another {option}")
     metrics_at = (settings.worker_metrics_host, settings.worker_metrics_port)
     if metrics_at[1] and not _port_free(*metrics_at):
         click.echo(f"Warning: {metrics_at[0]}:{metrics_at[1]} is already in use, so the worker "
@@ -288,6 +300,7 @@ def run(*, host: str, port: int, smtp_port: int, metrics_port: int | None, demo:
             env=role_env(f"worker-{settings.worker_metrics_port}"),
         ),
         subprocess.Popen(gunicorn_command(host, port, 2, API_THREADS), env=role_env(f"api-{port}")),  # noqa: S603
+        subprocess.Popen(smtp_command(host, smtp_port), env=role_env(f"smtp-{smtp_port}")),  # noqa: S603
     ]
 
     def listening() -> bool:
@@ -295,7 +308,8 @@ def run(*, host: str, port: int, smtp_port: int, metrics_port: int | None, demo:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
             if probe.connect_ex((host, port)) != 0:
                 return False
-        click.echo(f"eventdesk listening on http://{host}:{port}  (Ctrl-C stops)")
+        click.echo(f"eventdesk listening on http://{host}:{port} and smtp://{host}:{smtp_port}"
+                   "  (Ctrl-C stops)")
         return True
 
     _supervise(procs, listening)

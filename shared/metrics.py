@@ -77,8 +77,17 @@ notification_attempts = Counter(
     "eventdesk_notification_attempts", "POSTs to notify URLs, by result (success, failure).",
     ["result"],
 )
+# What the Mail API's doors did with a message (api/smtp.py, api/mail.py).
+MAIL_RESULTS: Final = ("accepted", "refused_peer", "refused_recipient", "too_large", "invalid",
+                       "unavailable")
 mail_received = Counter(
-    "eventdesk_mail_received", "Mail messages taken by the smtp role, by result.", ["result"],
+    "eventdesk_mail_received", "Mail messages offered to the Mail API, by result.", ["result"],
+)
+# What a worker ended a stored mail as (shared/mail/service.py): quarantined and rejected mail
+# is failed in eventdesk_events_processed_total too; this says why.
+MAIL_OUTCOMES: Final = ("processed", "quarantined", "rejected", "failed")
+mail_processed = Counter(
+    "eventdesk_mail_processed", "Stored mail a worker ended, by result.", ["result"],
 )
 task_duration = Histogram(
     "eventdesk_task_duration_seconds",
@@ -97,7 +106,8 @@ DEPENDENCY_UP: Final = "eventdesk_dependency_up"
 
 DECLARED: Final = frozenset({
     events_received._name, events_processed._name, event_latency._name, notifications._name,
-    notification_attempts._name, mail_received._name, task_duration._name, task_failures._name,
+    notification_attempts._name, mail_received._name, mail_processed._name,
+    task_duration._name, task_failures._name,
     task_retries._name, QUEUE_DEPTH, DEPENDENCY_UP,
 })
 
@@ -116,6 +126,11 @@ def initialize(role: str) -> None:
             notifications.labels(result)
         for result in ("success", "failure"):
             notification_attempts.labels(result)
+        for result in MAIL_OUTCOMES:
+            mail_processed.labels(result)
+    elif role == "smtp":
+        for result in MAIL_RESULTS:
+            mail_received.labels(result)
 
 
 # The labelled children, looked up once: labels() takes a lock and validates on every call.

@@ -108,6 +108,24 @@ class Settings(BaseSettings):
     transaction_retention: Duration = Field(default=timedelta(days=14), gt=timedelta(0))
     dead_delivery_retention: Duration | None = None
     purge_interval: Duration = Field(default=timedelta(minutes=5), gt=timedelta(0))
+    # The Mail API (shared/mail/): the largest message taken (SMTP 552, HTTP 413), the networks
+    # the SMTP listener takes mail from (it sits behind the organisation's mail gateway, without
+    # AUTH), and its STARTTLS certificate and key (PEM files; none: no STARTTLS).
+    mail_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    smtp_allow_networks: str = "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16"
+    smtp_tls_cert: Path | None = None
+    smtp_tls_key: Path | None = None
+    # Per peer address and listener process: connections at once, messages a minute.
+    smtp_peer_connections: int = Field(default=20, ge=1)
+    smtp_peer_messages_per_minute: float = Field(default=600.0, gt=0)
+    # The outbound relay (host:port) for 'Email Rejected' replies (none: not sent) and their
+    # From address (none: mailer-daemon@<the account's mail domain>); the authserv-ids of the
+    # receiving MTAs whose Authentication-Results are trusted for X-4me-From (comma-separated).
+    mail_relay: str = ""
+    # The SMTP listener's /metrics exporter (on worker_metrics_host; 0: none).
+    smtp_metrics_port: int = Field(default=9809, ge=0, le=65535)
+    mail_reply_from: str = ""
+    mail_authserv_ids: str = ""
 
     # Logs and metrics (DESIGN 7). The worker's main process serves /metrics on this port
     # (0: no exporter); the api serves it on its own port.

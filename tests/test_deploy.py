@@ -38,8 +38,6 @@ PROMETHEUS = DEPLOY / "prometheus"
 GRAFANA = DEPLOY / "grafana"
 K8S = DEPLOY / "k8s"
 COMPOSE = REPO / "docker-compose.yml"
-# Roles the compose file and the manifests start that the CLI does not have yet.
-PLANNED_COMMANDS = {"smtp"}
 # The oldest Kubernetes the manifests are meant for, and the newest schemas installed.
 KUBERNETES_VERSIONS = ("1.29.0", kubernetes_validate.utils.latest_version())
 
@@ -210,7 +208,7 @@ def test_compose_stack_shape() -> None:
             assert needed in services, f"{name} depends on unknown {needed}"
         if service.get("image") == "eventdesk:latest":
             command = service["command"][0]
-            assert command in cli.commands or command in PLANNED_COMMANDS, (name, command)
+            assert command in cli.commands, (name, command)
     for role in ("api", "worker", "beat"):
         assert services[role]["depends_on"]["migrate"]["condition"] == (
             "service_completed_successfully")
@@ -259,7 +257,7 @@ def test_kubernetes_roles_probes_and_shutdown() -> None:
         pod = deployment["spec"]["template"]["spec"]
         (container,) = pod["containers"]
         command = container["args"][0]
-        assert command in cli.commands or command in PLANNED_COMMANDS, name
+        assert command in cli.commands, name
         refs = {next(iter(ref.values()))["name"] for ref in container["envFrom"]}
         assert refs == {"eventdesk-config", "eventdesk-secrets"}
         assert pod["securityContext"]["runAsNonRoot"] is True

@@ -62,10 +62,13 @@ class Service:
         self.log = (folder / "run.log").open("w")
         # A metrics port of its own unless told: two runs at once must not share 9808.
         metrics = [] if "--metrics-port" in args else ["--metrics-port", str(free_port())]
+        # Likewise the SMTP listener's port and its metrics exporter's.
+        smtp = [] if "--smtp-port" in args else ["--smtp-port", str(free_port())]
         self.proc = subprocess.Popen(
             [*eventdesk, "run", "--demo", "--port", str(self.port),
-             *metrics, *args],
-            cwd=folder, env=env or clean_env(), stdout=self.log, stderr=subprocess.STDOUT,
+             *metrics, *smtp, *args],
+            cwd=folder, env={"EVENTDESK_SMTP_METRICS_PORT": "0", **(env or clean_env())},
+            stdout=self.log, stderr=subprocess.STDOUT,
         )
 
     def output(self) -> str:

@@ -25,7 +25,8 @@ from shared.settings import get_settings
 from worker import signals  # noqa: F401 - connects the log and metrics handlers
 from worker.broker import REAP_INTERVAL
 
-TASK_MODULES = ["worker.events", "worker.notify", "worker.sweeper", "worker.retention"]
+TASK_MODULES = ["worker.events", "worker.mail", "worker.notify", "worker.sweeper",
+                "worker.retention"]
 
 
 def make_celery() -> Celery:
@@ -83,6 +84,9 @@ def make_celery() -> Celery:
             # Retention (worker/retention.py); one waiting longer than its interval is dropped.
             "task": PURGE_TASK, "schedule": purge_every,
             "options": {"queue": "notify", "expires": purge_every},
+        }, "mail.sweep": {
+            # Mail stored but never queued (worker/mail.py); a missed sweep costs nothing.
+            "task": "mail.sweep", "schedule": 60.0, "options": {"queue": "mail", "expires": 120},
         }},
     )
     return app

@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -76,6 +77,8 @@ class Account(Base):
     notify_hub_signature: Mapped[bool] = mapped_column(
         Boolean, default=False, server_default=false()
     )
+    # The Email Policy of the Mail API (shared/mail/schemas.py EmailPolicy); {}: its defaults.
+    mail_policy: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
 
 
 class ApiKey(Base):
@@ -394,3 +397,29 @@ class RetentionMark(Base):
     log: Mapped[str] = mapped_column(String(32), primary_key=True)
     removed_before: Mapped[datetime]
     updated_at: Mapped[datetime]
+
+
+class MailMessage(Base):
+    """A message the Mail API accepted, kept raw: it is durable here before the sender's 250
+    (or the gateway's 202), and a worker turns it into a request or a note (shared/mail/)."""
+
+    __tablename__ = "mail_messages"
+    __table_args__ = (
+        # A message delivered again (the sender never saw our 250) is the same mail.
+        UniqueConstraint("account_id", "message_id", name="uq_mail_messages_message_id"),
+        Index("ix_mail_messages_pending", "status", "received_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    transid: Mapped[str] = mapped_column(String(64), unique=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    recipient: Mapped[str] = mapped_column(String(320))
+    team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id"))
+    message_id: Mapped[str | None] = mapped_column(String(255))
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    peer: Mapped[str | None] = mapped_column(String(64))  # "smtp 192.0.2.1" or "http key 7"
+    received_at: Mapped[datetime]
+    # received -> processed | quarantined | rejected
+    status: Mapped[str] = mapped_column(String(16), default="received")
+    # The request this mail created or added a note to: replies to it thread onto that request.
+    request_id: Mapped[int | None] = mapped_column(ForeignKey("requests.id"))

@@ -210,6 +210,12 @@ class Directory:
         return records
 
 
+    def forget(self, account_id: str) -> None:
+        """Load the account again on its next use (a record of it was just written)."""
+        with self._lock:
+            self._accounts.pop(account_id, None)
+
+
 class Scope:
     """The accounts a reference may be resolved in: the request's account, then its directory."""
 

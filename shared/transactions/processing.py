@@ -263,8 +263,10 @@ class _Context:
                 raise EventFailed(Code.INVALID_VALUES, str(exc)) from exc
         return scope
 
-    def sender(self, scope: Scope, key_id: int | None) -> PersonRef | None:
-        person_id = scope.home.key_people.get(key_id) if key_id is not None else None
+    def sender(self, scope: Scope, batch: EventBatch) -> PersonRef | None:
+        person_id = batch.sender_id
+        if person_id is None and batch.key_id is not None:
+            person_id = scope.home.key_people.get(batch.key_id)
         return scope.by_id("people", person_id) if person_id is not None else None
 
 
@@ -283,7 +285,7 @@ def _prepare(context: _Context, work: _Work) -> None:
     fields = _fields(context, work)
     scope = context.scope(work.batch.account_id)
     work.draft = build_draft(
-        fields, scope, context.sender(scope, work.batch.key_id), work.batch.channel,
+        fields, scope, context.sender(scope, work.batch), work.batch.channel,
         subject_fallback=work.event.evtid or "Event",
     )
     work.kind, work.key = match_key(work.draft)

@@ -34,6 +34,8 @@ class EventBatch(BaseModel):
     received_at: datetime
     expiry: datetime | None = None
     notifyurl: str | None = None
+    # The person a mail came from (its From address, resolved); else the key's person acts.
+    sender_id: int | None = None
     events: list[QueuedEvent] = Field(min_length=1)
 
 
@@ -46,6 +48,9 @@ class Outcome(BaseModel):
     reason: str | None = Field(default=None, description="Why a request was matched, if it was.")
     unresolved: dict[str, str] | None = Field(
         default=None, description="References given that name no record (left empty)."
+    )
+    ignored: dict[str, str] | None = Field(
+        default=None, description="Mail parameters not applied, and why."
     )
 
 

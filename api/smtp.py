@@ -1,0 +1,225 @@
+"""``eventdesk smtp``: the 4me Mail API's SMTP listener (aiosmtpd), the MX-side door behind the
+organisation's mail gateway (the rules: shared/mail/service.py).
+
+- MAIL FROM: only from the accepted peer networks (``EVENTDESK_SMTP_ALLOW_NETWORKS``): 550
+  otherwise. No AUTH: the gateway in front of it is the one the world talks to. At most
+  ``EVENTDESK_SMTP_PEER_MESSAGES_PER_MINUTE`` messages a minute from one address (451 over it),
+  and ``EVENTDESK_SMTP_PEER_CONNECTIONS`` connections at once (421 over it).
+- RCPT TO: ``<account>@<mail domain>`` or ``<team local part>.<account>@<mail domain>``; an
+  unknown address or a directory account: 550, at RCPT, so the sender's MTA bounces it.
+- DATA: over ``EVENTDESK_MAIL_MAX_BYTES``: 552 (announced with SIZE in EHLO). The raw message is
+  committed to the database for each recipient before the 250; the database unreachable: 451,
+  and the sender tries again. Killed before the 250, nothing is promised; after it, the stored
+  row is processed whatever happens to this process (the beat's sweep queues it again).
+- STARTTLS when ``EVENTDESK_SMTP_TLS_CERT`` and ``EVENTDESK_SMTP_TLS_KEY`` are set.
+- ``/metrics`` on ``EVENTDESK_SMTP_METRICS_PORT`` (9809): ``eventdesk_mail_received_total``.
+
+Database work runs in the event loop's thread pool, so a slow commit holds only its session.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import signal
+import ssl
+import weakref
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from shared import metrics
+from shared.logs import get_logger
+from shared.mail.queries import Destination
+from shared.mail.rules import BadRecipient
+from shared.mail.service import MailIntake
+from shared.publish import LocalLimiter, make_publisher
+from shared.settings import Settings, get_settings
+
+log = get_logger(__name__)
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(text: str) -> list[Network]:
+    return [ipaddress.ip_network(item.strip(), strict=False)
+            for item in text.split(",") if item.strip()]
+
+
+def peer_address(peer: object) -> str:
+    """The address of aiosmtpd's ``session.peer`` (a (host, port, ...) tuple for TCP)."""
+    return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+
+
+class MailHandler:
+    """aiosmtpd's handler: each hook answers the SMTP command it is named after."""
+
+    def __init__(self, intake: MailIntake, networks: list[Network],
+                 per_minute: float = 600.0) -> None:
+        self._intake = intake
+        self._networks = networks
+        # This listener's own buckets: a peer's rate is per listener process, like its
+        # connections (a deployment of K listeners lets a peer send K times as much).
+        self._rate = LocalLimiter(per_minute / 60, max(1, int(per_minute)))
+        self._destinations: weakref.WeakKeyDictionary[Envelope, list[Destination]] = \
+            weakref.WeakKeyDictionary()
+
+    def _allowed(self, peer: object) -> bool:
+        try:
+            address = ipaddress.ip_address(peer_address(peer))
+        except ValueError:
+            return False
+        return any(address in network for network in self._networks)
+
+    async def handle_MAIL(  # noqa: N802 - aiosmtpd's hook name
+        self, server: SMTP, session: Session, envelope: Envelope, address: str,  # noqa: ARG002
+        mail_options: list[str],
+    ) -> str:
+        if not self._allowed(session.peer):
+            metrics.mail_received.labels(result="refused_peer").inc()
+            return "550 5.7.1 mail is not accepted from your network"
+        if self._rate.take({peer_address(session.peer): 1}) is not None:
+            metrics.mail_received.labels(result="refused_peer").inc()
+            return "451 4.7.1 too many messages from your address, try again later"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
+        self, server: SMTP, session: Session, envelope: Envelope, address: str,  # noqa: ARG002
+        rcpt_options: list[str],
+    ) -> str:
+        loop = asyncio.get_running_loop()
+        try:
+            destination = await loop.run_in_executor(None, self._intake.destination, address)
+        except BadRecipient as exc:
+            metrics.mail_received.labels(result="refused_recipient").inc()
+            return f"550 5.1.1 {exc}"
+        except Exception as exc:  # the database's: the sender's MTA keeps the mail and retries
+            log.warning("recipient not checked: database unreachable", error=str(exc)[:200])
+            return "451 4.3.0 temporary failure, try again later"
+        self._destinations.setdefault(envelope, []).append(destination)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 OK"
+
+    async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
+        self, server: SMTP, session: Session, envelope: Envelope,  # noqa: ARG002
+    ) -> str:
+        raw = envelope.original_content or b""
+        loop = asyncio.get_running_loop()
+        peer = peer_address(session.peer)
+        transids = []
+        try:
+            for destination in self._destinations.pop(envelope, []):
+                transids.append(await loop.run_in_executor(
+                    None, self._intake.accept, raw, destination, f"smtp {peer}",
+                    datetime.now(UTC)))
+        except ValueError as exc:  # TooLarge: aiosmtpd refuses most before, at the same limit
+            metrics.mail_received.labels(result="too_large").inc()
+            return f"552 5.3.4 {exc}"
+        except Exception as exc:  # the database's: nothing promised, the sender retries
+            log.warning("mail not stored: database unreachable", error=str(exc)[:200])
+            metrics.mail_received.labels(result="unavailable").inc()
+            return "451 4.3.0 temporary failure, try again later"
+        metrics.mail_received.labels(result="accepted").inc()
+        return f"250 OK queued as {' '.join(transids)}"
+
+
+class PeerLimitedSMTP(SMTP):
+    """aiosmtpd's SMTP session, refused (421) beyond ``limit`` connections from one address."""
+
+    def __init__(self, handler: MailHandler, *, connections: Counter[str], limit: int,
+                 **options: Any) -> None:
+        super().__init__(handler, **options)
+        self._connections = connections
+        self._limit = limit
+        self._peer: str | None = None
+        self._refused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.transport is None:  # not the STARTTLS upgrade of a connection counted already
+            peer = str((transport.get_extra_info("peername") or ("",))[0])
+            if self._connections[peer] >= self._limit:
+                self._refused = True
+                transport.write(b"421 4.7.0 too many connections from your address\r\n")  # type: ignore[attr-defined]
+                transport.close()
+                return
+            self._connections[peer] += 1
+            self._peer = peer
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return
+        if self._peer is not None:
+            self._connections[self._peer] -= 1
+            if not self._connections[self._peer]:
+                del self._connections[self._peer]
+            self._peer = None
+        super().connection_lost(error)
+
+    def eof_received(self) -> bool | None:
+        return False if self._refused else super().eof_received()
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    if settings.smtp_tls_cert is None or settings.smtp_tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.smtp_tls_cert, settings.smtp_tls_key)
+    return context
+
+
+def _export_metrics(settings: Settings) -> None:
+    if not settings.smtp_metrics_port:
+        return
+    metrics.initialize("smtp")
+    host, port = settings.worker_metrics_host, settings.smtp_metrics_port
+    try:
+        metrics.start_exporter(host, port, metrics.registry(settings.prometheus_multiproc_dir))
+    except OSError as exc:  # metrics are not worth refusing mail for
+        log.error("metrics exporter did not start", host=host, port=port, error=str(exc))
+
+
+def serve(host: str, port: int) -> None:
+    settings = get_settings()
+    _export_metrics(settings)
+    intake = MailIntake(
+        make_publisher(settings.resolved_broker_url(), settings.resolved_redis_url(),
+                       settings.rate_limit_per_second, settings.rate_limit_burst),
+        settings.resolved_secret_key(), settings.mail_max_bytes)
+    handler = MailHandler(intake, parse_networks(settings.smtp_allow_networks),
+                          settings.smtp_peer_messages_per_minute)
+    context = tls_context(settings)
+    connections: Counter[str] = Counter()
+    loop = asyncio.new_event_loop()
+    server = loop.run_until_complete(loop.create_server(
+        lambda: PeerLimitedSMTP(
+            handler, connections=connections, limit=settings.smtp_peer_connections,
+            data_size_limit=settings.mail_max_bytes, tls_context=context, ident="eventdesk",
+            timeout=60),
+        host, port))
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, loop.stop)
+    log.info("smtp listening", host=host, port=port, starttls=context is not None)
+    try:
+        loop.run_forever()
+    finally:
+        server.close()
+        loop.run_until_complete(server.wait_closed())
+        loop.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="eventdesk smtp")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=2525)
+    args = parser.parse_args(argv)
+    serve(args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()

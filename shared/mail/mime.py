@@ -1,0 +1,286 @@
+"""Reading a raw message (RFC 5322 / MIME) safely: what the Mail API needs from it, or a reason
+to quarantine it.
+
+The stdlib parser with ``policy.default`` builds the whole tree in memory, so the limits are
+checked on the raw bytes before it runs (size, the number of parts and headers it could build)
+and on the tree after (nesting depth, header length). Any error of the parser or of a part's
+decoding that is not a plain unknown charset ends the message as :class:`Quarantined` with its
+reason; nothing in a message is executed or fetched.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from email import message_from_bytes, policy
+from email.message import EmailMessage, Message
+from email.parser import BytesHeaderParser
+from email.utils import getaddresses
+from html.parser import HTMLParser
+
+MAX_ATTACHMENTS = 20
+_MESSAGE_ID = re.compile(r"<([^<>\s]{1,250})>")
+_MAX_THREAD_IDS = 50
+_PART_HEADER = re.compile(rb"^content-type\s*:", re.IGNORECASE | re.MULTILINE)
+_HEADER_LINE = re.compile(rb"^[!-9;-~]+\s*:", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_bytes: int = 10 * 1024 * 1024
+    max_parts: int = 500
+    max_depth: int = 10
+    max_headers: int = 2000
+    max_header_bytes: int = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Attachment:
+    filename: str
+    content_type: str
+    size: int
+    inline: bool
+
+
+@dataclass(frozen=True)
+class ParsedMail:
+    message_id: str | None
+    subject: str
+    sender: str | None  # the From address (addr-spec); who it is is never its display name
+    thread_ids: tuple[str, ...]  # In-Reply-To then References, newest reference first
+    text: str
+    attachments: tuple[Attachment, ...]  # at most MAX_ATTACHMENTS
+    attachments_omitted: int
+    override_from: str | None = None  # X-4me-From
+    override_auth: str | None = None  # X-4me-Auth
+    # (authserv-id, header.from domain or "") of each Authentication-Results with dmarc=pass
+    dmarc_passes: tuple[tuple[str, str], ...] = ()
+    # An automatic message (RFC 3834, or a list's): never answered, so no mail loop.
+    automatic: bool = False
+    sender_name: str = ""  # the From display name: only to name a person created for it
+
+
+class Quarantined(ValueError):
+    """The message is refused as malformed or hostile; the text says why."""
+
+
+def _check_raw(raw: bytes, limits: Limits) -> None:
+    if len(raw) > limits.max_bytes:
+        raise Quarantined(f"larger than {limits.max_bytes} bytes")
+    # Upper bounds of what the parser would build: every part starts with a Content-Type line.
+    if len(_PART_HEADER.findall(raw)) > limits.max_parts:
+        raise Quarantined(f"more than {limits.max_parts} MIME parts")
+    if len(_HEADER_LINE.findall(raw)) > limits.max_headers:
+        raise Quarantined(f"more than {limits.max_headers} header lines")
+
+
+def _walk(message: Message, limits: Limits) -> list[Message]:
+    """Every leaf part, depth first, bounded in depth (iterative: no recursion to exhaust)."""
+    leaves: list[Message] = []
+    stack: list[tuple[Message, int]] = [(message, 0)]
+    while stack:
+        part, depth = stack.pop()
+        if depth > limits.max_depth:
+            raise Quarantined(f"MIME parts nested deeper than {limits.max_depth}")
+        for name, value in part.items():
+            if len(name) + len(str(value)) > limits.max_header_bytes:
+                raise Quarantined(f"a header longer than {limits.max_header_bytes} bytes")
+        children = part.get_payload() if part.is_multipart() else None
+        if isinstance(children, list):
+            stack.extend((child, depth + 1) for child in reversed(children)
+                         if isinstance(child, Message))
+        else:
+            leaves.append(part)
+    return leaves
+
+
+class _Text(HTMLParser):
+    """The text of an HTML body; scripts and styles dropped, nothing fetched."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.chunks: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:  # noqa: ARG002
+        if tag in ("script", "style"):
+            self._skip += 1
+        elif tag in ("br", "p", "div", "li", "tr"):
+            self.chunks.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("script", "style") and self._skip:
+            self._skip -= 1
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip:
+            self.chunks.append(data)
+
+
+def html_to_text(html: str) -> str:
+    parser = _Text()
+    parser.feed(html)
+    parser.close()
+    lines = (line.strip() for line in "".join(parser.chunks).splitlines())
+    return "\n".join(lines).strip()
+
+
+def _decoded(part: Message) -> str:
+    """A text part's content; an unknown or lying charset is read as UTF-8 with replacements."""
+    try:
+        content = part.get_content()  # type: ignore[attr-defined]
+        if isinstance(content, str):
+            return content
+    except (LookupError, UnicodeError, AssertionError, ValueError):
+        pass
+    payload = part.get_payload(decode=True)
+    return payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
+
+
+def _body_text(message: EmailMessage) -> tuple[str, Message | None]:
+    body = message.get_body(preferencelist=("plain", "html"))
+    if body is None:
+        return "", None
+    text = _decoded(body)
+    if body.get_content_type() == "text/html":
+        text = html_to_text(text)
+    return text.replace("\r\n", "\n").replace("\x00", ""), body
+
+
+def _attachment(part: Message) -> Attachment | None:
+    disposition = part.get_content_disposition()
+    filename = part.get_filename()
+    inline_image = disposition == "inline" and part.get_content_maintype() == "image"
+    if disposition != "attachment" and not filename and not inline_image:
+        return None
+    payload = part.get_payload(decode=True)
+    return Attachment(
+        filename=(filename or part.get("Content-ID", "") or "unnamed").strip("<> ")[:255],
+        content_type=part.get_content_type(), size=len(payload) if payload else 0,
+        inline=disposition == "inline",
+    )
+
+
+def _attachments(leaves: list[Message], body: Message | None) -> list[tuple[Attachment, Message]]:
+    found = []
+    for part in leaves:
+        item = _attachment(part) if part is not body else None
+        if item is not None:
+            found.append((item, part))
+    return found
+
+
+def attachment(raw: bytes, index: int, limits: Limits | None = None
+               ) -> tuple[Attachment, bytes] | None:
+    """The ``index``-th attachment the Mail API kept of a stored message, and its content."""
+    limits = limits or Limits()
+    _check_raw(raw, limits)
+    try:
+        message = message_from_bytes(raw, policy=policy.default)
+        assert isinstance(message, EmailMessage)
+        _, body = _body_text(message)
+        kept = _attachments(_walk(message, limits), body)[:MAX_ATTACHMENTS]
+        if not 0 <= index < len(kept):
+            return None
+        item, part = kept[index]
+        payload = part.get_payload(decode=True)
+    except Quarantined:
+        raise
+    except Exception as exc:  # as in parse(): the message's fault
+        raise Quarantined(f"unreadable message: {type(exc).__name__}") from exc
+    return item, payload if isinstance(payload, bytes) else b""
+
+
+def _message_id(value: object) -> str | None:
+    found = _MESSAGE_ID.search(str(value or ""))
+    if found:
+        return found.group(1)
+    text = str(value or "").strip()
+    return text[:250] or None
+
+
+def _dmarc_passes(message: EmailMessage) -> tuple[tuple[str, str], ...]:
+    """RFC 8601 results: the authserv-id, then ``method=result`` clauses and their properties."""
+    passes = []
+    for header in message.get_all("Authentication-Results") or []:
+        authserv, *clauses = str(header).split(";")
+        authserv_id = authserv.strip().split(" ")[0].lower()
+        for clause in clauses:
+            words = clause.split()
+            if words and words[0].lower() == "dmarc=pass":
+                domain = next((word.partition("=")[2].lower() for word in words[1:]
+                               if word.lower().startswith("header.from=")), "")
+                passes.append((authserv_id, domain))
+    return tuple(passes)
+
+
+def _automatic(message: EmailMessage) -> bool:
+    submitted = str(message.get("Auto-Submitted", "no") or "no").strip().lower()
+    precedence = str(message.get("Precedence", "") or "").strip().lower()
+    return submitted != "no" or precedence in ("bulk", "junk", "list")
+
+
+def _address(value: object) -> str | None:
+    addresses = [address for _, address in getaddresses([str(value)]) if address]
+    return addresses[0].strip().lower() if len(addresses) == 1 else None
+
+
+def _display_name(message: EmailMessage) -> str:
+    names = [name for name, _ in getaddresses([str(value) for value in
+                                               message.get_all("From") or []])]
+    return " ".join(names[0].split())[:255] if len(names) == 1 else ""
+
+
+def _sender(message: EmailMessage) -> str | None:
+    values = message.get_all("From") or []
+    addresses = [address for _, address in getaddresses([str(value) for value in values])
+                 if address]
+    # One From address only: a list of authors names no one sender to act for.
+    if len(addresses) != 1 or addresses[0].count("@") != 1:
+        return None
+    return addresses[0].strip().lower()
+
+
+def message_id_of(raw: bytes) -> str | None:
+    """The Message-ID, from the headers alone (intake's duplicate check); None if unreadable."""
+    try:
+        headers = BytesHeaderParser(policy=policy.default).parsebytes(raw)
+        return _message_id(headers.get("Message-ID"))
+    except Exception:  # an unreadable header is the worker's to quarantine, not intake's
+        return None
+
+
+def parse(raw: bytes, limits: Limits | None = None) -> ParsedMail:
+    """The message's fields; raises Quarantined with the reason when it cannot be read safely."""
+    limits = limits or Limits()
+    _check_raw(raw, limits)
+    try:
+        message = message_from_bytes(raw, policy=policy.default)
+        assert isinstance(message, EmailMessage)
+        leaves = _walk(message, limits)
+        text, body = _body_text(message)
+        found = _attachments(leaves, body)
+        subject = str(message.get("Subject", "") or "")
+        thread = [*_MESSAGE_ID.findall(str(message.get("In-Reply-To", "") or "")),
+                  *reversed(_MESSAGE_ID.findall(str(message.get("References", "") or "")))]
+        message_id = _message_id(message.get("Message-ID"))
+        sender = _sender(message)
+        override = message.get("X-4me-From")
+        override_auth = message.get("X-4me-Auth")
+        dmarc_passes = _dmarc_passes(message)
+        automatic = _automatic(message)
+        sender_name = _display_name(message)
+    except Quarantined:
+        raise
+    except Exception as exc:  # the parser's and decoders' errors are many; each one is this mail's
+        raise Quarantined(f"unreadable message: {type(exc).__name__}") from exc
+    attachments = [item for item, _ in found]
+    return ParsedMail(
+        message_id=message_id, subject=" ".join(subject.split()), sender=sender,
+        thread_ids=tuple(dict.fromkeys(thread))[:_MAX_THREAD_IDS], text=text,
+        attachments=tuple(attachments[:MAX_ATTACHMENTS]),
+        attachments_omitted=max(0, len(attachments) - MAX_ATTACHMENTS),
+        override_from=_address(override) if override is not None else None,
+        override_auth=str(override_auth).strip() if override_auth is not None else None,
+        dmarc_passes=dmarc_passes, automatic=automatic, sender_name=sender_name,
+    )

@@ -1,0 +1,290 @@
+"""The Mail API: accepting a raw message durably, then turning it into a request or a note.
+
+Intake (``eventdesk smtp`` and ``POST /v1/mail``) stores the raw message in the database and
+only then answers (250 / 202); the ``mail.process`` message that follows is a wake-up call. If
+the broker does not take it, or the process dies between the commit and the publish, the beat's
+``mail.sweep`` queues the message again, so the database row alone is the promise.
+
+A worker processes each message once: the row is locked and its state checked and changed in
+the same database transaction (and a new request goes through the events' own
+``process_batches``, whose transaction claim is idempotent too). In order:
+
+1. read the MIME under limits; a malformed or hostile message ends ``quarantined`` with the
+   reason (transaction ``failed``);
+2. the sender: a person of the account or its directory account by the From address (primary
+   emails first, then other emails), never by display name, or by ``X-4me-From`` where the
+   account's Email Policy allows it (shared/mail/rules.py); an unknown sender ends ``rejected``,
+   or becomes a new person of the account (no roles) when the Email Policy says so;
+3. a reply becomes a note on the request it answers, when the Email Policy allows replies as
+   notes: by In-Reply-To/References (to a message that created or added a note to the
+   request), then by a 6+ digit request id in the subject; the request must have been updated
+   within the feedback window (28 days by default) and be the sender's (created, requested by
+   or for them) or the sender a Specialist of the account;
+4. when the Email Policy does not allow mail to create requests: ``rejected``, and an 'Email
+   Rejected' reply through the relay (shared/mail/outbound.py);
+5. anything else is a new request with the Mail API defaults and the sender's parameters
+   (shared/mail/rules.py), through the events' processing: resolution, templates, defaults and
+   event matching are the 4me Events API's.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from shared import metrics, observe
+from shared.db.engine import session_scope
+from shared.db.models import MailMessage, Transaction
+from shared.ids import make_transid
+from shared.logs import get_logger
+from shared.mail import outbound, queries, store
+from shared.mail.mime import Limits, ParsedMail, Quarantined, message_id_of, parse
+from shared.mail.queries import Destination
+from shared.mail.rules import (
+    UnknownRecipient,
+    acting_sender,
+    apply_parameters,
+    may_access,
+    note_text,
+    parse_recipient,
+    request_fields,
+    split_parameters,
+    subject_request_ids,
+    within_feedback,
+)
+from shared.mail.schemas import PROCESS_TASK, EmailPolicy
+from shared.publish import MAIL_QUEUE, Publisher, PublishError, task_message
+from shared.records.directory import Directory, PersonRef, Scope
+from shared.settings import Settings
+from shared.transactions.processing import process_batches, record_failure
+from shared.transactions.schemas import EventBatch, QueuedEvent
+
+log = get_logger(__name__)
+THREAD_REASON = "reply to a message of the request (In-Reply-To/References)"
+SUBJECT_REASON = "request id in the subject"
+
+
+class TooLarge(ValueError):
+    """Over the Mail API's size limit (SMTP 552, HTTP 413)."""
+
+
+class MailRejected(ValueError):
+    """The message cannot become a request or note (its sender is unknown, say)."""
+
+
+@dataclass(frozen=True)
+class MailConfig:
+    """The deployment's settings for processing (the Email Policy is per account)."""
+
+    limits: Limits = field(default_factory=Limits)
+    relay: str | None = None
+    reply_from: str | None = None
+    authserv_ids: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MailConfig:
+        return cls(
+            limits=Limits(max_bytes=settings.mail_max_bytes), relay=settings.mail_relay or None,
+            reply_from=settings.mail_reply_from or None,
+            authserv_ids=frozenset(item.strip().lower() for item in
+                                   settings.mail_authserv_ids.split(",") if item.strip()))
+
+
+def queue(publisher: Publisher, mail_id: int) -> None:
+    """Ask a worker to process the stored message. A broker that refuses is logged only: the
+    message is stored, and the sweep queues it later."""
+    try:
+        publisher.publish(task_message(PROCESS_TASK, MAIL_QUEUE, json.dumps([mail_id])), {})
+    except PublishError as exc:
+        log.warning("mail stored but not queued; the sweep will queue it", mail_id=mail_id,
+                    error=str(exc))
+
+
+class MailIntake:
+    """Shared by the SMTP listener and ``POST /v1/mail``."""
+
+    def __init__(self, publisher: Publisher, secret: bytes, max_bytes: int) -> None:
+        self._publisher = publisher
+        self._secret = secret
+        self.max_bytes = max_bytes
+
+    def check_size(self, size: int) -> None:
+        if size > self.max_bytes:
+            raise TooLarge(f"the message is larger than {self.max_bytes} bytes")
+
+    def destination(self, address: str, account_id: str | None = None) -> Destination:
+        """The account (and team) of ``address``, which must be ``account_id``'s when given;
+        raises BadRecipient, or the database's error."""
+        recipient = parse_recipient(address)
+        if account_id is not None and recipient.account_id != account_id:
+            raise UnknownRecipient(f"{address[:100]} is not an address of {account_id}")
+        with session_scope() as session:
+            return queries.destination(session, recipient)
+
+    def accept(self, raw: bytes, destination: Destination, peer: str, now: datetime) -> str:
+        """Store ``raw`` for ``destination``, then queue it; returns its transid.
+
+        Returns only once the message is committed; raises TooLarge, or the database's error
+        (then nothing was stored, and the sender should try again).
+        """
+        self.check_size(len(raw))
+        with session_scope() as session:
+            mail_id, transid = store.save(
+                session, transid=make_transid(self._secret, destination.account_id),
+                destination=destination, message_id=message_id_of(raw), raw=raw, peer=peer,
+                now=now)
+        if mail_id is not None:
+            queue(self._publisher, mail_id)
+        return transid
+
+
+def _finish(session: Session, row: MailMessage, status: str,
+            request_id: int | None = None) -> None:
+    store.finish(row, status, request_id)
+    observe.after_commit(session, metrics.mail_processed.labels(result=status).inc)
+
+
+def _policy(session: Session, account_id: str) -> EmailPolicy:
+    try:
+        return queries.email_policy(session, account_id)
+    except ValidationError as exc:
+        raise MailRejected(f"the Email Policy of {account_id} is invalid: "
+                           f"{exc.errors()[0]['msg']}") from exc
+
+
+def _sender(session: Session, directory: Directory, account_id: str, *, address: str | None,
+            name: str, create: bool) -> PersonRef:
+    if address is None:
+        raise MailRejected("the message has no single From address")
+    person: PersonRef | None = Scope(session, directory, account_id).person(address)
+    if person is None and create:
+        person_id = store.create_person(session, account_id=account_id, email=address,
+                                        name=name)
+        directory.forget(account_id)
+        person = Scope(session, directory, account_id).by_id("people", person_id)
+    if person is None:
+        raise MailRejected(f"no person of {account_id} (or its directory account) "
+                           f"has the address {address}")
+    return person
+
+
+def _reply_target(session: Session, account_id: str, parsed: ParsedMail, *,
+                  sender: PersonRef, now: datetime, feedback_days: int) -> tuple[int, str] | None:
+    """The request this mail is a reply to, and why; None when it is none's."""
+    candidates: list[tuple[int, str]] = []
+    threaded = queries.threaded_request(session, account_id, parsed.thread_ids)
+    if threaded is not None:
+        candidates.append((threaded, THREAD_REASON))
+    candidates += [(found, SUBJECT_REASON) for found in subject_request_ids(parsed.subject)]
+    if not candidates:
+        return None
+    facts = {fact.id: fact for fact in queries.requests_of(
+        session, account_id, [request_id for request_id, _ in candidates])}
+    for request_id, reason in candidates:
+        fact = facts.get(request_id)
+        if fact is not None and within_feedback(fact.updated_at, now, feedback_days) \
+                and may_access(sender.id, sender.roles, account_id, fact.people):
+            return request_id, reason
+    return None
+
+
+def _add_reply(session: Session, row: MailMessage, *, parsed: ParsedMail, body: str,
+               target: tuple[int, str], ignored: dict[str, str], now: datetime) -> None:
+    request_id, reason = target
+    text = note_text(parsed, body)
+    if text:
+        store.add_note(session, request_id=request_id, text=text, internal=False,
+                       transid=row.transid, now=now)
+    outcome: dict[str, object] = {"action": "updated" if text else "unchanged",
+                                  "request_id": request_id, "reason": reason}
+    if ignored:
+        outcome["ignored"] = ignored
+    store.record_completed(session, row, {}, outcome, now)
+    _finish(session, row, "processed", request_id)
+    observe.processed(session, "mail", row.received_at,
+                      [(row.transid, "completed", outcome)])
+
+
+def _new_request(session: Session, row: MailMessage, *, parsed: ParsedMail,
+                 sender: PersonRef, directory: Directory, ignored: dict[str, str],
+                 now: datetime) -> None:
+    parameters, body = split_parameters(parsed.text)
+    given = apply_parameters(parameters, sender.roles, row.account_id,
+                             lambda name: directory.account(session, name) is not None)
+    fields = request_fields(parsed, body, given, row.team_id)
+    batch = EventBatch(channel="mail", account_id=row.account_id, received_at=row.received_at,
+                       sender_id=sender.id, events=[QueuedEvent(
+                           transid=row.transid, parameters={**fields, **given.kept})])
+    process_batches(session, [batch], now, directory)
+    transaction = session.get(Transaction, row.transid)
+    outcome = transaction.outcome if transaction is not None else None
+    if transaction is not None and outcome and (ignored or given.ignored):
+        transaction.outcome = {**outcome, "ignored": {**ignored, **given.ignored}}
+    _finish(session, row, "processed", outcome.get("request_id") if outcome else None)
+
+
+def _mail_batch(row: MailMessage) -> EventBatch:
+    return EventBatch(channel="mail", account_id=row.account_id, received_at=row.received_at,
+                      events=[QueuedEvent(transid=row.transid)])
+
+
+def _reject(session: Session, row: MailMessage, parsed: ParsedMail, config: MailConfig,
+            now: datetime) -> None:
+    """The Email Policy allows no new requests: record it, and answer 'Email Rejected'."""
+    reason = f"the Email Policy of {row.account_id} does not allow email to create requests"
+    if config.relay and parsed.sender and not parsed.automatic:
+        domain = row.recipient.rpartition("@")[2]
+        reply = outbound.rejection(parsed, to=parsed.sender, account_id=row.account_id,
+                                   sender=config.reply_from or f"mailer-daemon@{domain}")
+        relay = config.relay
+        observe.after_commit(session, lambda: outbound.send(relay, reply))
+        reason += f"; an Email Rejected reply goes to {parsed.sender}"
+    _finish(session, row, "rejected")
+    record_failure(session, _mail_batch(row), MailRejected(reason), now)
+
+
+def process_mail(session: Session, mail_id: int, now: datetime, directory: Directory,
+                 config: MailConfig | None = None) -> None:
+    """Act on the stored message ``mail_id`` once (module docstring)."""
+    config = config or MailConfig()
+    row = store.take(session, mail_id)
+    if row is None:
+        return
+    try:
+        parsed = parse(row.raw, config.limits)
+        policy = _policy(session, row.account_id)
+        address, override_ignored = acting_sender(parsed, policy, config.authserv_ids)
+        sender = _sender(session, directory, row.account_id, address=address,
+                         name=parsed.sender_name if address == parsed.sender else "",
+                         create=policy.auto_create_people)
+    except (Quarantined, MailRejected, LookupError) as exc:
+        _finish(session, row, "quarantined" if isinstance(exc, Quarantined) else "rejected")
+        record_failure(session, _mail_batch(row), exc, now)
+        return
+    ignored = {"X-4me-From": override_ignored} if override_ignored else {}
+    parameters, body = split_parameters(parsed.text)
+    target = _reply_target(session, row.account_id, parsed, sender=sender, now=now,
+                           feedback_days=policy.feedback_days) \
+        if policy.replies_as_notes else None
+    if target is not None:
+        if parameters:
+            ignored["parameters"] = "parameters never update an existing request"
+        _add_reply(session, row, parsed=parsed, body=body, target=target, ignored=ignored,
+                   now=now)
+    elif not policy.create_requests:
+        _reject(session, row, parsed, config, now)
+    else:
+        _new_request(session, row, parsed=parsed, sender=sender, directory=directory,
+                     ignored=ignored, now=now)
+
+
+def fail_mail(session: Session, mail_id: int, error: BaseException, now: datetime) -> None:
+    """End the message ``failed`` by ``error`` (a bug or bad data processing it), once."""
+    row = store.take(session, mail_id)
+    if row is not None:
+        _finish(session, row, "failed")
+        record_failure(session, _mail_batch(row), error, now)

@@ -1,0 +1,94 @@
+"""Writes of the Mail API: the raw message (the durable point of intake), its processing state,
+and a reply's note."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from shared.db.models import MailMessage, Note, Person, Request, Transaction
+from shared.mail.queries import Destination, existing_transid
+from shared.requests.matching import note_hash
+
+
+def save(
+    session: Session, *, transid: str, destination: Destination, message_id: str | None,
+    raw: bytes, peer: str, now: datetime,
+) -> tuple[int | None, str]:
+    """Store the message; returns its row id and transid. A message already stored for this
+    account (same Message-ID: the sender did not see our answer and sent it again) is not
+    stored twice: then the id is None and the transid the first copy's."""
+    if message_id is not None:
+        known = existing_transid(session, destination.account_id, message_id)
+        if known is not None:
+            return None, known
+    row = MailMessage(
+        transid=transid, account_id=destination.account_id, recipient=destination.address,
+        team_id=destination.team_id, message_id=message_id, raw=raw, peer=peer[:64],
+        received_at=now, status="received",
+    )
+    try:
+        with session.begin_nested():
+            session.add(row)
+    except IntegrityError:
+        # The same message arriving twice at the same moment: the first one stored wins.
+        assert message_id is not None
+        known = existing_transid(session, destination.account_id, message_id)
+        if known is None:
+            raise
+        return None, known
+    return row.id, transid
+
+
+def take(session: Session, mail_id: int) -> MailMessage | None:
+    """The message, locked until commit, if no worker has processed it yet."""
+    row = session.scalars(
+        select(MailMessage).where(MailMessage.id == mail_id).with_for_update()).first()
+    return row if row is not None and row.status == "received" else None
+
+
+def finish(row: MailMessage, status: str, request_id: int | None = None) -> None:
+    row.status = status
+    row.request_id = request_id
+
+
+def add_note(session: Session, *, request_id: int, text: str, internal: bool, transid: str,
+             now: datetime) -> None:
+    session.add(Note(request_id=request_id, text=text, text_hash=note_hash(text),
+                     internal=internal, transid=transid, created_at=now))
+    session.execute(update(Request).where(Request.id == request_id).values(updated_at=now))
+
+
+def record_completed(session: Session, row: MailMessage, parameters: dict[str, Any],
+                     outcome: dict[str, Any], now: datetime) -> None:
+    """The transaction of a mail that became a note (a new request's is process_batches')."""
+    session.add(Transaction(
+        transid=row.transid, channel="mail", account_id=row.account_id,
+        parameters=parameters, received_at=row.received_at, status="completed",
+        outcome=outcome, created_at=now, completed_at=now,
+    ))
+
+
+# pg_advisory_xact_lock id for allocating person ids (any constant no other lock uses).
+_PERSON_ID_LOCK = 0x6D61696C  # "mail"
+
+
+def create_person(session: Session, *, account_id: str, email: str, name: str) -> int:
+    """A person of the account for a sender no one has the address of (Email Policy); its id
+    is above every person's. Returns the id (an existing person's, when a concurrent mail from
+    the same sender created it first)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PERSON_ID_LOCK})
+    existing = session.scalars(select(Person.id).where(
+        Person.account_id == account_id, func.lower(Person.primary_email) == email)).first()
+    if existing is not None:
+        return existing
+    person_id = (session.scalar(select(func.max(Person.id))) or 0) + 1
+    session.add(Person(id=person_id, account_id=account_id, name=name or email,
+                       primary_email=email, other_emails=[], roles={}, team_ids=[]))
+    session.flush()
+    return person_id

@@ -1,0 +1,344 @@
+"""The Mail API's processing of stored messages, without a broker: ``process_mail`` on SQLite
+and PostgreSQL with the demo records (account wdc, mail domain mail.eventdesk.local)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes
+from email import policy as email_policy
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from sqlalchemy import select
+
+from shared.db.engine import session_scope
+from shared.db.models import Account, MailMessage, Note, Person, Request, Transaction
+from shared.ids import make_transid
+from shared.mail import store
+from shared.mail.queries import Destination
+from shared.mail.service import MailConfig, process_mail
+from shared.records.directory import Directory
+from tests.conftest import wait_until
+from tests.test_mail_smtp import free_port
+
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+WDC = Destination("wdc", None, "wdc@mail.eventdesk.local")
+NETWORK = Destination("wdc", 102, "network.wdc@mail.eventdesk.local")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db(request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue(f"{request.param}_url"))
+
+
+def message(body: str, *, sender: str = "howard.tanner@widget.com", subject: str | None = None,
+            message_id: str | None = None, **headers: str) -> tuple[bytes, str]:
+    mail = EmailMessage()
+    message_id = message_id or f"{uuid.uuid4().hex}@widget.com"
+    mail["From"] = sender
+    mail["To"] = "wdc@mail.eventdesk.local"
+    mail["Subject"] = subject if subject is not None else f"Mail {uuid.uuid4().hex[:8]}"
+    mail["Message-ID"] = f"<{message_id}>"
+    for name, value in headers.items():
+        mail[name.replace("_", "-")] = value
+    mail.set_content(body)
+    return bytes(mail), message_id
+
+
+def deliver(db: str, raw: bytes, destination: Destination = WDC, now: datetime = NOW,
+            times: int = 1, config: MailConfig | None = None) -> dict[str, Any]:
+    """Store ``raw`` as intake does, process it ``times`` times; the transaction's row."""
+    from shared.mail.mime import message_id_of
+
+    with session_scope(db) as session:
+        mail_id, transid = store.save(
+            session, transid=make_transid(b"test-secret", "wdc"), destination=destination,
+            message_id=message_id_of(raw), raw=raw, peer="test", now=now)
+    assert mail_id is not None
+    directory = Directory(0)
+    for _ in range(times):
+        with session_scope(db) as session:
+            process_mail(session, mail_id, now, directory, config)
+    with session_scope(db) as session:
+        row = session.get(Transaction, transid)
+        assert row is not None
+        mail = session.get(MailMessage, mail_id)
+        assert mail is not None
+        return {"status": row.status, "outcome": row.outcome or {}, "error": row.error,
+                "mail_status": mail.status, "transid": transid}
+
+
+def request(db: str, request_id: int) -> Request:
+    with session_scope(db) as session:
+        found = session.get(Request, request_id)
+        assert found is not None
+        session.expunge(found)
+        return found
+
+
+def notes(db: str, request_id: int) -> list[tuple[str, bool]]:
+    with session_scope(db) as session:
+        return [(note.text, note.internal) for note in session.scalars(
+            select(Note).where(Note.request_id == request_id).order_by(Note.id))]
+
+
+def test_new_mail_makes_a_request_with_the_mail_defaults(db: str) -> None:
+    raw, message_id = message("The printer is on fire.", subject="Printer on fire")
+    done = deliver(db, raw)
+    assert done["status"] == "completed"
+    assert done["outcome"]["action"] == "created"
+    made = request(db, done["outcome"]["request_id"])
+    assert (made.source, made.source_id, made.subject) == ("Email", message_id,
+                                                            "Printer on fire")
+    assert made.created_by_id == made.requested_by_id == made.requested_for_id == 301
+    assert made.category == "other"
+    assert made.team_id == 101  # no team address: the service desk team of the agreement
+    assert notes(db, made.id) == [("The printer is on fire.", False)]
+    assert done["mail_status"] == "processed"
+
+
+def test_team_address_and_other_email_of_the_sender(db: str) -> None:
+    done = deliver(db, message("Link down", sender="NOC@widget.com")[0], NETWORK)
+    made = request(db, done["outcome"]["request_id"])
+    assert made.team_id == 102
+    assert made.requested_for_id == 303  # Nick Wheeler, by one of his other addresses
+
+
+def test_specialist_parameters_and_what_is_ignored(db: str) -> None:
+    body = ("#rfc\n#high\n#ci: CMP00023\n#colour: red\n#custom_field_7: blue\n#internal\n\n"
+            "Please move the desktop.")
+    done = deliver(db, message(body)[0])
+    made = request(db, done["outcome"]["request_id"])
+    assert (made.category, made.impact, made.ci_id) == ("rfc", "high", 501)
+    assert notes(db, made.id) == [("Please move the desktop.", True)]
+    assert done["outcome"]["ignored"] == {"colour": "is not a Mail API parameter"}
+    with session_scope(db) as session:
+        row = session.get(Transaction, done["transid"])
+        assert row is not None
+        assert row.parameters["custom_field_7"] == "blue"
+
+
+def test_parameters_of_an_end_user_are_ignored_and_said_so(db: str) -> None:
+    done = deliver(db, message("#rfc\n\nhelp", sender="ellen.brown@widget.com")[0])
+    made = request(db, done["outcome"]["request_id"])
+    assert made.category == "other"
+    assert "Specialist" in done["outcome"]["ignored"]["parameters"]
+    assert notes(db, made.id) == [("help", False)]
+
+
+def test_reply_by_in_reply_to_becomes_a_note_and_parameters_do_not_update(db: str) -> None:
+    first = deliver(db, message("Disk full", sender="ellen.brown@widget.com")[0])
+    request_id = first["outcome"]["request_id"]
+    original_id = request(db, request_id).source_id
+    reply, _ = message("#completed\n\nStill full", sender="ellen.brown@widget.com",
+                       subject="Re: Disk full", In_Reply_To=f"<{original_id}>")
+    done = deliver(db, reply, now=NOW + timedelta(hours=1))
+    assert done["outcome"]["action"] == "updated"
+    assert done["outcome"]["request_id"] == request_id
+    assert "In-Reply-To" in done["outcome"]["reason"]
+    assert notes(db, request_id)[-1] == ("Still full", False)
+    assert request(db, request_id).status == "assigned"
+    # A reply to the reply threads through it (References) onto the same request.
+    again, _ = message("And now?", sender="ellen.brown@widget.com", subject="Re: Re: Disk",
+                       References=f"<{original_id}> <nobody@x>")
+    assert deliver(db, again, now=NOW + timedelta(hours=2))["outcome"]["request_id"] == \
+        request_id
+
+
+@pytest.mark.parametrize(("age", "threads"), [
+    (timedelta(days=28), True), (timedelta(days=28, seconds=1), False)])
+def test_request_id_in_the_subject_within_the_feedback_window(
+    db: str, age: timedelta, threads: bool,
+) -> None:
+    with session_scope(db) as session:
+        request_id = 900_000 + int(uuid.uuid4().int % 99_999)
+        session.add(Request(id=request_id, account_id="wdc", subject="Old one", status="assigned",
+                            requested_for_id=302, created_at=NOW - age, updated_at=NOW - age))
+    done = deliver(db, message("Any news?", sender="ellen.brown@widget.com",
+                               subject=f"Re: Request #{request_id}")[0])
+    assert (done["outcome"]["request_id"] == request_id) is threads
+    assert done["outcome"]["action"] == ("updated" if threads else "created")
+
+
+def test_a_reply_to_someone_elses_request_is_a_new_request(db: str) -> None:
+    first = deliver(db, message("Mine", sender="ellen.brown@widget.com")[0])
+    request_id = first["outcome"]["request_id"]
+    done = deliver(db, message("Not mine", sender="howard.tanner@widget.com",
+                               subject=f"Re: {request_id:06d}")[0])
+    assert done["outcome"]["request_id"] == request_id  # a Specialist of wdc may
+    stranger = deliver(db, message("Not mine either", subject=f"Re: {request_id:06d}",
+                                   sender="ellen.brown@widget.com")[0])
+    assert stranger["outcome"]["request_id"] == request_id  # her own
+    with session_scope(db) as session:
+        session.add(Request(id=request_id + 1_000_000, account_id="wdc", subject="x",
+                            status="assigned", requested_for_id=301, created_at=NOW,
+                            updated_at=NOW))
+    other = deliver(db, message("Nosy", sender="ellen.brown@widget.com",
+                                subject=f"Re: {request_id + 1_000_000}")[0])
+    assert other["outcome"]["action"] == "created"
+
+
+def test_unknown_sender_is_rejected_and_hostile_mail_quarantined(db: str) -> None:
+    unknown = deliver(db, message("hi", sender="stranger@example.org")[0])
+    assert unknown["status"] == "failed"
+    assert unknown["mail_status"] == "rejected"
+    assert "stranger@example.org" in unknown["error"]
+    hostile = (b"From: howard.tanner@widget.com\nContent-Type: multipart/mixed; boundary=b\n\n"
+               + b"--b\nContent-Type: text/plain\n\nx\n" * 10_000)
+    quarantined = deliver(db, hostile)
+    assert quarantined["status"] == "failed"
+    assert quarantined["mail_status"] == "quarantined"
+    assert "Quarantined: more than 500 MIME parts" in quarantined["error"]
+
+
+def test_processed_twice_makes_one_request(db: str) -> None:
+    raw, message_id = message("Once only", subject=f"Once {uuid.uuid4().hex}")
+    done = deliver(db, raw, times=2)
+    with session_scope(db) as session:
+        made = session.scalars(select(Request).where(Request.source_id == message_id)).all()
+    assert len(made) == 1
+    assert done["outcome"]["action"] == "created"
+
+
+@pytest.fixture
+def policy(db: str) -> Iterator[Callable[..., None]]:
+    """Set wdc's Email Policy for one test; the defaults again afterwards."""
+
+    def apply(**options: object) -> None:
+        with session_scope(db) as session:
+            account = session.get(Account, "wdc")
+            assert account is not None
+            account.mail_policy = dict(options)
+
+    yield apply
+    apply()
+
+
+@pytest.fixture
+def relay() -> Iterator[tuple[str, list[bytes]]]:
+    """A test SMTP relay that keeps what it is sent."""
+    received: list[bytes] = []
+
+    class Keep:
+        async def handle_DATA(self, server: object, session: object,  # noqa: ARG002
+                              envelope: Any) -> str:
+            received.append(envelope.original_content)
+            return "250 OK"
+
+    port = free_port()
+    controller = Controller(Keep(), hostname="127.0.0.1", port=port)
+    controller.start()
+    yield f"127.0.0.1:{port}", received
+    controller.stop()
+
+
+def test_policy_without_new_requests_rejects_and_replies(
+    db: str, policy: Callable[..., None], relay: tuple[str, list[bytes]],
+) -> None:
+    policy(create_requests=False)
+    address, received = relay
+    config = MailConfig(relay=address)
+    done = deliver(db, message("Help!", sender="ellen.brown@widget.com",
+                               subject="Laptop broken")[0], config=config)
+    assert (done["status"], done["mail_status"]) == ("failed", "rejected")
+    assert "does not allow email to create requests" in done["error"]
+    wait_until(lambda: received, 10)
+    reply = message_from_bytes(received[0], policy=email_policy.default)
+    assert reply["To"] == "ellen.brown@widget.com"
+    assert reply["Subject"] == "Email Rejected: Laptop broken"
+    assert reply["Auto-Submitted"] == "auto-replied"
+    # An automatic message is rejected without a reply: no mail loops.
+    deliver(db, message("Out of office", sender="ellen.brown@widget.com",
+                        Auto_Submitted="auto-replied")[0], config=config)
+    time.sleep(0.5)
+    assert len(received) == 1
+
+
+def test_policy_without_replies_as_notes_makes_new_requests(
+    db: str, policy: Callable[..., None],
+) -> None:
+    first = deliver(db, message("Broken", sender="ellen.brown@widget.com")[0])
+    policy(replies_as_notes=False)
+    original = request(db, first["outcome"]["request_id"]).source_id
+    reply = deliver(db, message("Still broken", sender="ellen.brown@widget.com",
+                                In_Reply_To=f"<{original}>")[0])
+    assert reply["outcome"]["action"] == "created"
+
+
+def test_an_invalid_policy_rejects_with_the_reason(db: str, policy: Callable[..., None]) -> None:
+    policy(create_requests="sometimes")
+    done = deliver(db, message("x")[0])
+    assert done["mail_status"] == "rejected"
+    assert "Email Policy of wdc is invalid" in done["error"]
+
+
+@pytest.mark.parametrize(("options", "auth", "results", "acts_for", "ignored"), [
+    ({"allow_from": True, "from_secret": "S3CRET"}, "S3CRET",
+     "mx.widget.com; dmarc=pass header.from=example.com", 302, None),
+    ({}, "S3CRET", "mx.widget.com; dmarc=pass header.from=example.com", None,
+     "does not allow #from"),
+    ({"allow_from": True, "from_secret": "S3CRET"}, "wrong",
+     "mx.widget.com; dmarc=pass header.from=example.com", None, "X-4me-Auth"),
+    ({"allow_from": True, "from_secret": "S3CRET"}, "S3CRET",
+     "mx.widget.com; dmarc=fail header.from=example.com", None, "no DMARC pass"),
+    ({"allow_from": True, "from_secret": "S3CRET"}, "S3CRET",
+     "forged.example; dmarc=pass header.from=example.com", None, "no DMARC pass"),
+])
+def test_x_4me_from_acts_for_someone_else_only_when_allowed(
+    db: str, policy: Callable[..., None], options: dict[str, object], auth: str, results: str,
+    acts_for: int | None, ignored: str | None,
+) -> None:
+    # The seed's example: a web form's address, on behalf of someone else.
+    policy(**options)
+    with session_scope(db) as session:
+        session.merge(Person(id=399, account_id="wdc", name="Demo Request Webform",
+                             primary_email="demo-request-webform@example.com"))
+    raw, _ = message("I would like to request a demo of your product.",
+                     sender="demo-request-webform@example.com",
+                     subject="Request for product demo", X_4me_From="ellen.brown@widget.com",
+                     X_4me_Auth=auth, Authentication_Results=results)
+    done = deliver(db, raw, config=MailConfig(authserv_ids=frozenset({"mx.widget.com"})))
+    made = request(db, done["outcome"]["request_id"])
+    assert made.requested_for_id == (acts_for or 399)
+    assert made.created_by_id == made.requested_by_id == made.requested_for_id
+    if ignored:
+        assert ignored in done["outcome"]["ignored"]["X-4me-From"]
+    else:
+        assert "ignored" not in done["outcome"]
+
+
+def test_policy_auto_creates_a_person_for_an_unknown_sender(
+    db: str, policy: Callable[..., None],
+) -> None:
+    policy(auto_create_people=True)
+    address = f"new.{uuid.uuid4().hex[:8]}@example.org"
+    done = deliver(db, message("Hello, I am new", sender=f"New Person <{address}>")[0])
+    assert done["status"] == "completed"
+    made = request(db, done["outcome"]["request_id"])
+    with session_scope(db) as session:
+        person = session.get(Person, made.requested_for_id)
+        assert person is not None
+        assert (person.account_id, person.name, person.primary_email, person.roles) == \
+            ("wdc", "New Person", address, {})
+    # The next mail from the same address finds that person.
+    again = deliver(db, message("Me again", sender=address)[0])
+    assert request(db, again["outcome"]["request_id"]).requested_for_id == person.id
+
+
+def test_the_email_policy_is_imported_and_exported_with_the_account(db: str) -> None:
+    from shared.records.importer import export_records, import_records
+
+    account = f"mail{uuid.uuid4().hex[:8]}"
+    with session_scope(db) as session:
+        import_records(session, {"accounts": [{
+            "id": account, "name": "Mail test", "mail_domain": "mail.example.org",
+            "mail_policy": {"create_requests": False, "feedback_days": 7}}]})
+    with session_scope(db) as session:
+        exported = {item["id"]: item for item in export_records(session)["accounts"]}
+    assert exported[account]["mail_policy"] == {"create_requests": False, "feedback_days": 7}
+    assert exported["wdc"]["mail_policy"] == {}

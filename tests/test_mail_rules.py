@@ -1,0 +1,176 @@
+"""The Mail API's pure rules: MIME reading under limits, addresses, parameters, defaults."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+
+import pytest
+
+from shared.mail.mime import MAX_ATTACHMENTS, Limits, Quarantined, html_to_text, parse
+from shared.mail.rules import (
+    BadRecipient,
+    Recipient,
+    apply_parameters,
+    parse_recipient,
+    request_fields,
+    split_parameters,
+    subject_request_ids,
+    within_feedback,
+)
+
+SPECIALIST: dict[str, object] = {"wdc": ["specialist"]}
+ANALYST: dict[str, object] = {"wdc": ["specialist", "service_desk_analyst"]}
+
+
+def accounts(name: str) -> bool:
+    return name in ("wdc", "other")
+
+
+def mail(body: str = "Hello", **headers: str) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = headers.pop("From", "Howard Tanner <Howard.Tanner@widget.com>")
+    message["To"] = "wdc@mail.eventdesk.local"
+    message["Subject"] = headers.pop("Subject", "Printer on fire")
+    message["Message-ID"] = headers.pop("Message_ID", "<abc.123@widget.com>")
+    for name, value in headers.items():
+        message[name.replace("_", "-")] = value
+    message.set_content(body)
+    return message
+
+
+def test_plain_message() -> None:
+    parsed = parse(bytes(mail("line one\nline two\n", In_Reply_To="<p1@x>",
+                              References="<p0@x> <p1@x>")))
+    assert parsed.sender == "howard.tanner@widget.com"
+    assert parsed.message_id == "abc.123@widget.com"
+    assert parsed.subject == "Printer on fire"
+    assert parsed.text.strip() == "line one\nline two"
+    assert parsed.thread_ids == ("p1@x", "p0@x")
+    assert parsed.attachments == ()
+
+
+def test_display_name_is_never_the_sender() -> None:
+    parsed = parse(bytes(mail(From='"howard.tanner@widget.com" <evil@example.org>')))
+    assert parsed.sender == "evil@example.org"
+    assert parse(bytes(mail(From="a@x.org, b@x.org"))).sender is None
+
+
+def test_html_only_body_becomes_text() -> None:
+    message = mail()
+    message.set_content("<p>Hi <b>there</b></p><script>alert(1)</script>", subtype="html")
+    assert parse(bytes(message)).text == "Hi there"
+    assert html_to_text("<style>x{}</style>a<br>b") == "a\nb"
+
+
+def test_attachments_at_most_twenty_and_the_rest_counted() -> None:
+    message = mail("see attached")
+    for number in range(MAX_ATTACHMENTS + 1):
+        message.add_attachment(b"x" * number, maintype="application", subtype="octet-stream",
+                               filename=f"f{number}.bin")
+    parsed = parse(bytes(message))
+    assert len(parsed.attachments) == 20
+    assert parsed.attachments_omitted == 1
+    assert parsed.attachments[3].filename == "f3.bin"
+    assert parsed.attachments[3].size == 3
+    assert parsed.text.strip() == "see attached"
+
+
+@pytest.mark.parametrize(("raw", "reason"), [
+    (b"x" * 2000, "larger than"),
+    # The issue's hostile messages: 10,000 parts, 200-deep nesting, a 1 MB header line.
+    (b"Content-Type: multipart/mixed; boundary=b\n\n" + b"--b\nContent-Type: text/plain\n\nx\n"
+     * 10_000, "more than 500 MIME parts"),
+    (b"".join(b"Content-Type: multipart/mixed; boundary=b%d\n\n--b%d\n" % (i, i)
+              for i in range(200)) + b"Content-Type: text/plain\n\nx", "nested deeper"),
+    (b"From: a@b.org\nSubject: " + b"a" * 1_000_000 + b"\n\nbody", "a header longer"),
+    (b"Content-Type: multipart/mixed; boundary=b\n\n" + b"--b\nContent-Type: text/plain\n\nx\n"
+     * 600, "more than 500 MIME parts"),
+    (b"Subject: " + b"a" * 70_000 + b"\n\nbody", "a header longer"),
+    (b"".join(b"Content-Type: multipart/mixed; boundary=b%d\n\n--b%d\n" % (i, i)
+              for i in range(30)) + b"Content-Type: text/plain\n\nx", "nested deeper"),
+    (b"".join(b"X-H%d: v\n" % i for i in range(2500)) + b"\nbody", "header lines"),
+])
+def test_hostile_messages_are_quarantined_with_a_reason(raw: bytes, reason: str) -> None:
+    limits = Limits(max_bytes=1000) if reason == "larger than" else Limits()
+    with pytest.raises(Quarantined, match=reason):
+        parse(raw, limits)
+
+
+def test_not_mime_at_all_and_broken_encodings_are_read_without_crashing() -> None:
+    parsed = parse(b"\x00\xff\xfe just some bytes \x80\n\n")
+    assert parsed.sender is None
+    broken = (b"From: a@b.org\nSubject: =?x-unknown?q?oops?=\nContent-Type: text/plain; "
+              b"charset=x-nonsense\nContent-Transfer-Encoding: base64\n\n!!!notbase64\xff")
+    assert parse(broken).sender == "a@b.org"
+
+
+def test_recipients() -> None:
+    assert parse_recipient("WDC@Mail.EventDesk.local") == Recipient(
+        "wdc", None, "mail.eventdesk.local")
+    assert parse_recipient("<network.wdc@mail.x>").team_local_part == "network"
+    for bad in ("wdc", "@mail.x", "a@b@c", "bad name@mail.x", ".wdc@mail.x"):
+        with pytest.raises(BadRecipient):
+            parse_recipient(bad)
+
+
+def test_parameters_end_at_a_blank_line_or_end() -> None:
+    text = "#category: rfc\n#high\n#team: Network Operations\n\nThe body\n#not: a param"
+    parameters, body = split_parameters(text)
+    assert parameters == [("category", "rfc"), ("high", None),
+                          ("team", "Network Operations")]
+    assert body == "The body\n#not: a param"
+    assert split_parameters("#rfc\n#end\nbody") == ([("rfc", None)], "body")
+    assert split_parameters("Hello\n#rfc") == ([], "Hello\n#rfc")
+    assert split_parameters("#1 problem today") == ([], "#1 problem today")
+
+
+def test_parameters_need_the_specialist_role() -> None:
+    given = apply_parameters([("rfc", None)], {}, "wdc", accounts)
+    assert given.fields == {}
+    assert "Specialist" in given.ignored["parameters"]
+
+
+def test_shortcuts_flags_and_checks() -> None:
+    given = apply_parameters(
+        [("rfc", None), ("high", None), ("completed", None), ("workaround", None),
+         ("internal", None), ("impact", "huge"), ("time_spent", "15"),
+         ("custom_field_42", "blue"), ("colour", "red"), ("requested_for", "x@y.org")],
+        SPECIALIST, "wdc", accounts)
+    assert given.fields == {"category": "rfc", "impact": "high", "status": "completed",
+                            "completion_reason": "workaround"}
+    assert given.internal
+    assert given.kept == {"time_spent": "15", "custom_field_42": "blue"}
+    assert set(given.ignored) == {"impact", "colour", "requested_for"}
+    assert "Service Desk Analyst" in given.ignored["requested_for"]
+    assert apply_parameters([("requested_for", "x@y.org")], ANALYST, "wdc",
+                            accounts).fields == {"requested_for": "x@y.org"}
+
+
+def test_account_suffixes_need_a_role_in_that_account() -> None:
+    roles: dict[str, object] = {"wdc": ["specialist"], "other": ["specialist"]}
+    ok = apply_parameters([("ci", "CMP1@other"), ("member", "a@b.org@other")], roles, "wdc",
+                          accounts)
+    assert ok.fields == {"ci": "CMP1@other", "member": "a@b.org@other"}
+    refused = apply_parameters([("ci", "CMP1@other"), ("member", "a@other")], SPECIALIST,
+                               "wdc", accounts)
+    assert set(refused.ignored) == {"ci"}  # a@other is an address, not a suffix
+    assert refused.fields == {"member": "a@other"}
+
+
+def test_mail_defaults() -> None:
+    parsed = parse(bytes(mail("#rfc\n\nPlease help")))
+    parameters, body = split_parameters(parsed.text)
+    given = apply_parameters(parameters, SPECIALIST, "wdc", accounts)
+    fields = request_fields(parsed, body, given, team_id=102)
+    assert fields == {"subject": "Printer on fire", "sourceID": "abc.123@widget.com",
+                      "team_id": "102", "category": "rfc", "note": "Please help"}
+    given.fields["team"] = "Service Desk"
+    assert "team_id" not in request_fields(parsed, body, given, team_id=102)
+
+
+def test_subject_ids_and_feedback_window() -> None:
+    assert subject_request_ids("Re: Request #123456 and 12345 and 1234567") == [123456, 1234567]
+    now = datetime(2026, 1, 29, tzinfo=UTC)
+    assert within_feedback(now - timedelta(days=28), now, 28)
+    assert not within_feedback(now - timedelta(days=28, seconds=1), now, 28)

@@ -1,0 +1,301 @@
+"""The Mail API end to end: real SMTP (smtplib) to a running ``eventdesk smtp``, and
+``POST /v1/mail``, processed by a real Celery worker on Redis + PostgreSQL (test_worker.py's
+stack), into requests and notes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import smtplib
+import socket
+import ssl
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from email import policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+from api import create_app
+from shared.db.engine import session_scope
+from shared.db.models import Account, MailMessage, Note, Request
+from tests.conftest import REPO, require_tool, wait_until
+from tests.test_worker import Stack, redis_postgres, wait_done
+
+pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
+__all__ = ["redis_postgres"]  # the stack fixture, shared with test_worker.py
+MAX_BYTES = 200_000
+
+
+def free_port() -> int:
+    with closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Listener:
+    """``python -m api.smtp`` on a free port, on the stack's broker and database."""
+
+    def __init__(self, stack: Stack, log: Path, **settings: str) -> None:
+        self.port = free_port()
+        self._log = log.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "api.smtp", "--port", str(self.port)], cwd=REPO,
+            stdout=self._log, stderr=subprocess.STDOUT,
+            env={**os.environ, "EVENTDESK_BROKER_URL": stack.broker,
+                 "EVENTDESK_DATABASE_URL": stack.database, "EVENTDESK_SECRET_KEY": "test-secret",
+                 "EVENTDESK_MAIL_MAX_BYTES": str(MAX_BYTES), "EVENTDESK_SMTP_METRICS_PORT": "0",
+                 **{f"EVENTDESK_{name.upper()}": value for name, value in settings.items()}})
+        wait_until(lambda: self._listening() or self.proc.poll() is not None, 30)
+        if self.proc.poll() is not None:
+            raise RuntimeError("smtp did not start:\n" + log.read_text())
+
+    def _listening(self) -> bool:
+        with closing(socket.socket()) as sock:
+            return sock.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def client(self) -> smtplib.SMTP:
+        return smtplib.SMTP("127.0.0.1", self.port, timeout=30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(20)
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def listener(redis_postgres: Stack, tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[Listener]:
+    started = Listener(redis_postgres, tmp_path_factory.mktemp("smtp") / "smtp.log")
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def api(redis_postgres: Stack, configure: Callable[..., None]) -> FlaskClient:
+    configure(broker_url=redis_postgres.broker, database_url=redis_postgres.database)
+    return create_app().test_client()
+
+
+def mail(body: str, *, subject: str, sender: str = "ellen.brown@widget.com",
+         to: str = "wdc@mail.eventdesk.local", **headers: str) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = f"Ellen <{sender}>"
+    message["To"] = to
+    message["Subject"] = subject
+    message["Message-ID"] = f"<{uuid.uuid4().hex}@widget.com>"
+    for name, value in headers.items():
+        message[name.replace("_", "-")] = value
+    message.set_content(body)
+    return message
+
+
+def processed(database: str, message_id: str, timeout: float = 30) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        with session_scope(database) as session:
+            row = session.scalars(select(MailMessage).where(
+                MailMessage.message_id == message_id)).first()
+            if row is None or row.status == "received":
+                return None
+            return {"status": row.status, "request_id": row.request_id,
+                    "transid": row.transid}
+    return wait_until(done, timeout)  # type: ignore[no-any-return]
+
+
+def note_texts(database: str, request_id: int) -> list[str]:
+    with session_scope(database) as session:
+        return list(session.scalars(select(Note.text).where(Note.request_id == request_id)
+                                    .order_by(Note.id)))
+
+
+def message_id(message: EmailMessage) -> str:
+    return str(message["Message-ID"]).strip("<>")
+
+
+def test_smtp_mail_becomes_a_request_and_a_reply_a_note(
+    listener: Listener, redis_postgres: Stack, api: FlaskClient,
+) -> None:
+    first = mail("My screen is black.", subject=f"Screen {uuid.uuid4().hex[:6]}",
+                 to="eus.wdc@mail.eventdesk.local")
+    with listener.client() as smtp:
+        assert smtp.send_message(first) == {}
+    created = processed(redis_postgres.database, message_id(first))
+    assert created["status"] == "processed"
+    view = wait_done(api, created["transid"])
+    assert view["outcome"]["action"] == "created"
+    with session_scope(redis_postgres.database) as session:
+        request = session.get(Request, created["request_id"])
+        assert request is not None
+        assert (request.source, request.source_id, request.team_id, request.requested_for_id) \
+            == ("Email", message_id(first), 104, 302)
+    assert note_texts(redis_postgres.database, created["request_id"]) == ["My screen is black."]
+
+    reply = mail("It works again.", subject=f"Re: {first['Subject']}",
+                 In_Reply_To=str(first["Message-ID"]))
+    with listener.client() as smtp:
+        smtp.send_message(reply)
+    noted = processed(redis_postgres.database, message_id(reply))
+    assert noted["request_id"] == created["request_id"]
+    assert note_texts(redis_postgres.database, created["request_id"])[-1] == "It works again."
+
+    # The same thread through the HTTP door: a second reply, by References.
+    again = mail("Thanks!", subject="Re: Re: Screen", References=str(reply["Message-ID"]))
+    response = api.post("/v1/mail", data=bytes(again), content_type="message/rfc822",
+                        query_string={"recipient": "wdc@mail.eventdesk.local"},
+                        headers={"key": "demo-key"})
+    assert response.status_code == 202
+    view = wait_done(api, response.get_json()["transid"])
+    assert view["status"] == "completed"
+    assert view["outcome"]["request_id"] == created["request_id"]
+    assert view["outcome"]["action"] == "updated"
+
+
+def test_http_mail_with_parameters_becomes_a_request(
+    redis_postgres: Stack, api: FlaskClient,
+) -> None:
+    message = mail("#rfc\n#high\n\nPlease upgrade the switch.", subject="Upgrade",
+                   sender="nick.wheeler@widget.com")
+    response = api.post("/v1/mail", data=bytes(message), content_type="message/rfc822",
+                        headers={"key": "demo-key",
+                                 "X-4me-Recipient": "network.wdc@mail.eventdesk.local"})
+    assert response.status_code == 202
+    view = wait_done(api, response.get_json()["transid"])
+    assert view["outcome"]["action"] == "created"
+    request = api.get(f"/v1/requests/{view['outcome']['request_id']}",
+                      headers={"key": "demo-key"}).get_json()
+    assert (request["category"], request["impact"], request["team"]["id"]) == \
+        ("rfc", "high", 102)
+
+
+def test_refusals_at_rcpt_and_data(listener: Listener, redis_postgres: Stack) -> None:
+    with listener.client() as smtp:
+        smtp.ehlo()
+        assert smtp.has_extn("size")
+        smtp.mail("ellen.brown@widget.com")
+        code, text = smtp.rcpt("nobody@mail.eventdesk.local")
+        assert code == 550
+        assert b"no account" in text
+        assert smtp.rcpt("sales.wdc@mail.eventdesk.local")[0] == 550
+        assert smtp.rcpt("wdc@mail.eventdesk.local")[0] == 250
+        big = mail(("x" * 70 + "\n") * (MAX_BYTES // 70), subject="Too big").as_bytes(
+            policy=policy.SMTP)
+        answer = smtp.data(big)
+        assert answer[0] == 552, answer
+    with session_scope(redis_postgres.database) as session:
+        session.get(Account, "widget").mail_domain = "mail.eventdesk.local"  # type: ignore[union-attr]
+    try:
+        with listener.client() as smtp:
+            smtp.ehlo()
+            smtp.mail("ellen.brown@widget.com")
+            code, text = smtp.rcpt("widget@mail.eventdesk.local")
+            assert code == 550
+            assert b"directory account" in text
+    finally:
+        with session_scope(redis_postgres.database) as session:
+            session.get(Account, "widget").mail_domain = None  # type: ignore[union-attr]
+
+
+def test_peers_outside_the_accepted_networks_are_refused(
+    redis_postgres: Stack, tmp_path: Path,
+) -> None:
+    metrics_port = free_port()
+    strict = Listener(redis_postgres, tmp_path / "smtp.log", smtp_allow_networks="10.0.0.0/8",
+                      smtp_metrics_port=str(metrics_port))
+    try:
+        with strict.client() as smtp:
+            smtp.ehlo()
+            code, _ = smtp.mail("ellen.brown@widget.com")
+            assert code == 550
+        exposed = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+        assert 'eventdesk_mail_received_total{result="refused_peer"} 1.0' in exposed
+        assert 'eventdesk_mail_received_total{result="accepted"} 0.0' in exposed
+    finally:
+        strict.stop()
+
+
+def test_a_listener_killed_after_its_250_loses_nothing(
+    redis_postgres: Stack, tmp_path: Path,
+) -> None:
+    doomed = Listener(redis_postgres, tmp_path / "smtp.log")
+    message = mail("Sent just before the crash.", subject=f"Crash {uuid.uuid4().hex[:6]}")
+    smtp = doomed.client()
+    smtp.send_message(message)
+    os.kill(doomed.proc.pid, signal.SIGKILL)
+    doomed.proc.wait(10)
+    smtp.close()
+    assert processed(redis_postgres.database, message_id(message))["status"] == "processed"
+    doomed.stop()
+
+
+def test_per_peer_connection_and_message_limits(redis_postgres: Stack, tmp_path: Path) -> None:
+    limited = Listener(redis_postgres, tmp_path / "smtp.log", smtp_peer_connections="2",
+                       smtp_peer_messages_per_minute="3")
+    try:
+        first, second = limited.client(), limited.client()
+        with pytest.raises(smtplib.SMTPConnectError) as refused:
+            limited.client()
+        assert refused.value.smtp_code == 421
+        second.quit()
+        first.ehlo()
+        answers = []
+        for _ in range(4):
+            answers.append(first.mail("ellen.brown@widget.com")[0])
+            first.rset()
+        assert answers == [250, 250, 250, 451]
+        first.quit()
+        wait_until(lambda: limited.client().quit(), 10)  # a connection closed frees its place
+    finally:
+        limited.stop()
+
+
+def test_starttls_when_a_certificate_is_configured(
+    redis_postgres: Stack, tmp_path: Path,
+) -> None:
+    openssl = require_tool("openssl", "openssl")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    secure = Listener(redis_postgres, tmp_path / "smtp.log", smtp_tls_cert=str(cert),
+                      smtp_tls_key=str(key))
+    try:
+        message = mail("Over TLS.", subject=f"TLS {uuid.uuid4().hex[:6]}")
+        with secure.client() as smtp:
+            smtp.ehlo()
+            assert smtp.has_extn("starttls")
+            context = ssl.create_default_context(cafile=str(cert))
+            context.check_hostname = False
+            smtp.starttls(context=context)
+            smtp.ehlo()
+            assert smtp.send_message(message) == {}
+        assert processed(redis_postgres.database, message_id(message))["status"] == "processed"
+    finally:
+        secure.stop()
+
+
+def test_hostile_mail_is_quarantined_and_the_worker_keeps_serving(
+    listener: Listener, redis_postgres: Stack,
+) -> None:
+    deep_id, flat_id = f"deep-{uuid.uuid4().hex}", f"flat-{uuid.uuid4().hex}"
+    deep = (f"From: ellen.brown@widget.com\r\nMessage-ID: <{deep_id}>\r\n".encode()
+            + b"".join(b"Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n" % (i, i)
+                       for i in range(200)) + b"Content-Type: text/plain\r\n\r\nx\r\n")
+    not_mime = f"Message-ID: <{flat_id}>\r\n\r\n\x01\x02 no headers to speak of\r\n".encode()
+    with listener.client() as smtp:
+        for raw in (deep, not_mime):
+            assert smtp.sendmail("x@widget.com", ["wdc@mail.eventdesk.local"], raw) == {}
+    assert processed(redis_postgres.database, deep_id)["status"] == "quarantined"
+    assert processed(redis_postgres.database, flat_id)["status"] == "rejected"  # no sender
+    fine = mail("Still here?", subject=f"After {uuid.uuid4().hex[:6]}")
+    with listener.client() as smtp:
+        smtp.send_message(fine)
+    assert processed(redis_postgres.database, message_id(fine))["status"] == "processed"

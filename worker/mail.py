@@ -1,0 +1,55 @@
+"""``mail.process`` (one stored message, shared/mail/service.py) and ``mail.sweep`` (beat).
+
+A database outage is retried with a growing pause; any other error ends that message ``failed``
+with the reason, once: a message is never requeued forever. The sweep queues again every message
+still ``received`` after REQUEUE_AFTER: the ``mail.process`` message of an intake that died
+between its commit and its publish, or that the broker refused. Processing is idempotent, so a
+message queued twice is processed once.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from shared.db.engine import session_scope
+from shared.mail.queries import pending
+from shared.mail.schemas import PROCESS_TASK, SWEEP_TASK
+from shared.mail.service import MailConfig, fail_mail, process_mail
+from shared.publish import MAIL_QUEUE
+from shared.records.directory import Directory
+from shared.settings import get_settings
+from shared.transactions.failures import Fault, classify, reason
+from worker.app import app
+
+log = logging.getLogger(__name__)
+# One per pool process, like events.process's: reference records, reloaded after the cache TTL.
+DIRECTORY = Directory(get_settings().cache_ttl_seconds)
+CONFIG = MailConfig.from_settings(get_settings())
+# Longer than a mail waits in a healthy queue, so the sweep rarely queues one twice.
+REQUEUE_AFTER = timedelta(minutes=5)
+SWEEP_LIMIT = 1000
+
+
+@app.task(name=PROCESS_TASK, bind=True, acks_late=True, max_retries=None)
+def process(self: Any, mail_id: int) -> None:
+    now = datetime.now(UTC)
+    try:
+        with session_scope() as session:
+            process_mail(session, int(mail_id), now, DIRECTORY, CONFIG)
+    except Exception as exc:
+        if classify(exc) is Fault.OUTAGE:
+            raise self.retry(exc=exc, countdown=min(30, 2 ** self.request.retries)) from exc
+        log.error("mail.process: mail %s failed: %s", mail_id, reason(exc), exc_info=exc)
+        with session_scope() as session:
+            fail_mail(session, int(mail_id), exc, now)
+
+
+@app.task(name=SWEEP_TASK)
+def sweep() -> int:
+    with session_scope() as session:
+        stranded = pending(session, datetime.now(UTC) - REQUEUE_AFTER, SWEEP_LIMIT)
+    for mail_id in stranded:
+        app.send_task(PROCESS_TASK, args=[mail_id], queue=MAIL_QUEUE)
+    return len(stranded)
