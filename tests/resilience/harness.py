@@ -211,6 +211,11 @@ class Count:
     def __str__(self) -> str:
         return ", ".join(f"{name} {value}" for name, value in vars(self).items())
 
+    def all_done_once(self) -> bool:
+        """Every acknowledged event completed, once: nothing lost, duplicated, stuck or failed."""
+        return (self.lost, self.duplicated, self.stuck, self.failed) == (0, 0, 0, 0) and (
+            self.completed == self.acknowledged)
+
 
 def count(database: str, stream: Stream) -> Count:
     """What became of the acknowledged events, read from the database."""
