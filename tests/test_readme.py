@@ -8,6 +8,7 @@ line starts that api (in a session of its own, stopped at the end) and waits for
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -18,11 +19,12 @@ import sys
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import REPO, wait_until
-from tests.test_embedded import Service, clean_env, free_port
+from tests.test_embedded import Service, call, clean_env, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -99,3 +101,30 @@ def test_every_webex_code_recipe_gives_its_code(
         service.log.close()
     assert sorted(checked) == sorted(
         ["1002", "7000", "7001", "7003", "7004", "7005", "7020", "7025", "7027", "413"])
+
+
+def test_the_quick_start_example_makes_a_request_per_host(tmp_path: Path) -> None:
+    """The first example of the README, as written: two events, two requests named by host."""
+    first = readme_block("With it running, send an event:")
+    post = "\n".join(first[:first.index(next(line for line in first if line.startswith("#")))])
+    service = Service(tmp_path)
+    try:
+        wait_until(service.up, 60, 0.3)
+        output = subprocess.run(
+            ["bash", "-c", post.replace("localhost:8000", f"localhost:{service.port}")],
+            cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60,
+            check=False).stdout
+        answers = json.loads(output)["response"]
+        assert [answer["code"] for answer in answers] == ["1002", "1002"], output
+
+        def outcome(transid: str) -> Any:
+            view = call(f"{service.base}/v1/transactions/{transid}")[1]
+            return view["outcome"] if view["status"] == "completed" else None
+
+        subjects = []
+        for answer in answers:
+            request_id = wait_until(partial(outcome, answer["transid"]), 60, 0.2)["request_id"]
+            subjects.append(call(f"{service.base}/v1/requests/{request_id}")[1]["subject"])
+        assert subjects == ["db1 is down", "web7 is down"]
+    finally:
+        service.stop()
