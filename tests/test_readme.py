@@ -128,3 +128,28 @@ def test_the_quick_start_example_makes_a_request_per_host(tmp_path: Path) -> Non
         assert subjects == ["db1 is down", "web7 is down"]
     finally:
         service.stop()
+
+
+def test_the_4me_seed_examples_answer_as_the_readme_says(tmp_path: Path) -> None:
+    """202 as written; sent again with ``Prefer: wait``, the request they made (event
+    matching: 200 with the same request)."""
+    lines = readme_block("The seed's examples, against `run --demo`:")
+    preamble, curls = lines[0], [line for line in lines[1:] if line.startswith("curl")]
+    service = Service(tmp_path)
+    try:
+        wait_until(service.up, 60, 0.3)
+
+        def status(command: str) -> tuple[int, Any]:
+            command = command.replace("localhost:8000", f"localhost:{service.port}")
+            output = subprocess.run(
+                ["bash", "-c", f"{preamble}\n{command}"], cwd=tmp_path, env=clean_env(),
+                capture_output=True, text=True, timeout=60, check=False).stdout
+            head, _, body = output.replace("\r\n", "\n").partition("\n\n")
+            return int(head.split()[1]), json.loads(body)
+
+        assert [status(curl)[0] for curl in curls] == [202, 202, 202]
+        waited = [status(curl.replace("-i ", '-i -H "Prefer: wait=10" ')) for curl in curls]
+        assert [code for code, _ in waited] == [200, 200, 200], waited
+        assert all(body["id"] for _, body in waited)
+    finally:
+        service.stop()
