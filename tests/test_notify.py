@@ -52,9 +52,9 @@ from shared.notify import payload, rules, signing
 from shared.notify.delivery import (
     REDELIVER_BUSY,
     REDELIVER_MISSING,
+    Claim,
     Replay,
     claim,
-    deliver,
     record,
     redeliver,
     sweep,
@@ -62,6 +62,7 @@ from shared.notify.delivery import (
 from shared.notify.http import AttemptResult
 from shared.notify.rules import Policy, Verdict, classify, next_delay, parse_retry_after
 from shared.notify.ssrf import parse_networks
+from shared.notify.stream import Stream
 from shared.notify.views import list_deliveries
 from shared.publish import NOTIFY_QUEUE, make_publisher, task_message
 from shared.settings import Settings
@@ -362,6 +363,23 @@ def free_port() -> int:
 # Databases and deliveries
 
 
+def claim_one(session: Any, delivery_id: int, now: datetime) -> Claim | None:
+    """The claim of one delivery, as a batch of one."""
+    batch = claim(session, [delivery_id], now, POLICY, 0.5)
+    return batch.claims[0] if batch.claims else None
+
+
+def record_one(session: Any, taken: Claim, result: AttemptResult, now: datetime) -> str | None:
+    (status,) = record(session, [(taken, result)], now=now, policy=POLICY, draw=lambda: 0.5)
+    return status
+
+
+def deliver(delivery_id: int, policy: Policy, *, database_url: str) -> str | None:
+    """One attempt of one delivery in this process, as a notify worker makes it."""
+    with Stream(policy, database_url=database_url) as stream:
+        return stream.run([delivery_id]).get(delivery_id)
+
+
 def make_delivery(database: str, url: str, account: str = "wdc") -> tuple[str, int]:
     """A finished transaction owing a notification to ``url``: (transid, delivery id)."""
     now = datetime.now(UTC)
@@ -437,9 +455,9 @@ def test_claim_is_a_compare_and_set_and_holds_no_transaction_open(db: str) -> No
     _, delivery_id = make_delivery(db, "http://127.0.0.1:9/hook")
     now = datetime.now(UTC)
     with session_scope(db) as session:
-        first = claim(session, delivery_id, now, POLICY, 0.5)
+        first = claim_one(session, delivery_id, now)
     with session_scope(db) as session:
-        second = claim(session, delivery_id, now, POLICY, 0.5)
+        second = claim_one(session, delivery_id, now)
     assert first is not None
     assert second is None
     row = get_delivery(db, delivery_id)
@@ -453,7 +471,7 @@ def test_a_delivery_not_yet_due_is_not_claimed(db: str) -> None:
         session.execute(update(NotificationDelivery).where(NotificationDelivery.id == delivery_id)
                         .values(next_attempt_at=datetime.now(UTC) + timedelta(seconds=60)))
     with session_scope(db) as session:
-        assert claim(session, delivery_id, datetime.now(UTC), POLICY, 0.5) is None
+        assert claim_one(session, delivery_id, datetime.now(UTC)) is None
     assert get_delivery(db, delivery_id).status == "pending"
 
 
@@ -463,7 +481,7 @@ def test_the_host_limit_defers_a_delivery_without_spending_an_attempt(db: str) -
     claims = []
     for delivery_id in ids:
         with session_scope(db) as session:
-            claims.append(claim(session, delivery_id, now, POLICY, 0.5))
+            claims.append(claim_one(session, delivery_id, now))
     assert [c is not None for c in claims] == [True, True, False]  # HOST_CONCURRENCY = 2
     deferred = get_delivery(db, ids[2])
     assert (deferred.status, deferred.attempts) == ("pending", 0)
@@ -472,23 +490,22 @@ def test_the_host_limit_defers_a_delivery_without_spending_an_attempt(db: str) -
     # Another port is another receiver: not held back.
     _, other = make_delivery(db, "http://127.0.0.1:10/hook")
     with session_scope(db) as session:
-        assert claim(session, other, datetime.now(UTC), POLICY, 0.5) is not None
+        assert claim_one(session, other, datetime.now(UTC)) is not None
     # A slot is free again once an attempt is recorded.
     first = claims[0]
     assert first is not None
     with session_scope(db) as session:
-        record(session, first, AttemptResult(now, 5, status_code=204), now=now, policy=POLICY,
-               draw=0.5)
+        record_one(session, first, AttemptResult(now, 5, status_code=204), now)
     later = now + timedelta(seconds=1)
     with session_scope(db) as session:
-        assert claim(session, ids[2], later, POLICY, 0.5) is not None
+        assert claim_one(session, ids[2], later) is not None
 
 
 def test_a_lost_lease_is_taken_back_by_the_sweeper_and_counted_as_an_attempt(db: str) -> None:
     _, delivery_id = make_delivery(db, "http://127.0.0.1:9/hook")
     now = datetime.now(UTC)
     with session_scope(db) as session:
-        taken = claim(session, delivery_id, now, POLICY, 0.5)
+        taken = claim_one(session, delivery_id, now)
     assert taken is not None
     with session_scope(db) as session:  # within the lease: nothing to take back
         assert sweep(session, now + timedelta(seconds=1), POLICY, lambda: 0.5) == []
@@ -501,13 +518,12 @@ def test_a_lost_lease_is_taken_back_by_the_sweeper_and_counted_as_an_attempt(db:
     assert (lost.error, lost.verdict, lost.number) == ("LeaseExpired", "retry", 1)
     # The old worker comes back with a failure: its lease is gone, it changes nothing.
     with session_scope(db) as session:
-        assert record(session, taken, AttemptResult(now, 5, status_code=500), now=after,
-                      policy=POLICY, draw=0.5) is None
+        assert record_one(session, taken, AttemptResult(now, 5, status_code=500), after) is None
     assert get_delivery(db, delivery_id).status == "pending"
     # ... but a success still counts: the notification has arrived.
     with session_scope(db) as session:
-        assert record(session, taken, AttemptResult(now, 5, status_code=200), now=after,
-                      policy=POLICY, draw=0.5) == "delivered"
+        delivered = record_one(session, taken, AttemptResult(now, 5, status_code=200), after)
+        assert delivered == "delivered"
 
 
 def test_sweep_queues_due_deliveries_once_until_the_mark_passes(db: str) -> None:

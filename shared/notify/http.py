@@ -1,34 +1,38 @@
-"""One POST to a notify URL, through the SSRF guard, within a hard time limit. No database here.
+"""POSTs to notify URLs, through the SSRF guard, within a hard time limit. No database here.
 
-The guard sits where the connection is made: an httpcore network backend (:class:`GuardedBackend`)
-resolves the host once, checks every address it resolves to (``shared/notify/ssrf.py``), and
-connects to one of those checked addresses. The URL is untouched, so the request keeps its
-``Host`` header, and TLS still sends the host name as SNI and verifies the certificate against it
-(httpcore wraps the connected socket with ``server_hostname`` = the URL's host). Checking a name
-first and letting the HTTP client resolve it again to connect would let a DNS answer change in
-between (rebinding); here there is no second resolution. Proxies from the environment are ignored
-(``trust_env=False``): through a proxy, the address connected to would be the proxy's.
+:class:`Sender` is one process's client: asyncio, with keep-alive connections per receiver, so
+hundreds of POSTs are in flight at once without a thread each. The guard sits where a connection
+is made: an httpcore network backend (:class:`GuardedBackend`) resolves the host once, checks
+every address it resolves to (``shared/notify/ssrf.py``), and connects to one of those checked
+addresses. The URL is untouched, so the request keeps its ``Host`` header, and TLS still sends the
+host name as SNI and verifies the certificate against it (httpcore wraps the connected socket
+with ``server_hostname`` = the URL's host). Checking a name first and letting the HTTP client
+resolve it again to connect would let a DNS answer change in between (rebinding); here there is
+no second resolution. A kept-alive connection stays on the address that was checked when it was
+made. Proxies from the environment are ignored (``trust_env=False``): through a proxy, the
+address connected to would be the proxy's.
 
 Timeouts: ``connect`` for name resolution and each TCP connect, ``read`` for each read, and a
-watchdog for the whole attempt (``connect + read``): a receiver that drips one byte every few
-seconds cannot hold a worker, or outlive the delivery's lease, however slowly it answers. When the
-watchdog fires it shuts the socket down, which ends any blocked read at once.
+deadline for the whole attempt (``connect + read``): a receiver that drips one byte every few
+seconds cannot hold a lane, or outlive the delivery's lease, however slowly it answers. Past the
+deadline the attempt is cancelled, which closes its connection.
 
 Redirects are not followed, and only the first 1 KB of a response is read and kept.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import functools
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from ipaddress import ip_address
+from types import TracebackType
+from typing import Any
 
 import httpcore
 import httpx
@@ -36,6 +40,9 @@ import httpx
 from shared.notify.ssrf import ForbiddenAddress, IPAddress, IPNetwork, check_addresses
 
 RESPONSE_KEEP = 1024
+# Idle keep-alive connections are closed after this long: a receiver's next burst usually comes
+# sooner, and one that moved to another address is reached there within this time.
+KEEPALIVE_SECONDS = 30.0
 
 Resolver = Callable[[str, int], Sequence[IPAddress]]
 # httpcore's socket option type (httpcore._backends.base.SOCKET_OPTION).
@@ -46,10 +53,6 @@ SOCKET_OPTION = (
 
 class NameResolutionError(Exception):
     """The notify URL's host name did not resolve (in time)."""
-
-
-class DeadlineExceeded(Exception):
-    """The attempt took longer than connect + read timeout, all included."""
 
 
 @dataclass(frozen=True)
@@ -95,136 +98,104 @@ def system_resolver(host: str, port: int) -> list[IPAddress]:
     return found
 
 
-def _resolve_within(resolve: Resolver, host: str, port: int, timeout: float) -> list[IPAddress]:
-    """``resolve`` with a time limit (getaddrinfo has none of its own)."""
-    outcome: list[Sequence[IPAddress] | BaseException] = []
-
-    def run() -> None:
-        try:
-            outcome.append(resolve(host, port))
-        except BaseException as exc:  # handed to the caller's thread
-            outcome.append(exc)
-
-    thread = threading.Thread(target=run, name="notify-resolve", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if not outcome:
-        raise NameResolutionError(f"{host}: no answer within {timeout} s")
-    result = outcome[0]
-    if isinstance(result, BaseException):
-        raise result
-    return list(result)
+async def _resolve_within(
+    resolve: Resolver, host: str, port: int, timeout: float
+) -> list[IPAddress]:
+    """``resolve`` in a thread (getaddrinfo blocks), with a time limit (it has none of its own)."""
+    try:
+        return list(await asyncio.wait_for(asyncio.to_thread(resolve, host, port), timeout))
+    except TimeoutError:
+        raise NameResolutionError(f"{host}: no answer within {timeout} s") from None
 
 
-class _Watchdog:
-    """Shuts down the attempt's sockets when its time is up."""
-
-    def __init__(self, seconds: float) -> None:
-        self.fired = False
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._fire)
-        self._timer.daemon = True
-
-    def __enter__(self) -> _Watchdog:
-        self._timer.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._timer.cancel()
-        with self._lock:
-            for sock in self._sockets:
-                sock.close()
-            self._sockets.clear()
-
-    def watch(self, stream: httpcore.NetworkStream) -> None:
-        sock = stream.get_extra_info("socket")
-        if not isinstance(sock, socket.socket):
-            return
-        # A duplicate descriptor of the same socket: shutting it down ends reads on the original,
-        # and on the TLS socket that will wrap it.
-        duplicate = sock.dup()
-        with self._lock:
-            self._sockets.append(duplicate)
-            if self.fired:
-                _shutdown(duplicate)
-
-    def _fire(self) -> None:
-        with self._lock:
-            self.fired = True
-            for sock in self._sockets:
-                _shutdown(sock)
-
-
-def _shutdown(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
-
-
-class GuardedBackend(httpcore.NetworkBackend):
+class GuardedBackend(httpcore.AsyncNetworkBackend):
     """Resolve once, check every address, connect only to a checked one (see the module doc)."""
 
     def __init__(
-        self, allow: Sequence[IPNetwork], resolve: Resolver, watchdog: _Watchdog,
-        resolve_timeout: float,
+        self, allow: Sequence[IPNetwork], resolve: Resolver, resolve_timeout: float
     ) -> None:
         self._allow = allow
         self._resolve = resolve
-        self._watchdog = watchdog
         self._resolve_timeout = resolve_timeout
-        self._inner = httpcore.SyncBackend()
-        self.address: str | None = None
+        self._inner = httpcore.AnyIOBackend()
 
-    def connect_tcp(
+    async def connect_tcp(
         self, host: str, port: int, timeout: float | None = None,
         local_address: str | None = None,
         socket_options: Iterable[SOCKET_OPTION] | None = None,
-    ) -> httpcore.NetworkStream:
-        addresses = _resolve_within(
+    ) -> httpcore.AsyncNetworkStream:
+        addresses = await _resolve_within(
             self._resolve, host, port, min(timeout or self._resolve_timeout, self._resolve_timeout)
         )
         check_addresses(host, addresses, self._allow)
         error: Exception | None = None
         for address in addresses:
-            if self._watchdog.fired:
-                raise DeadlineExceeded(f"no connection to {host} in time")
             try:
-                stream = self._inner.connect_tcp(
+                stream = await self._inner.connect_tcp(
                     str(address), port, timeout, local_address, socket_options
                 )
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 error = exc
                 continue
-            self.address = str(address)
-            self._watchdog.watch(stream)
-            return stream
+            return CheckedStream(stream, (str(address), port))
         assert error is not None
         raise error
 
-    def connect_unix_socket(
+    async def connect_unix_socket(
         self, path: str, timeout: float | None = None,
         socket_options: Iterable[SOCKET_OPTION] | None = None,
-    ) -> httpcore.NetworkStream:
+    ) -> httpcore.AsyncNetworkStream:
         del path, timeout, socket_options
         raise ForbiddenAddress("unix sockets are not notify URLs")
 
-    def sleep(self, seconds: float) -> None:
-        self._inner.sleep(seconds)
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
 
 
-class GuardedTransport(httpx.HTTPTransport):
+class CheckedStream(httpcore.AsyncNetworkStream):
+    """A connection that knows the checked address it was made to, whatever becomes of its socket
+    (a receiver that closes at once leaves nothing for ``getpeername`` to answer)."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkStream, address: tuple[str, int]) -> None:
+        self._inner = inner
+        self.address = address
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._inner.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        tls = await self._inner.start_tls(ssl_context, server_hostname, timeout)
+        return CheckedStream(tls, self.address)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self.address if info == "server_addr" else self._inner.get_extra_info(info)
+
+
+class GuardedTransport(httpx.AsyncHTTPTransport):
     """httpx's transport on a connection pool whose connections go through :class:`GuardedBackend`.
 
     httpx takes no network backend in its constructor, so the pool it built is replaced by one
-    made the same way with ours (``_pool`` is the attribute httpx sends requests through).
+    made the same way with ours (``_pool`` is the attribute httpx sends requests through; see
+    tests/test_compat.py). The pool has no connection limit of its own: the per-host limits are
+    the caller's (``shared/notify/stream.py``), and a pool-wide one would let a slow host's
+    connections hold back the others.
     """
 
     def __init__(self, backend: GuardedBackend, verify: ssl.SSLContext | None = None) -> None:
         context = verify or default_ssl_context()
         super().__init__(verify=context, trust_env=False, retries=0)
-        self._pool = httpcore.ConnectionPool(
-            ssl_context=context, max_connections=1, max_keepalive_connections=0, retries=0,
-            network_backend=backend,
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=context, max_connections=None, max_keepalive_connections=None,
+            keepalive_expiry=KEEPALIVE_SECONDS, retries=0, network_backend=backend,
         )
 
 
@@ -234,9 +205,7 @@ def default_ssl_context() -> ssl.SSLContext:
     return httpx.create_ssl_context(trust_env=False)
 
 
-def _error_class(exc: BaseException, watchdog: _Watchdog) -> str:
-    if watchdog.fired and not isinstance(exc, ForbiddenAddress):
-        return "DeadlineExceeded"
+def _error_class(exc: BaseException) -> str:
     if isinstance(exc, httpx.ConnectError) and _caused_by(exc, ssl.SSLError):
         return "TLSError"
     return type(exc).__name__
@@ -251,51 +220,89 @@ def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
     return False
 
 
-def post(
-    url: str, body: bytes, headers: dict[str, str], *, connect_timeout: float,
-    read_timeout: float, allow: Sequence[IPNetwork] = (), resolve: Resolver = system_resolver,
-    verify: ssl.SSLContext | None = None,
-) -> AttemptResult:
-    """POST ``body`` to ``url`` once; never raises for anything the receiver or network does."""
-    started_at = datetime.now(UTC)
-    started = time.monotonic()
-    timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout,
-                            pool=connect_timeout)
-    status_code: int | None = None
-    retry_after: str | None = None
-    kept = b""
-    with _Watchdog(connect_timeout + read_timeout) as watchdog:
-        backend = GuardedBackend(allow, resolve, watchdog, connect_timeout)
+class Sender:
+    """POSTs to notify URLs from one event loop, connections kept alive per receiver."""
+
+    def __init__(
+        self, *, connect_timeout: float, read_timeout: float, allow: Sequence[IPNetwork] = (),
+        resolve: Resolver = system_resolver, verify: ssl.SSLContext | None = None,
+    ) -> None:
+        self._deadline = connect_timeout + read_timeout
+        backend = GuardedBackend(allow, resolve, connect_timeout)
+        self._client = httpx.AsyncClient(
+            transport=GuardedTransport(backend, verify), follow_redirects=False, trust_env=False,
+            timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout,
+                                  pool=connect_timeout),
+        )
+
+    async def __aenter__(self) -> Sender:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> AttemptResult:
+        """POST ``body`` to ``url`` once; never raises for anything the receiver or network does."""
+        started_at = datetime.now(UTC)
+        started = time.monotonic()
+        status_code: int | None = None
+        retry_after: str | None = None
+        address: str | None = None
+        kept = b""
         try:
-            with httpx.Client(
-                transport=GuardedTransport(backend, verify), timeout=timeout,
-                follow_redirects=False, trust_env=False,
-            ) as client, client.stream(
+            async with asyncio.timeout(self._deadline), self._client.stream(
                 "POST", url, content=body,
                 headers={**headers, "accept-encoding": "identity", "user-agent": "eventdesk"},
             ) as response:
                 status_code = response.status_code
                 retry_after = response.headers.get("retry-after")
-                kept = _head(response)
+                address = _peer(response)
+                kept = await _head(response)
         except Exception as exc:  # every failure is a result to record, not a crash
             if status_code is None:  # once the status is in, the receiver has answered
+                error = "DeadlineExceeded" if isinstance(exc, TimeoutError) else _error_class(exc)
                 return AttemptResult(
-                    started_at=started_at, duration_ms=_since(started),
-                    error=_error_class(exc, watchdog),
-                    detail=str(exc)[:255] or type(exc).__name__, address=backend.address,
+                    started_at=started_at, duration_ms=_since(started), error=error,
+                    detail=str(exc)[:255] or type(exc).__name__, address=address,
                 )
-    return AttemptResult(
-        started_at=started_at, duration_ms=_since(started), status_code=status_code,
-        response=kept[:RESPONSE_KEEP].decode("utf-8", "replace"), retry_after=retry_after,
-        address=backend.address,
-    )
+        return AttemptResult(
+            started_at=started_at, duration_ms=_since(started), status_code=status_code,
+            response=kept[:RESPONSE_KEEP].decode("utf-8", "replace"), retry_after=retry_after,
+            address=address,
+        )
 
 
-def _head(response: httpx.Response) -> bytes:
+def post(
+    url: str, body: bytes, headers: dict[str, str], *, connect_timeout: float,
+    read_timeout: float, allow: Sequence[IPNetwork] = (), resolve: Resolver = system_resolver,
+    verify: ssl.SSLContext | None = None,
+) -> AttemptResult:
+    """One POST from synchronous code, on a connection of its own (the guard's checks alone)."""
+    async def once() -> AttemptResult:
+        async with Sender(connect_timeout=connect_timeout, read_timeout=read_timeout,
+                          allow=allow, resolve=resolve, verify=verify) as sender:
+            return await sender.post(url, body, headers)
+
+    return asyncio.run(once())
+
+
+def _peer(response: httpx.Response) -> str | None:
+    """The address the response came from: the connection's, which the guard checked."""
+    stream = response.extensions.get("network_stream")
+    return stream.address[0] if isinstance(stream, CheckedStream) else None
+
+
+async def _head(response: httpx.Response) -> bytes:
     """The first :data:`RESPONSE_KEEP` bytes of the body, or what came before it broke off."""
     kept = b""
     try:
-        for chunk in response.iter_raw():
+        async for chunk in response.aiter_raw():
             kept += chunk
             if len(kept) >= RESPONSE_KEEP:
                 break
