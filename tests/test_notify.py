@@ -48,7 +48,7 @@ from shared.db.models import (
     NotifyHostSlot,
     Transaction,
 )
-from shared.notify import payload, rules, signing
+from shared.notify import payload, rules, signing, stream
 from shared.notify.delivery import (
     REDELIVER_BUSY,
     REDELIVER_MISSING,
@@ -374,10 +374,14 @@ def record_one(session: Any, taken: Claim, result: AttemptResult, now: datetime)
     return status
 
 
+def run(database: str, ids: list[int], policy: Policy = POLICY) -> dict[int, str | None]:
+    """One attempt of each due delivery of ``ids`` in this process, as a notify worker makes it."""
+    with Stream(policy, database_url=database) as deliverer:
+        return deliverer.run(ids)
+
+
 def deliver(delivery_id: int, policy: Policy, *, database_url: str) -> str | None:
-    """One attempt of one delivery in this process, as a notify worker makes it."""
-    with Stream(policy, database_url=database_url) as stream:
-        return stream.run([delivery_id]).get(delivery_id)
+    return run(database_url, [delivery_id], policy).get(delivery_id)
 
 
 def make_delivery(database: str, url: str, account: str = "wdc") -> tuple[str, int]:
@@ -952,3 +956,126 @@ def test_a_worker_killed_mid_delivery_loses_nothing(
     assert len(receiver.ids()) == 1  # the same webhook-id: the receiver can tell it is one
     bodies = verify_all(receiver)
     assert {body["transid"] for body in bodies} == {transid}
+
+
+# ==========================================================================================
+# Deliveries as a stream (shared/notify/stream.py): one batch, several receivers, in this process
+
+
+def test_a_slow_host_in_the_batch_does_not_delay_the_fast_hosts_deliveries(
+    db: str, receivers: Callable[..., Receiver],
+) -> None:
+    fast = receivers()
+    slow = receivers(default=Answer(204, delay=1.0))
+    slow_ids = [make_delivery(db, slow.url)[1] for _ in range(4)]
+    fast_ids = [make_delivery(db, fast.url)[1] for _ in range(30)]
+    started_at = datetime.now(UTC)
+    started = time.monotonic()
+    statuses = run(db, slow_ids + fast_ids)
+    finished = time.monotonic()
+    assert all(statuses[i] == "delivered" for i in slow_ids + fast_ids), statuses
+    assert len(fast.received) == 30
+    # The fast receiver had every POST, and every one was recorded, long before the slow one
+    # answered its first (1 s): its lanes are its own (HOST_CONCURRENCY = 2 each).
+    assert max(r.at for r in fast.received) - started < 0.6
+    recorded = max(get_delivery(db, i).completed_at or started_at for i in fast_ids)
+    assert (recorded - started_at).total_seconds() < 0.7
+    assert finished - started >= 2 * 1.0  # 4 slow POSTs through 2 lanes
+    assert slow.max_in_flight == 2
+    verify_all(fast)
+    verify_all(slow)
+
+
+def test_a_crash_between_post_and_record_repeats_the_same_webhook_id(
+    db: str, receivers: Callable[..., Receiver], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    receiver = receivers()
+    ids = [make_delivery(db, receiver.url)[1] for _ in range(3)]
+
+    def crash(*_: object, **__: object) -> list[str | None]:
+        raise SystemExit("the worker dies before recording")
+
+    policy = dataclasses.replace(POLICY, connect_timeout=0.3, read_timeout=0.3, lease_margin=0.2)
+    with monkeypatch.context() as patched:
+        patched.setattr(stream, "record", crash)
+        with pytest.raises(SystemExit):
+            run(db, ids, policy)
+    assert len(receiver.received) == 3
+    assert {get_delivery(db, i).status for i in ids} == {"sending"}
+    # The sweeper takes them back once the lease (and the dead worker's slots) ran out; they are
+    # due again after the schedule's first wait, and sent again.
+    time.sleep(policy.lease + 0.05)
+    with session_scope(db) as session:
+        sweep(session, datetime.now(UTC), policy, lambda: 0.0)
+    time.sleep(policy.schedule[1])
+    assert run(db, ids, policy) == dict.fromkeys(ids, "delivered")
+    assert len(receiver.received) == 6
+    by_id: dict[str, int] = {}
+    for request in receiver.received:
+        by_id[request.headers["webhook-id"]] = by_id.get(request.headers["webhook-id"], 0) + 1
+    assert sorted(by_id.values()) == [2, 2, 2]  # each notification twice, under one id
+    for delivery_id in ids:
+        lost, done = attempts_of(db, delivery_id)
+        assert (lost.error, lost.number, done.status_code, done.number) == (
+            "LeaseExpired", 1, 204, 2)
+    verify_all(receiver)
+
+
+def test_the_per_host_in_flight_limit_holds_within_a_batch(
+    db: str, receivers: Callable[..., Receiver],
+) -> None:
+    receiver = receivers(default=Answer(204, delay=0.2))
+    other = receivers(default=Answer(204, delay=0.2))
+    policy = dataclasses.replace(POLICY, host_concurrency=3)
+    ids = [make_delivery(db, receiver.url)[1] for _ in range(9)]
+    ids += [make_delivery(db, other.url)[1] for _ in range(3)]
+    started = time.monotonic()
+    assert set(run(db, ids, policy).values()) == {"delivered"}
+    # 9 POSTs of 0.2 s through 3 lanes: three rounds; the other host's 3 ran alongside.
+    assert (receiver.max_in_flight, other.max_in_flight) == (3, 3)
+    assert 0.6 <= time.monotonic() - started < 1.5
+    assert max(r.at for r in other.received) - started < 0.3
+
+
+def test_the_per_host_rate_spaces_the_posts(
+    db: str, receivers: Callable[..., Receiver],
+) -> None:
+    receiver = receivers()
+    policy = dataclasses.replace(POLICY, host_concurrency=8, host_rate=20.0)
+    ids = [make_delivery(db, receiver.url)[1] for _ in range(11)]
+    assert set(run(db, ids, policy).values()) == {"delivered"}
+    times = sorted(r.at for r in receiver.received)
+    assert times[-1] - times[0] >= 10 / 20.0 - 0.05  # 11 POSTs at 20/s: 0.5 s at least
+
+
+def test_a_host_whose_slots_another_worker_holds_is_waited_for_then_sent(
+    db: str, receivers: Callable[..., Receiver],
+) -> None:
+    receiver = receivers()
+    ids = [make_delivery(db, receiver.url)[1] for _ in range(4)]
+    host = receiver.url.split("/")[2]
+    now = datetime.now(UTC)
+    with session_scope(db) as session:  # another worker holds both slots for 0.3 s more
+        session.add_all([NotifyHostSlot(host=host, slot=slot, holder="other",
+                                        lease_until=now + timedelta(seconds=0.3))
+                         for slot in range(2)])
+    policy = dataclasses.replace(POLICY, sweep_interval=2.0)
+    started = time.monotonic()
+    assert run(db, ids, policy) == dict.fromkeys(ids, "delivered")
+    assert min(r.at for r in receiver.received) - started >= 0.25  # not before the slots freed
+    assert all(a.number == 1 for i in ids for a in attempts_of(db, i))  # waiting spent none
+
+
+def test_a_host_still_busy_after_the_sweep_interval_is_left_to_the_sweeper(
+    db: str, receivers: Callable[..., Receiver],
+) -> None:
+    receiver = receivers()
+    (delivery_id,) = [make_delivery(db, receiver.url)[1]]
+    host = receiver.url.split("/")[2]
+    with session_scope(db) as session:
+        session.add_all([NotifyHostSlot(host=host, slot=slot, holder="other",
+                                        lease_until=datetime.now(UTC) + timedelta(seconds=60))
+                         for slot in range(2)])
+    assert run(db, [delivery_id]) == {}  # sweep_interval 0.2 s
+    row = get_delivery(db, delivery_id)
+    assert (row.status, row.attempts, receiver.received) == ("pending", 0, [])
