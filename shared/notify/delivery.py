@@ -41,9 +41,9 @@ from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import Table, and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -182,54 +182,75 @@ def record(
 ) -> list[str | None]:
     """Store the attempts and move the deliveries on; returns their new statuses (None: lease
     lost). Frees the slots held by each (host, lease token) of ``release``; by default, those of
-    every claim in ``outcomes``."""
-    statuses = [_record_one(session, claim, result, now=now, policy=policy, draw=draw())
-                for claim, result in outcomes]
+    every claim in ``outcomes``.
+
+    A few statements for the whole batch, whatever its size: the attempts (written first, see
+    :func:`claim`), the deliveries' rows locked and read, the updates of those still ours sent
+    together (executemany), the slots.
+    """
+    verdicts = [rules.classify(result.status_code, result.error, result.retry_after, now)
+                for _, result in outcomes]
+    if outcomes:
+        session.execute(insert(NotificationAttempt), [{
+            "delivery_id": claim.delivery_id, "number": claim.number,
+            "attempted_at": result.started_at, "status_code": result.status_code,
+            "error": result.error, "response": result.response,
+            "duration_ms": result.duration_ms, "address": result.address,
+            "verdict": verdict.kind,
+        } for (claim, result), verdict in zip(outcomes, verdicts, strict=True)])
+    held = dict(session.execute(
+        select(ND.id, ND.status + ":" + func.coalesce(ND.lease_token, ""))
+        .where(ND.id.in_([claim.delivery_id for claim, _ in outcomes]))
+        .with_for_update()
+    ).tuples().all()) if outcomes else {}
+    statuses: list[str | None] = []
+    changes: list[dict[str, Any]] = []
+    for (claim, result), verdict in zip(outcomes, verdicts, strict=True):
+        status, next_attempt_at = _next_state(claim, verdict, now, policy, draw())
+        state = held.get(claim.delivery_id)
+        # Ours while the lease is; and a delivery that has arrived is delivered even if the
+        # sweeper took it back meanwhile.
+        moved = state == f"sending:{claim.token}" or (status == "delivered" and state == "pending:")
+        statuses.append(status if moved else None)
+        if moved:
+            changes.append({
+                "b_id": claim.delivery_id, "b_status": status, "b_next": next_attempt_at,
+                "b_error": _error_text(result),
+                "b_completed": now if status in rules.FINAL else None,
+            })
+        if verdict.kind == "disable":
+            _disable_url(session, claim, result.status_code, now)
+        _observe(session, claim, result, verdict.kind, status if moved else None)
+    if changes:
+        table = cast("Table", ND.__table__)
+        session.connection().execute(
+            update(table).where(table.c.id == bindparam("b_id"))
+            .values(status=bindparam("b_status"), next_attempt_at=bindparam("b_next"),
+                    last_error=bindparam("b_error"), completed_at=bindparam("b_completed"),
+                    lease_token=None, lease_until=None, updated_at=now),
+            changes,
+        )
     freed = {(claim.host, claim.token) for claim, _ in outcomes} if release is None else release
     for host, token in freed:
         slots.release(session, host, token)
     return statuses
 
 
-def _record_one(
-    session: Session, claim: Claim, result: AttemptResult, *, now: datetime,
-    policy: rules.Policy, draw: float,
-) -> str | None:
-    verdict = rules.classify(result.status_code, result.error, result.retry_after, now)
-    next_attempt_at: datetime | None = None
+def _next_state(
+    claim: Claim, verdict: rules.Verdict, now: datetime, policy: rules.Policy, draw: float
+) -> tuple[str, datetime | None]:
+    """The delivery's status after this attempt, and when the next one is due."""
     if verdict.kind == "delivered":
-        status = "delivered"
-    elif verdict.kind == "failed":
-        status = "failed"
-    elif verdict.kind == "disable":
-        status = "disabled"
-    else:
-        delay = rules.next_delay(
-            policy.schedule, claim.tried, jitter=policy.jitter, draw=draw,
-            retry_after=verdict.retry_after, retry_after_max=policy.retry_after_max,
-        )
-        status = "dead" if delay is None else "pending"
-        if delay is not None:
-            next_attempt_at = now + timedelta(seconds=delay)
-    ours = and_(ND.status == "sending", ND.lease_token == claim.token)
-    if status == "delivered":  # even if the sweeper took it back meanwhile: it has arrived
-        ours = or_(ours, ND.status == "pending")
-    moved = session.execute(
-        update(ND).where(ND.id == claim.delivery_id, ours)
-        .values(status=status, next_attempt_at=next_attempt_at, lease_token=None,
-                lease_until=None, updated_at=now, last_error=_error_text(result),
-                completed_at=now if status in rules.FINAL else None)
-        .execution_options(synchronize_session=False)
-    ).rowcount == 1  # type: ignore[attr-defined]
-    session.add(NotificationAttempt(
-        delivery_id=claim.delivery_id, number=claim.number, attempted_at=result.started_at,
-        status_code=result.status_code, error=result.error, response=result.response,
-        duration_ms=result.duration_ms, verdict=verdict.kind, address=result.address,
-    ))
+        return "delivered", None
+    if verdict.kind == "failed":
+        return "failed", None
     if verdict.kind == "disable":
-        _disable_url(session, claim, result.status_code, now)
-    _observe(session, claim, result, verdict.kind, status if moved else None)
-    return status if moved else None
+        return "disabled", None
+    delay = rules.next_delay(
+        policy.schedule, claim.tried, jitter=policy.jitter, draw=draw,
+        retry_after=verdict.retry_after, retry_after_max=policy.retry_after_max,
+    )
+    return ("dead", None) if delay is None else ("pending", now + timedelta(seconds=delay))
 
 
 def _error_text(result: AttemptResult) -> str | None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import select
 import socket
 import ssl
 import time
@@ -33,6 +34,7 @@ from datetime import UTC, datetime
 from ipaddress import ip_address
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpcore
 import httpx
@@ -159,6 +161,7 @@ class CheckedStream(httpcore.AsyncNetworkStream):
     def __init__(self, inner: httpcore.AsyncNetworkStream, address: tuple[str, int]) -> None:
         self._inner = inner
         self.address = address
+        self._socket = inner.get_extra_info("socket")
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         return await self._inner.read(max_bytes, timeout)
@@ -177,7 +180,15 @@ class CheckedStream(httpcore.AsyncNetworkStream):
         return CheckedStream(tls, self.address)
 
     def get_extra_info(self, info: str) -> Any:
-        return self.address if info == "server_addr" else self._inner.get_extra_info(info)
+        if info == "server_addr":
+            return self.address
+        if info == "is_readable" and self._socket is not None:
+            # Asked of every idle connection of the pool on every request: anyio's answer builds
+            # a dict of the socket's attributes each time, most of a fast POST's CPU.
+            poll = select.poll()
+            poll.register(self._socket, select.POLLIN)
+            return bool(poll.poll(0))
+        return self._inner.get_extra_info(info)
 
 
 class GuardedTransport(httpx.AsyncHTTPTransport):
@@ -228,12 +239,32 @@ class Sender:
         resolve: Resolver = system_resolver, verify: ssl.SSLContext | None = None,
     ) -> None:
         self._deadline = connect_timeout + read_timeout
-        backend = GuardedBackend(allow, resolve, connect_timeout)
-        self._client = httpx.AsyncClient(
-            transport=GuardedTransport(backend, verify), follow_redirects=False, trust_env=False,
-            timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout,
-                                  pool=connect_timeout),
+        self._backend = GuardedBackend(allow, resolve, connect_timeout)
+        self._verify = verify
+        self._timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout,
+                                      write=read_timeout, pool=connect_timeout)
+        # A client (a connection pool) per receiver: the pool looks at each of its connections
+        # on every request, so one pool for all would cost every POST a look at every host's.
+        self._clients: dict[str, tuple[httpx.AsyncClient, float]] = {}
+
+    def _client(self, url: str) -> httpx.AsyncClient:
+        parts = urlsplit(url)
+        key = f"{parts.scheme}://{parts.netloc}"
+        found = self._clients.get(key)
+        client = found[0] if found else httpx.AsyncClient(
+            transport=GuardedTransport(self._backend, self._verify), follow_redirects=False,
+            trust_env=False, timeout=self._timeout,
         )
+        self._clients[key] = (client, time.monotonic())
+        return client
+
+    async def prune(self) -> None:
+        """Close the clients of receivers not posted to for longer than a keep-alive."""
+        idle = time.monotonic() - KEEPALIVE_SECONDS
+        for key, (client, used) in list(self._clients.items()):
+            if used < idle:
+                del self._clients[key]
+                await client.aclose()
 
     async def __aenter__(self) -> Sender:
         return self
@@ -245,7 +276,9 @@ class Sender:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        clients, self._clients = self._clients, {}
+        for client, _ in clients.values():
+            await client.aclose()
 
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> AttemptResult:
         """POST ``body`` to ``url`` once; never raises for anything the receiver or network does."""
@@ -256,7 +289,7 @@ class Sender:
         address: str | None = None
         kept = b""
         try:
-            async with asyncio.timeout(self._deadline), self._client.stream(
+            async with asyncio.timeout(self._deadline), self._client(url).stream(
                 "POST", url, content=body,
                 headers={**headers, "accept-encoding": "identity", "user-agent": "eventdesk"},
             ) as response:

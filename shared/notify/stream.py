@@ -88,6 +88,7 @@ class Stream:
         return self._loop.run_until_complete(self.deliver(delivery_ids))
 
     async def deliver(self, delivery_ids: list[int]) -> dict[int, str | None]:
+        await self._sender.prune()
         statuses: dict[int, str | None] = {}
         outcomes = _Outcomes()
         hosts: list[asyncio.Task[None]] = []
