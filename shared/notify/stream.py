@@ -116,15 +116,17 @@ class Stream:
 
     async def _host(self, host: str, lanes: int, claims: list[Claim], outcomes: _Outcomes) -> None:
         queue = iter(claims)  # shared by the lanes: each takes the next claim when it is free
-        await asyncio.gather(*(self._lane(host, queue, outcomes) for _ in range(lanes)))
+        await asyncio.gather(*(self._lane(host, lane, queue, outcomes) for lane in range(lanes)))
         outcomes.release.append((host, claims[0].token))
 
-    async def _lane(self, host: str, queue: Iterator[Claim], outcomes: _Outcomes) -> None:
+    async def _lane(
+        self, host: str, lane: int, queue: Iterator[Claim], outcomes: _Outcomes
+    ) -> None:
         for taken in queue:
             await self._pace(host)
             headers = signing.headers(taken.secrets, taken.message_id, int(time.time()),
                                       taken.body, hub=taken.hub_signature)
-            result = await self._sender.post(taken.url, taken.body, headers)
+            result = await self._sender.post(taken.url, taken.body, headers, lane)
             # Only now: the flusher may have swapped the list while the POST was awaited.
             outcomes.results.append((taken, result))
 
