@@ -296,6 +296,7 @@ class Stack:
     client: redis.Redis
     api: GunicornServer
     worker: CeleryWorker
+    notifier: CeleryWorker | None  # the notify queue's own worker, if it has one
     receiver: Receiver
 
     def _bodies(self, count: int) -> list[bytes]:
@@ -353,8 +354,12 @@ class Stack:
             elif now - last_change > self.args.stall_timeout:
                 raise ServerError(f"{count} of {expected} notifications after a stall of "
                                   f"{self.args.stall_timeout:g} s\n{self.worker.log_tail()}")
-            self.worker.check_alive()
+            for worker in self._workers().values():
+                worker.check_alive()
             time.sleep(POLL_S)
+
+    def _workers(self) -> dict[str, Service]:
+        return {"worker": self.worker, **({"notifier": self.notifier} if self.notifier else {})}
 
     def _empty(self) -> None:
         """The processing tables emptied; the sweeper's queries can deadlock with the TRUNCATE
@@ -375,7 +380,7 @@ class Stack:
         self.receiver.reset()
         bodies = self._bodies(events)
         log(f"eventdesk: {events} events in {len(bodies)} requests")
-        services: dict[str, Service] = {"api": self.api, "worker": self.worker,
+        services: dict[str, Service] = {"api": self.api, **self._workers(),
                                         "receiver": self.receiver.service}
         before, client_cpu = _cpu(services, self.client, self.db), time.process_time()
         started = time.perf_counter()
@@ -452,6 +457,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--api-workers", type=int, default=2, help="gunicorn workers (gthread)")
     parser.add_argument("--api-threads", type=int, default=8)
     parser.add_argument("--concurrency", type=int, default=2, help="Celery worker processes")
+    parser.add_argument("--notify-processes", type=int, default=0,
+                        help="processes of a worker of the notify queue's own (0: the one worker "
+                        "takes both queues, as eventdesk run does)")
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL,
                         help="a Redis database the bench owns: flushed before and after")
     parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
@@ -485,17 +493,24 @@ def _stack(args: argparse.Namespace, db: Database, client: redis.Redis,
     settings = GunicornSettings(workers=args.api_workers, threads=args.api_threads,
                                 worker_connections=-(-args.connections // args.api_workers))
     receiver = Receiver(env)
-    with GunicornServer("api", "api.wsgi:app", settings, env) as api, SweepingWorker(
-        "worker", "worker.app", f"{EVENTS_QUEUE},{NOTIFY_QUEUE}", args.concurrency, env=env,
-    ) as worker, receiver.service:
+    own = args.notify_processes > 0
+    with GunicornServer("api", "api.wsgi:app", settings, env) as api, (
+        CeleryWorker("worker", "worker.app", EVENTS_QUEUE, args.concurrency, env=env) if own
+        else SweepingWorker("worker", "worker.app", f"{EVENTS_QUEUE},{NOTIFY_QUEUE}",
+                            args.concurrency, env=env)
+    ) as worker, SweepingWorker(
+        "notifier", "worker.app", NOTIFY_QUEUE, max(1, args.notify_processes), env=env,
+    ) as notifier, receiver.service:
         target = Target("127.0.0.1", api.port, PATH, body(1),
                         {"Content-Type": "application/json", "key": args.key})
         status, answer = api.start(target, timeout_s=args.start_timeout)
         if status != 200:
             raise ServerError(f"api: the probe request got {status}: {answer[:300]!r}")
         worker.start(args.start_timeout)
+        if own:
+            notifier.start(args.start_timeout)
         receiver.start(args.start_timeout)
-        stack = Stack(args, db, client, api, worker, receiver)
+        stack = Stack(args, db, client, api, worker, notifier if own else None, receiver)
         stack.eventdesk(WARMUP_EVENTS, 0.0)  # connections, caches, the pool processes' streams
         yield stack, env
 

@@ -966,21 +966,22 @@ def test_a_slow_host_in_the_batch_does_not_delay_the_fast_hosts_deliveries(
     db: str, receivers: Callable[..., Receiver],
 ) -> None:
     fast = receivers()
-    slow = receivers(default=Answer(204, delay=1.0))
-    slow_ids = [make_delivery(db, slow.url)[1] for _ in range(4)]
+    slow = receivers(default=Answer(204, delay=10))
+    slow_ids = [make_delivery(db, slow.url)[1] for _ in range(2)]
     fast_ids = [make_delivery(db, fast.url)[1] for _ in range(30)]
     started_at = datetime.now(UTC)
     started = time.monotonic()
     statuses = run(db, slow_ids + fast_ids)
     finished = time.monotonic()
-    assert all(statuses[i] == "delivered" for i in slow_ids + fast_ids), statuses
+    assert all(statuses[i] == "delivered" for i in fast_ids), statuses
+    assert all(statuses[i] == "pending" for i in slow_ids), statuses  # ReadTimeout: a retry
     assert len(fast.received) == 30
-    # The fast receiver had every POST, and every one was recorded, long before the slow one
-    # answered its first (1 s): its lanes are its own (HOST_CONCURRENCY = 2 each).
-    assert max(r.at for r in fast.received) - started < 0.6
+    # The fast receiver had every POST, and every one was recorded, while the slow one still
+    # held both its lanes (HOST_CONCURRENCY = 2 each): its lanes are its own.
+    assert max(r.at for r in fast.received) - started < READ_TIMEOUT
     recorded = max(get_delivery(db, i).completed_at or started_at for i in fast_ids)
-    assert (recorded - started_at).total_seconds() < 0.7
-    assert finished - started >= 2 * 1.0  # 4 slow POSTs through 2 lanes
+    assert (recorded - started_at).total_seconds() < READ_TIMEOUT
+    assert finished - started >= READ_TIMEOUT
     assert slow.max_in_flight == 2
     verify_all(fast)
     verify_all(slow)

@@ -198,11 +198,11 @@ def record(
             "duration_ms": result.duration_ms, "address": result.address,
             "verdict": verdict.kind,
         } for (claim, result), verdict in zip(outcomes, verdicts, strict=True)])
-    held = dict(session.execute(
+    held: dict[int, str] = {row[0]: row[1] for row in session.execute(
         select(ND.id, ND.status + ":" + func.coalesce(ND.lease_token, ""))
         .where(ND.id.in_([claim.delivery_id for claim, _ in outcomes]))
         .with_for_update()
-    ).tuples().all()) if outcomes else {}
+    )} if outcomes else {}
     statuses: list[str | None] = []
     changes: list[dict[str, Any]] = []
     for (claim, result), verdict in zip(outcomes, verdicts, strict=True):

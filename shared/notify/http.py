@@ -162,12 +162,23 @@ class CheckedStream(httpcore.AsyncNetworkStream):
         self._inner = inner
         self.address = address
         self._socket = inner.get_extra_info("socket")
+        self._unsent = b""
+        self._write_timeout: float | None = None
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        await self._flush()
         return await self._inner.read(max_bytes, timeout)
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        await self._inner.write(buffer, timeout)
+        # Held until the response is read: httpcore writes a request's head and body apart, and
+        # on a fast receiver each send costs more than the rest of the POST (one send, not two).
+        self._unsent += buffer
+        self._write_timeout = timeout
+
+    async def _flush(self) -> None:
+        if self._unsent:
+            unsent, self._unsent = self._unsent, b""
+            await self._inner.write(unsent, self._write_timeout)
 
     async def aclose(self) -> None:
         await self._inner.aclose()
@@ -176,6 +187,7 @@ class CheckedStream(httpcore.AsyncNetworkStream):
         self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
         timeout: float | None = None,
     ) -> httpcore.AsyncNetworkStream:
+        await self._flush()
         tls = await self._inner.start_tls(ssl_context, server_hostname, timeout)
         return CheckedStream(tls, self.address)
 

@@ -14,9 +14,10 @@ to batch. :meth:`Stream.run` takes the delivery ids of one ``notify.deliver`` me
 - deliveries whose host had no free slot (other workers hold them) are claimed again after a
   short wait, for up to one sweep interval; after that they are the sweeper's.
 
-Every transaction runs between two awaits, never across one: none is open while a POST is
-awaited. A crash anywhere leaves claimed deliveries ``sending`` under a lease, which the sweeper
-takes back, so they are POSTed again, with the same webhook-id.
+The transactions run in a thread of their own, so the POSTs in flight go on meanwhile; none
+waits for a POST: no transaction is open across a POST's wait. A crash anywhere leaves claimed
+deliveries ``sending`` under a lease, which the sweeper takes back, so they are POSTed again,
+with the same webhook-id.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from types import TracebackType
 
 from shared.db.engine import session_scope
 from shared.notify import rules, signing
-from shared.notify.delivery import Claim, claim, record
+from shared.notify.delivery import Batch, Claim, claim, record
 from shared.notify.http import AttemptResult, Resolver, Sender, system_resolver
 
 # Outcomes wait at most this long to be recorded: each record is one transaction, so batching
@@ -92,12 +93,12 @@ class Stream:
         statuses: dict[int, str | None] = {}
         outcomes = _Outcomes()
         hosts: list[asyncio.Task[None]] = []
-        flusher = asyncio.create_task(self._flush_every(outcomes, statuses))
+        done = asyncio.Event()
+        flusher = asyncio.create_task(self._flush_every(outcomes, statuses, done))
         try:
             waiting, give_up = delivery_ids, time.monotonic() + self._policy.sweep_interval
             while waiting:
-                with session_scope(self._database_url) as session:
-                    batch = claim(session, waiting, _now(), self._policy, _draw())
+                batch = await asyncio.to_thread(self._claim, waiting)
                 for host, lanes in batch.lanes.items():
                     claims = [c for c in batch.claims if c.host == host]
                     hosts.append(asyncio.create_task(self._host(host, lanes, claims, outcomes)))
@@ -108,11 +109,13 @@ class Stream:
                     break
             await asyncio.gather(*hosts)
         finally:
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
-        self._flush(outcomes, statuses)
+            done.set()
+            await flusher
         return statuses
+
+    def _claim(self, delivery_ids: list[int]) -> Batch:
+        with session_scope(self._database_url) as session:
+            return claim(session, delivery_ids, _now(), self._policy, _draw())
 
     async def _host(self, host: str, lanes: int, claims: list[Claim], outcomes: _Outcomes) -> None:
         queue = iter(claims)  # shared by the lanes: each takes the next claim when it is free
@@ -140,19 +143,29 @@ class Stream:
         if start > now:
             await asyncio.sleep(start - now)
 
-    async def _flush_every(self, outcomes: _Outcomes, statuses: dict[int, str | None]) -> None:
+    async def _flush_every(
+        self, outcomes: _Outcomes, statuses: dict[int, str | None], done: asyncio.Event
+    ) -> None:
+        """Record what came back every FLUSH_SECONDS, and once more when ``done``. The database
+        work runs in a thread, so the POSTs go on meanwhile (none of them is waited for in it)."""
         while True:
-            await asyncio.sleep(FLUSH_SECONDS)
-            self._flush(outcomes, statuses)
+            finished = done.is_set()
+            if not finished:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(done.wait(), FLUSH_SECONDS)
+            results, release = outcomes.take()
+            if results or release:
+                moved = await asyncio.to_thread(self._record, results, release)
+                statuses.update(zip((c.delivery_id for c, _ in results), moved, strict=True))
+            if finished:
+                return
 
-    def _flush(self, outcomes: _Outcomes, statuses: dict[int, str | None]) -> None:
-        results, release = outcomes.take()
-        if not results and not release:
-            return
+    def _record(
+        self, results: list[tuple[Claim, AttemptResult]], release: list[tuple[str, str]]
+    ) -> list[str | None]:
         with session_scope(self._database_url) as session:
-            moved = record(session, results, now=_now(), policy=self._policy,
-                           draw=_draw, release=release)
-        statuses.update(zip((c.delivery_id for c, _ in results), moved, strict=True))
+            return record(session, results, now=_now(), policy=self._policy, draw=_draw,
+                          release=release)
 
 
 def _now() -> datetime:
