@@ -457,6 +457,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--api-workers", type=int, default=2, help="gunicorn workers (gthread)")
     parser.add_argument("--api-threads", type=int, default=8)
     parser.add_argument("--concurrency", type=int, default=2, help="Celery worker processes")
+    parser.add_argument("--host-concurrency", type=int, default=0,
+                        help="EVENTDESK_NOTIFY_HOST_CONCURRENCY (0: the setting's default)")
     parser.add_argument("--notify-processes", type=int, default=0,
                         help="processes of a worker of the notify queue's own (0: the one worker "
                         "takes both queues, as eventdesk run does)")
@@ -490,6 +492,8 @@ def _stack(args: argparse.Namespace, db: Database, client: redis.Redis,
 
     env = stack_env(args, db, tmp)
     env["EVENTDESK_NOTIFY_ALLOW_NETWORKS"] = "127.0.0.0/8"
+    if args.host_concurrency:
+        env["EVENTDESK_NOTIFY_HOST_CONCURRENCY"] = str(args.host_concurrency)
     settings = GunicornSettings(workers=args.api_workers, threads=args.api_threads,
                                 worker_connections=-(-args.connections // args.api_workers))
     receiver = Receiver(env)
