@@ -138,7 +138,7 @@ def host_key(url: str) -> str:
 
 @dataclass(frozen=True)
 class Policy:
-    """The delivery settings, read once per task from :class:`Settings`."""
+    """The delivery settings, read once per worker process from :class:`Settings`."""
 
     schedule: tuple[float, ...]
     jitter: float
