@@ -42,6 +42,9 @@ def test_the_worker_has_a_statement_timeout_of_its_own(
     postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(db, "_statement_timeout", [])
+    # An engine made before (the fixture's, after an import of worker.app set the worker's
+    # timeout) would answer for the api's.
+    db.dispose_engines()
     try:
         with db.session_scope(postgres_url) as session:
             assert session.execute(text("SHOW statement_timeout")).scalar() == "3s"
