@@ -131,30 +131,3 @@ def test_kombu_records_a_delivered_message_before_celery_sees_it() -> None:
     for step in ("self.unacked_index_key", "self.unacked_key", "message._raw"):
         assert step in source, f"kombu Redis QoS.append no longer writes {step}"
     assert "restore_visible" in inspect.getsource(kombu_redis.MultiChannelPoller.on_poll_init)
-
-
-def test_httpx_async_transport_sends_through_its_pool_attribute() -> None:
-    """shared/notify/http.py GuardedTransport replaces ``AsyncHTTPTransport._pool`` with a pool on
-    the SSRF-guarded network backend. If httpx renames it or stops sending through it, requests
-    would go out on httpx's own pool, past the guard."""
-    import asyncio
-
-    import httpcore
-    import httpx
-
-    from shared.notify.http import GuardedBackend, GuardedTransport, system_resolver
-
-    transport = GuardedTransport(GuardedBackend((), system_resolver, 1.0))
-    assert isinstance(transport._pool, httpcore.AsyncConnectionPool), "AsyncHTTPTransport._pool"
-    assert "self._pool.handle_async_request" in inspect.getsource(
-        httpx.AsyncHTTPTransport.handle_async_request), "AsyncHTTPTransport.handle_async_request"
-
-    async def refused() -> str:
-        async with httpx.AsyncClient(transport=transport) as client:
-            try:
-                await client.post("http://127.0.0.1:9/hook")
-            except Exception as exc:  # the guard's refusal, not a connection attempt
-                return type(exc).__name__
-        return "sent"
-
-    assert asyncio.run(refused()) == "ForbiddenAddress"

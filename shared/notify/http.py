@@ -203,25 +203,6 @@ class CheckedStream(httpcore.AsyncNetworkStream):
         return self._inner.get_extra_info(info)
 
 
-class GuardedTransport(httpx.AsyncHTTPTransport):
-    """httpx's transport on a connection pool whose connections go through :class:`GuardedBackend`.
-
-    httpx takes no network backend in its constructor, so the pool it built is replaced by one
-    made the same way with ours (``_pool`` is the attribute httpx sends requests through; see
-    tests/test_compat.py). The pool has no connection limit of its own: the per-host limits are
-    the caller's (``shared/notify/stream.py``), and a pool-wide one would let a slow host's
-    connections hold back the others.
-    """
-
-    def __init__(self, backend: GuardedBackend, verify: ssl.SSLContext | None = None) -> None:
-        context = verify or default_ssl_context()
-        super().__init__(verify=context, trust_env=False, retries=0)
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=context, max_connections=None, max_keepalive_connections=None,
-            keepalive_expiry=KEEPALIVE_SECONDS, retries=0, network_backend=backend,
-        )
-
-
 @functools.cache
 def default_ssl_context() -> ssl.SSLContext:
     """httpx's default (certifi's CAs, hostname checked), made once per process: it is slow."""
@@ -229,7 +210,7 @@ def default_ssl_context() -> ssl.SSLContext:
 
 
 def _error_class(exc: BaseException) -> str:
-    if isinstance(exc, httpx.ConnectError) and _caused_by(exc, ssl.SSLError):
+    if isinstance(exc, httpcore.ConnectError) and _caused_by(exc, ssl.SSLError):
         return "TLSError"
     return type(exc).__name__
 
@@ -243,8 +224,19 @@ def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
     return False
 
 
+class InvalidURL(Exception):
+    """The notify URL cannot be parsed."""
+
+
 class Sender:
-    """POSTs to notify URLs from one event loop, connections kept alive per receiver."""
+    """POSTs to notify URLs from one event loop, each lane of each receiver on a connection of
+    its own, kept alive.
+
+    httpcore's connections, without a pool: its pool looks at each of its connections for each
+    request in flight, every time one starts or ends (lanes x lanes looks a POST: a millisecond
+    at 16 lanes, more than the POST), and httpx's client around it costs as much again. A lane
+    has one POST at a time, so one connection is all it needs.
+    """
 
     def __init__(
         self, *, connect_timeout: float, read_timeout: float, allow: Sequence[IPNetwork] = (),
@@ -253,32 +245,31 @@ class Sender:
         self._deadline = connect_timeout + read_timeout
         self._backend = GuardedBackend(allow, resolve, connect_timeout)
         self._verify = verify
-        self._timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout,
-                                      write=read_timeout, pool=connect_timeout)
-        # A client (a pool of one kept-alive connection) per lane of each receiver: httpcore's
-        # pool looks at each of its connections for each request in flight, every time one
-        # starts or ends, so a shared pool costs every POST lanes x lanes looks (a millisecond
-        # at 16 lanes: more than the POST itself).
-        self._clients: dict[tuple[str, int], tuple[httpx.AsyncClient, float]] = {}
+        self._timeouts = {"connect": connect_timeout, "read": read_timeout,
+                          "write": read_timeout, "pool": connect_timeout}
+        self._connections: dict[tuple[bytes, int], tuple[httpcore.AsyncHTTPConnection, float]] = {}
 
-    def _client(self, url: str, lane: int) -> httpx.AsyncClient:
-        parts = urlsplit(url)
-        key = (f"{parts.scheme}://{parts.netloc}", lane)
-        found = self._clients.get(key)
-        client = found[0] if found else httpx.AsyncClient(
-            transport=GuardedTransport(self._backend, self._verify), follow_redirects=False,
-            trust_env=False, timeout=self._timeout,
-        )
-        self._clients[key] = (client, time.monotonic())
-        return client
+    def _connection(self, url: httpcore.URL, lane: int) -> httpcore.AsyncHTTPConnection:
+        origin = url.origin
+        key = (bytes(str(origin), "ascii"), lane)
+        found = self._connections.get(key)
+        if found is None or found[0].is_closed() or found[0].has_expired():
+            connection = httpcore.AsyncHTTPConnection(
+                origin, ssl_context=self._verify or default_ssl_context(),
+                keepalive_expiry=KEEPALIVE_SECONDS, network_backend=self._backend,
+            )
+        else:
+            connection = found[0]
+        self._connections[key] = (connection, time.monotonic())
+        return connection
 
     async def prune(self) -> None:
-        """Close the clients of receivers not posted to for longer than a keep-alive."""
+        """Close the connections of receivers not posted to for longer than a keep-alive."""
         idle = time.monotonic() - KEEPALIVE_SECONDS
-        for key, (client, used) in list(self._clients.items()):
+        for key, (connection, used) in list(self._connections.items()):
             if used < idle:
-                del self._clients[key]
-                await client.aclose()
+                del self._connections[key]
+                await connection.aclose()
 
     async def __aenter__(self) -> Sender:
         return self
@@ -290,9 +281,9 @@ class Sender:
         await self.aclose()
 
     async def aclose(self) -> None:
-        clients, self._clients = self._clients, {}
-        for client, _ in clients.values():
-            await client.aclose()
+        connections, self._connections = self._connections, {}
+        for connection, _ in connections.values():
+            await connection.aclose()
 
     async def post(
         self, url: str, body: bytes, headers: dict[str, str], lane: int = 0
@@ -306,12 +297,17 @@ class Sender:
         address: str | None = None
         kept = b""
         try:
-            async with asyncio.timeout(self._deadline), self._client(url, lane).stream(
-                "POST", url, content=body,
-                headers={**headers, "accept-encoding": "identity", "user-agent": "eventdesk"},
+            target = _parse(url)
+            sent = [(k.encode(), v.encode()) for k, v in headers.items()]
+            sent += [(b"host", target.host + _port_suffix(target)),
+                     (b"content-length", str(len(body)).encode()),
+                     (b"accept-encoding", b"identity"), (b"user-agent", b"eventdesk")]
+            async with asyncio.timeout(self._deadline), self._connection(target, lane).stream(
+                b"POST", target, headers=sent, content=body,
+                extensions={"timeout": self._timeouts},
             ) as response:
-                status_code = response.status_code
-                retry_after = response.headers.get("retry-after")
+                status_code = response.status
+                retry_after = _header(response.headers, b"retry-after")
                 address = _peer(response)
                 kept = await _head(response)
         except Exception as exc:  # every failure is a result to record, not a crash
@@ -328,6 +324,30 @@ class Sender:
         )
 
 
+def _parse(url: str) -> httpcore.URL:
+    """The URL as httpcore takes it; the scheme must be http or https."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidURL(f"{url[:100]}: {exc}") from exc
+    if parts.scheme not in ("http", "https"):
+        raise httpcore.UnsupportedProtocol(f"{parts.scheme!r} is not http or https")
+    if not parts.hostname:
+        raise InvalidURL(f"{url[:100]}: no host")
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return httpcore.URL(scheme=parts.scheme, host=parts.hostname, port=port, target=target)
+
+
+def _port_suffix(url: httpcore.URL) -> bytes:
+    default = 443 if url.scheme == b"https" else 80
+    return b"" if url.port in (None, default) else b":%d" % url.port
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    return next((v.decode("latin-1") for k, v in headers if k.lower() == name), None)
+
+
 def post(
     url: str, body: bytes, headers: dict[str, str], *, connect_timeout: float,
     read_timeout: float, allow: Sequence[IPNetwork] = (), resolve: Resolver = system_resolver,
@@ -342,21 +362,21 @@ def post(
     return asyncio.run(once())
 
 
-def _peer(response: httpx.Response) -> str | None:
+def _peer(response: httpcore.Response) -> str | None:
     """The address the response came from: the connection's, which the guard checked."""
     stream = response.extensions.get("network_stream")
     return stream.address[0] if isinstance(stream, CheckedStream) else None
 
 
-async def _head(response: httpx.Response) -> bytes:
+async def _head(response: httpcore.Response) -> bytes:
     """The first :data:`RESPONSE_KEEP` bytes of the body, or what came before it broke off."""
     kept = b""
     try:
-        async for chunk in response.aiter_raw():
+        async for chunk in response.aiter_stream():
             kept += chunk
             if len(kept) >= RESPONSE_KEEP:
                 break
-    except httpx.HTTPError:
+    except httpcore.NetworkError:
         pass
     return kept
 
