@@ -9,7 +9,7 @@ host name as SNI and verifies the certificate against it (httpcore wraps the con
 with ``server_hostname`` = the URL's host). Checking a name first and letting the HTTP client
 resolve it again to connect would let a DNS answer change in between (rebinding); here there is
 no second resolution. A kept-alive connection stays on the address that was checked when it was
-made. Proxies from the environment are ignored (``trust_env=False``): through a proxy, the
+made. No proxy is ever used (httpcore connections read no environment): through a proxy, the
 address connected to would be the proxy's.
 
 Timeouts: ``connect`` for name resolution and each TCP connect, ``read`` for each read, and a
@@ -17,7 +17,8 @@ deadline for the whole attempt (``connect + read``): a receiver that drips one b
 seconds cannot hold a lane, or outlive the delivery's lease, however slowly it answers. Past the
 deadline the attempt is cancelled, which closes its connection.
 
-Redirects are not followed, and only the first 1 KB of a response is read and kept.
+Redirects are not followed (httpcore has no notion of them), and only the first 1 KB of a
+response is read and kept.
 """
 
 from __future__ import annotations
