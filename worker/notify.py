@@ -11,7 +11,6 @@ database outage before the claim, a few times; past those, the sweeper picks the
 
 from __future__ import annotations
 
-import logging
 import os
 
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -22,9 +21,6 @@ from shared.publish import NOTIFY_QUEUE, NOTIFY_TASK, notify_batches
 from shared.settings import get_settings
 from worker.app import app
 
-# httpx logs every request at INFO; the "notify attempt" line says the same and more, and two
-# log lines a POST cost as much CPU as a fast receiver's POST.
-logging.getLogger("httpx").setLevel(logging.WARNING)
 POLICY = Policy.from_settings(get_settings())
 # Longer than any attempt (its deadline) plus the wait for a busy host's slots and the short
 # transactions: only a task that hangs on something else (the database) is stopped, and its
