@@ -23,12 +23,11 @@ from shared.notify import rules
 from shared.notify.delivery import REDELIVER_MISSING, Replay, redeliver
 from shared.notify.schemas import Redelivery
 from shared.notify.views import list_deliveries
-from shared.publish import NOTIFY_QUEUE, Publisher, PublishError, task_message
+from shared.publish import NOTIFY_QUEUE, NOTIFY_TASK, Publisher, PublishError, task_message
 from shared.requests.fields import parse_choice, parse_id, parse_int
 
 bp = Blueprint("deliveries", __name__)
 
-DELIVER_TASK = "notify.deliver"
 MAX_LIMIT = 200
 DEFAULT_LIMIT = 50
 
@@ -60,7 +59,7 @@ def redeliver_transaction(key: KeyInfo, transid: str) -> Response:
     if not isinstance(started, Replay):
         return error_json(409, "the notification is on its way already")
     publisher: Publisher = current_app.extensions["eventdesk.publisher"]
-    message = task_message(DELIVER_TASK, NOTIFY_QUEUE, stdjson.dumps([started.delivery_id]))
+    message = task_message(NOTIFY_TASK, NOTIFY_QUEUE, stdjson.dumps([started.delivery_id]))
     # Not queued (rate limit, broker down): it is pending and due, so the sweeper queues it.
     with contextlib.suppress(PublishError):
         publisher.publish(message, {f"redeliver:{key.account_id}": 1})

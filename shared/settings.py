@@ -89,8 +89,11 @@ class Settings(BaseSettings):
     notify_jitter: float = Field(default=0.2, ge=0, lt=1)
     # A 429/503 Retry-After is honoured up to this many seconds.
     notify_retry_after_max_seconds: float = Field(default=3600.0, ge=0)
-    # At most this many POSTs in flight to one receiver (host:port), across all workers.
-    notify_host_concurrency: int = Field(default=2, ge=1)
+    # At most this many POSTs in flight to one receiver (host:port), across all workers: plenty
+    # for a fast receiver (a few ms an answer: thousands a second), few for a slow one.
+    notify_host_concurrency: int = Field(default=16, ge=1)
+    # At most this many POSTs a second to one receiver, per notify worker process (0: no limit).
+    notify_host_rate: float = Field(default=0.0, ge=0)
     # A claimed delivery is a worker's for its attempt's time limit plus this margin; past it the
     # sweeper takes it back (the worker died).
     notify_lease_margin_seconds: float = Field(default=30.0, gt=0)

@@ -199,3 +199,30 @@ def test_e2e_scenario_events() -> None:
     assert [len(json.loads(body)["events"]) for body in e2e.bodies(storm[:250], 100)] == [
         100, 100, 50
     ]
+
+
+@pytest.mark.postgres
+def test_notify_bench_delivers_every_notification(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import notify
+
+    status = notify.main([
+        "--events", "200", "--per-body", "50", "--rate", "0", "--runs", "1",
+        "--stall-timeout", "20", "--start-timeout", "30", "--redis-url", REDIS_URL, "--json",
+    ])
+    out = capsys.readouterr().out
+
+    assert status == 0, out
+    report = json.loads(out)
+    assert report["failed"] == ""
+    ours, bare = report["runs"]
+    print(ours, bare)  # shown when an assertion fails
+    assert (ours["sender"], bare["sender"]) == ("eventdesk", "bare")
+    assert ours["deliveries"] == bare["deliveries"] == 200
+    assert ours["duplicates"] == 0
+    assert 0 < ours["p50_s"] <= ours["p99_s"]
+    assert ours["deliveries_per_s"] > 0
+    assert report["ratio"] > 0
+    for run in (ours, bare):
+        assert run["cpu_us_per_delivery"]["receiver"] > 0
+    assert ours["cpu_us_per_delivery"]["worker"] > 0
+    assert bare["cpu_us_per_delivery"]["bare"] > 0

@@ -48,13 +48,13 @@ from shared.db.models import (
     NotifyHostSlot,
     Transaction,
 )
-from shared.notify import payload, rules, signing
+from shared.notify import payload, rules, signing, stream
 from shared.notify.delivery import (
     REDELIVER_BUSY,
     REDELIVER_MISSING,
+    Claim,
     Replay,
     claim,
-    deliver,
     record,
     redeliver,
     sweep,
@@ -62,6 +62,7 @@ from shared.notify.delivery import (
 from shared.notify.http import AttemptResult
 from shared.notify.rules import Policy, Verdict, classify, next_delay, parse_retry_after
 from shared.notify.ssrf import parse_networks
+from shared.notify.stream import Stream
 from shared.notify.views import list_deliveries
 from shared.publish import NOTIFY_QUEUE, make_publisher, task_message
 from shared.settings import Settings
@@ -362,6 +363,27 @@ def free_port() -> int:
 # Databases and deliveries
 
 
+def claim_one(session: Any, delivery_id: int, now: datetime) -> Claim | None:
+    """The claim of one delivery, as a batch of one."""
+    batch = claim(session, [delivery_id], now, POLICY, 0.5)
+    return batch.claims[0] if batch.claims else None
+
+
+def record_one(session: Any, taken: Claim, result: AttemptResult, now: datetime) -> str | None:
+    (status,) = record(session, [(taken, result)], now=now, policy=POLICY, draw=lambda: 0.5)
+    return status
+
+
+def run(database: str, ids: list[int], policy: Policy = POLICY) -> dict[int, str | None]:
+    """One attempt of each due delivery of ``ids`` in this process, as a notify worker makes it."""
+    with Stream(policy, database_url=database) as deliverer:
+        return deliverer.run(ids)
+
+
+def deliver(delivery_id: int, policy: Policy, *, database_url: str) -> str | None:
+    return run(database_url, [delivery_id], policy).get(delivery_id)
+
+
 def make_delivery(database: str, url: str, account: str = "wdc") -> tuple[str, int]:
     """A finished transaction owing a notification to ``url``: (transid, delivery id)."""
     now = datetime.now(UTC)
@@ -437,9 +459,9 @@ def test_claim_is_a_compare_and_set_and_holds_no_transaction_open(db: str) -> No
     _, delivery_id = make_delivery(db, "http://127.0.0.1:9/hook")
     now = datetime.now(UTC)
     with session_scope(db) as session:
-        first = claim(session, delivery_id, now, POLICY, 0.5)
+        first = claim_one(session, delivery_id, now)
     with session_scope(db) as session:
-        second = claim(session, delivery_id, now, POLICY, 0.5)
+        second = claim_one(session, delivery_id, now)
     assert first is not None
     assert second is None
     row = get_delivery(db, delivery_id)
@@ -453,7 +475,7 @@ def test_a_delivery_not_yet_due_is_not_claimed(db: str) -> None:
         session.execute(update(NotificationDelivery).where(NotificationDelivery.id == delivery_id)
                         .values(next_attempt_at=datetime.now(UTC) + timedelta(seconds=60)))
     with session_scope(db) as session:
-        assert claim(session, delivery_id, datetime.now(UTC), POLICY, 0.5) is None
+        assert claim_one(session, delivery_id, datetime.now(UTC)) is None
     assert get_delivery(db, delivery_id).status == "pending"
 
 
@@ -463,7 +485,7 @@ def test_the_host_limit_defers_a_delivery_without_spending_an_attempt(db: str) -
     claims = []
     for delivery_id in ids:
         with session_scope(db) as session:
-            claims.append(claim(session, delivery_id, now, POLICY, 0.5))
+            claims.append(claim_one(session, delivery_id, now))
     assert [c is not None for c in claims] == [True, True, False]  # HOST_CONCURRENCY = 2
     deferred = get_delivery(db, ids[2])
     assert (deferred.status, deferred.attempts) == ("pending", 0)
@@ -472,23 +494,22 @@ def test_the_host_limit_defers_a_delivery_without_spending_an_attempt(db: str) -
     # Another port is another receiver: not held back.
     _, other = make_delivery(db, "http://127.0.0.1:10/hook")
     with session_scope(db) as session:
-        assert claim(session, other, datetime.now(UTC), POLICY, 0.5) is not None
+        assert claim_one(session, other, datetime.now(UTC)) is not None
     # A slot is free again once an attempt is recorded.
     first = claims[0]
     assert first is not None
     with session_scope(db) as session:
-        record(session, first, AttemptResult(now, 5, status_code=204), now=now, policy=POLICY,
-               draw=0.5)
+        record_one(session, first, AttemptResult(now, 5, status_code=204), now)
     later = now + timedelta(seconds=1)
     with session_scope(db) as session:
-        assert claim(session, ids[2], later, POLICY, 0.5) is not None
+        assert claim_one(session, ids[2], later) is not None
 
 
 def test_a_lost_lease_is_taken_back_by_the_sweeper_and_counted_as_an_attempt(db: str) -> None:
     _, delivery_id = make_delivery(db, "http://127.0.0.1:9/hook")
     now = datetime.now(UTC)
     with session_scope(db) as session:
-        taken = claim(session, delivery_id, now, POLICY, 0.5)
+        taken = claim_one(session, delivery_id, now)
     assert taken is not None
     with session_scope(db) as session:  # within the lease: nothing to take back
         assert sweep(session, now + timedelta(seconds=1), POLICY, lambda: 0.5) == []
@@ -501,13 +522,12 @@ def test_a_lost_lease_is_taken_back_by_the_sweeper_and_counted_as_an_attempt(db:
     assert (lost.error, lost.verdict, lost.number) == ("LeaseExpired", "retry", 1)
     # The old worker comes back with a failure: its lease is gone, it changes nothing.
     with session_scope(db) as session:
-        assert record(session, taken, AttemptResult(now, 5, status_code=500), now=after,
-                      policy=POLICY, draw=0.5) is None
+        assert record_one(session, taken, AttemptResult(now, 5, status_code=500), after) is None
     assert get_delivery(db, delivery_id).status == "pending"
     # ... but a success still counts: the notification has arrived.
     with session_scope(db) as session:
-        assert record(session, taken, AttemptResult(now, 5, status_code=200), now=after,
-                      policy=POLICY, draw=0.5) == "delivered"
+        delivered = record_one(session, taken, AttemptResult(now, 5, status_code=200), after)
+        assert delivered == "delivered"
 
 
 def test_sweep_queues_due_deliveries_once_until_the_mark_passes(db: str) -> None:
@@ -938,3 +958,127 @@ def test_a_worker_killed_mid_delivery_loses_nothing(
     assert len(receiver.ids()) == 1  # the same webhook-id: the receiver can tell it is one
     bodies = verify_all(receiver)
     assert {body["transid"] for body in bodies} == {transid}
+
+
+# ==========================================================================================
+# Deliveries as a stream (shared/notify/stream.py): one batch, several receivers, in this process
+
+
+def test_a_slow_host_in_the_batch_does_not_delay_the_fast_hosts_deliveries(
+    db: str, receivers: Callable[..., Receiver],
+) -> None:
+    fast = receivers()
+    slow = receivers(default=Answer(204, delay=10))
+    slow_ids = [make_delivery(db, slow.url)[1] for _ in range(2)]
+    fast_ids = [make_delivery(db, fast.url)[1] for _ in range(30)]
+    started_at = datetime.now(UTC)
+    started = time.monotonic()
+    statuses = run(db, slow_ids + fast_ids)
+    finished = time.monotonic()
+    assert all(statuses[i] == "delivered" for i in fast_ids), statuses
+    assert all(statuses[i] == "pending" for i in slow_ids), statuses  # ReadTimeout: a retry
+    assert len(fast.received) == 30
+    # The fast receiver had every POST, and every one was recorded, while the slow one still
+    # held both its lanes (HOST_CONCURRENCY = 2 each): its lanes are its own.
+    assert max(r.at for r in fast.received) - started < READ_TIMEOUT
+    recorded = max(get_delivery(db, i).completed_at or started_at for i in fast_ids)
+    assert (recorded - started_at).total_seconds() < READ_TIMEOUT
+    assert finished - started >= READ_TIMEOUT
+    assert slow.max_in_flight == 2
+    verify_all(fast)
+    verify_all(slow)
+
+
+def test_a_crash_between_post_and_record_repeats_the_same_webhook_id(
+    db: str, receivers: Callable[..., Receiver], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    receiver = receivers()
+    ids = [make_delivery(db, receiver.url)[1] for _ in range(3)]
+
+    def crash(*_: object, **__: object) -> list[str | None]:
+        raise SystemExit("the worker dies before recording")
+
+    policy = dataclasses.replace(POLICY, connect_timeout=0.3, read_timeout=0.3, lease_margin=0.2)
+    with monkeypatch.context() as patched:
+        patched.setattr(stream, "record", crash)
+        with pytest.raises(SystemExit):
+            run(db, ids, policy)
+    assert len(receiver.received) == 3
+    assert {get_delivery(db, i).status for i in ids} == {"sending"}
+    # The sweeper takes them back once the lease (and the dead worker's slots) ran out; they are
+    # due again after the schedule's first wait, and sent again.
+    time.sleep(policy.lease + 0.05)
+    with session_scope(db) as session:
+        sweep(session, datetime.now(UTC), policy, lambda: 0.0)
+    time.sleep(policy.schedule[1])
+    assert run(db, ids, policy) == dict.fromkeys(ids, "delivered")
+    assert len(receiver.received) == 6
+    by_id: dict[str, int] = {}
+    for request in receiver.received:
+        by_id[request.headers["webhook-id"]] = by_id.get(request.headers["webhook-id"], 0) + 1
+    assert sorted(by_id.values()) == [2, 2, 2]  # each notification twice, under one id
+    for delivery_id in ids:
+        lost, done = attempts_of(db, delivery_id)
+        assert (lost.error, lost.number, done.status_code, done.number) == (
+            "LeaseExpired", 1, 204, 2)
+    verify_all(receiver)
+
+
+def test_the_per_host_in_flight_limit_holds_within_a_batch(
+    db: str, receivers: Callable[..., Receiver],
+) -> None:
+    receiver = receivers(default=Answer(204, delay=0.2))
+    other = receivers(default=Answer(204, delay=0.2))
+    policy = dataclasses.replace(POLICY, host_concurrency=3)
+    ids = [make_delivery(db, receiver.url)[1] for _ in range(9)]
+    ids += [make_delivery(db, other.url)[1] for _ in range(3)]
+    started = time.monotonic()
+    assert set(run(db, ids, policy).values()) == {"delivered"}
+    # 9 POSTs of 0.2 s through 3 lanes: three rounds; the other host's 3 ran alongside.
+    assert (receiver.max_in_flight, other.max_in_flight) == (3, 3)
+    assert 0.6 <= time.monotonic() - started < 1.5
+    assert max(r.at for r in other.received) - started < 0.3
+
+
+def test_the_per_host_rate_spaces_the_posts(
+    db: str, receivers: Callable[..., Receiver],
+) -> None:
+    receiver = receivers()
+    policy = dataclasses.replace(POLICY, host_concurrency=8, host_rate=20.0)
+    ids = [make_delivery(db, receiver.url)[1] for _ in range(11)]
+    assert set(run(db, ids, policy).values()) == {"delivered"}
+    times = sorted(r.at for r in receiver.received)
+    assert times[-1] - times[0] >= 10 / 20.0 - 0.05  # 11 POSTs at 20/s: 0.5 s at least
+
+
+def test_a_host_whose_slots_another_worker_holds_is_waited_for_then_sent(
+    db: str, receivers: Callable[..., Receiver],
+) -> None:
+    receiver = receivers()
+    ids = [make_delivery(db, receiver.url)[1] for _ in range(4)]
+    host = receiver.url.split("/")[2]
+    now = datetime.now(UTC)
+    with session_scope(db) as session:  # another worker holds both slots for 0.3 s more
+        session.add_all([NotifyHostSlot(host=host, slot=slot, holder="other",
+                                        lease_until=now + timedelta(seconds=0.3))
+                         for slot in range(2)])
+    policy = dataclasses.replace(POLICY, sweep_interval=2.0)
+    started = time.monotonic()
+    assert run(db, ids, policy) == dict.fromkeys(ids, "delivered")
+    assert min(r.at for r in receiver.received) - started >= 0.25  # not before the slots freed
+    assert all(a.number == 1 for i in ids for a in attempts_of(db, i))  # waiting spent none
+
+
+def test_a_host_still_busy_after_the_sweep_interval_is_left_to_the_sweeper(
+    db: str, receivers: Callable[..., Receiver],
+) -> None:
+    receiver = receivers()
+    (delivery_id,) = [make_delivery(db, receiver.url)[1]]
+    host = receiver.url.split("/")[2]
+    with session_scope(db) as session:
+        session.add_all([NotifyHostSlot(host=host, slot=slot, holder="other",
+                                        lease_until=datetime.now(UTC) + timedelta(seconds=60))
+                         for slot in range(2)])
+    assert run(db, [delivery_id]) == {}  # sweep_interval 0.2 s
+    row = get_delivery(db, delivery_id)
+    assert (row.status, row.attempts, receiver.received) == ("pending", 0, [])

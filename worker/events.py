@@ -31,13 +31,13 @@ from pydantic import ValidationError
 
 from shared.batching import runs
 from shared.db.engine import session_scope
-from shared.publish import NOTIFY_QUEUE
 from shared.records.directory import Directory
 from shared.settings import get_settings
 from shared.transactions.failures import process_isolating
 from shared.transactions.processing import process_batches, record_failure
 from shared.transactions.schemas import PROCESS_TASK, EventBatch
 from worker.app import app
+from worker.notify import queue_deliveries
 
 log = logging.getLogger(__name__)
 settings = get_settings()
@@ -161,6 +161,5 @@ def process(requests: list[SimpleRequest]) -> bool:
         return False
     _outage["pauses"] = 0
     # Queued only now that the rows they read have committed.
-    for delivery_id in delivery_ids:
-        app.send_task("notify.deliver", args=[delivery_id], queue=NOTIFY_QUEUE)
+    queue_deliveries(delivery_ids)
     return True

@@ -1,27 +1,51 @@
-"""``notify.deliver``: one attempt of a delivery to its notify URL (``shared/notify/delivery.py``).
+"""``notify.deliver``: one attempt of each delivery a message names (``shared/notify/stream.py``).
+
+A message carries up to ``NOTIFY_BATCH`` delivery ids as its arguments (one id, as an older
+publisher wrote, is a batch of one). The process's :class:`Stream` claims them, POSTs them
+concurrently on its kept-alive connections, and records the outcomes.
 
 The task never retries an attempt itself: the delivery's schedule lives in the database, and the
 sweeper (``worker/sweeper.py``) queues the next attempt when it is due. Celery retries only a
-database outage before the claim, a few times; past those, the sweeper picks the delivery up.
+database outage before the claim, a few times; past those, the sweeper picks the deliveries up.
 """
 
 from __future__ import annotations
 
+import os
+
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from shared.notify.delivery import deliver as deliver_once
 from shared.notify.rules import Policy
+from shared.notify.stream import Stream
+from shared.publish import NOTIFY_QUEUE, NOTIFY_TASK, notify_batches
 from shared.settings import get_settings
 from worker.app import app
 
-# Longer than any attempt (its watchdog) plus its two short transactions: only a task that hangs
-# on something else (the database) is stopped, and its delivery's lease then runs out.
-TIME_LIMIT = Policy.from_settings(get_settings()).lease
+POLICY = Policy.from_settings(get_settings())
+# Longer than any attempt (its deadline) plus the wait for a busy host's slots and the short
+# transactions: only a task that hangs on something else (the database) is stopped, and its
+# deliveries' leases then run out.
+TIME_LIMIT = POLICY.lease + POLICY.sweep_interval
+_streams: dict[int, Stream] = {}
+
+
+def _stream() -> Stream:
+    # Made in the pool process that uses it: an event loop and sockets do not survive a fork.
+    pid = os.getpid()
+    if pid not in _streams:
+        _streams[pid] = Stream(POLICY)
+    return _streams[pid]
 
 
 @app.task(
-    name="notify.deliver", autoretry_for=(OperationalError, InterfaceError), max_retries=5,
+    name=NOTIFY_TASK, autoretry_for=(OperationalError, InterfaceError), max_retries=5,
     retry_backoff=True, retry_backoff_max=60, retry_jitter=True, time_limit=TIME_LIMIT,
 )
-def deliver(delivery_id: int) -> None:
-    deliver_once(int(delivery_id), Policy.from_settings(get_settings()))
+def deliver(*delivery_ids: int) -> None:
+    _stream().run([int(delivery_id) for delivery_id in delivery_ids])
+
+
+def queue_deliveries(delivery_ids: list[int]) -> None:
+    """Publish ``notify.deliver`` for ``delivery_ids``, once their rows have committed."""
+    for batch in notify_batches(delivery_ids):
+        app.send_task(NOTIFY_TASK, args=batch, queue=NOTIFY_QUEUE)

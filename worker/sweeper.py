@@ -1,8 +1,8 @@
 """``notify.sweep`` (Celery beat, every EVENTDESK_NOTIFY_SWEEP_INTERVAL_SECONDS): queue what is due.
 
-Queues ``notify.deliver`` for every delivery whose next attempt is due, and takes back deliveries
-whose worker died mid-attempt (``shared/notify/delivery.py`` ``sweep``). Publishing happens after
-the commit; if it fails, the deliveries are queued again by a later sweep.
+Queues ``notify.deliver`` for every delivery whose next attempt is due (in batches), and takes back
+deliveries whose worker died mid-attempt (``shared/notify/delivery.py`` ``sweep``). Publishing
+happens after the commit; if it fails, the deliveries are queued again by a later sweep.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 from shared.db.engine import session_scope
 from shared.notify.delivery import sweep as sweep_due
 from shared.notify.rules import Policy
-from shared.publish import NOTIFY_QUEUE
 from shared.settings import get_settings
 from worker.app import app
+from worker.notify import queue_deliveries
 
 SWEEP_TASK = "notify.sweep"
 
@@ -25,6 +25,5 @@ def sweep() -> int:
     policy = Policy.from_settings(get_settings())
     with session_scope() as session:
         due = sweep_due(session, datetime.now(UTC), policy, random.random)
-    for delivery_id in due:
-        app.send_task("notify.deliver", args=[delivery_id], queue=NOTIFY_QUEUE)
+    queue_deliveries(due)
     return len(due)

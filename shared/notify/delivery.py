@@ -1,18 +1,23 @@
 """The delivery state machine in the database (states and rules: ``shared/notify/rules.py``).
 
-One attempt is three steps, and no database transaction is open during the HTTP call:
+Deliveries go in batches (the driver: ``shared/notify/stream.py``), and one attempt is three
+steps; no database transaction is open while a POST is awaited:
 
-1. :func:`claim`, a short transaction: compare-and-set ``pending`` (and due) -> ``sending`` with a
-   lease (``lease_token``, ``lease_until``) and a slot of the receiver's host (at most
-   ``EVENTDESK_NOTIFY_HOST_CONCURRENCY`` in flight per host), then commit.
-2. The POST (``shared/notify/http.py``), bounded by its timeouts and a watchdog to less than the
-   lease.
-3. :func:`record`, a short transaction: the attempt row, and the next state, set only if the lease
-   is still ours (compare-and-set on ``lease_token``); the slot is freed.
+1. :func:`claim`, a short transaction for a whole batch: one compare-and-set statement takes
+   every ``pending`` and due delivery of the batch -> ``sending`` with a lease (``lease_token``,
+   ``lease_until``), then slots of each receiver's host (at most
+   ``EVENTDESK_NOTIFY_HOST_CONCURRENCY`` POSTs in flight per host, across workers): as many as
+   the batch has deliveries for the host, or as are free; a host with none free is deferred
+   without spending an attempt. Commit.
+2. The POSTs (``shared/notify/http.py``), concurrent, each bounded by its timeouts and a deadline
+   shorter than the lease.
+3. :func:`record`, a short transaction for the outcomes that came back meanwhile: the attempt
+   rows, and each delivery's next state, set only if the lease is still ours (compare-and-set on
+   ``lease_token``); a host's slots are freed with its last outcome of the batch.
 
 Retries are scheduled by the database alone: a failed attempt sets ``next_attempt_at``, and the
 sweeper (:func:`sweep`, every ``EVENTDESK_NOTIFY_SWEEP_INTERVAL_SECONDS``) publishes
-``notify.deliver`` for each delivery that is due, and takes back any delivery whose worker died
+``notify.deliver`` for the deliveries that are due, and takes back any delivery whose worker died
 (lease expired). Why not re-publish the task with a countdown: a countdown message is held,
 unacknowledged, by a worker until it is due; on Redis it is handed out again after the visibility
 timeout, on RabbitMQ it runs into ``consumer_timeout``, and a worker crash loses its timing. With
@@ -31,23 +36,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import secrets
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from collections import defaultdict
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import Table, and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from shared import metrics
-from shared.db.engine import session_scope
 from shared.db.models import Account, NotificationAttempt, NotificationDelivery, NotifyDisabledUrl
 from shared.logs import get_logger
-from shared.notify import rules, signing, slots
-from shared.notify.http import AttemptResult, Resolver, post, system_resolver
+from shared.notify import rules, slots
+from shared.notify.http import AttemptResult
 from shared.observe import after_commit
 
 ND = NotificationDelivery
@@ -64,7 +68,7 @@ class Claim:
     """A delivery taken by one worker for one attempt: everything the POST needs."""
 
     delivery_id: int
-    token: str
+    token: str  # the lease: the claimed batch's, which also holds the batch's host slots
     url: str
     host: str
     message_id: str
@@ -75,43 +79,25 @@ class Claim:
     tried: int  # attempts of the current schedule, this one included
 
 
-def deliver(
-    delivery_id: int, policy: rules.Policy, *, database_url: str | None = None,
-    resolve: Resolver = system_resolver,
-) -> str | None:
-    """One attempt of a delivery, if it is due: claim, POST, record. Returns the new status."""
-    draw = random.random
-    with session_scope(database_url) as session:
-        taken = claim(session, delivery_id, _now(), policy, draw())
-    if taken is None:
-        return None
-    timestamp = int(time.time())
-    headers = signing.headers(taken.secrets, taken.message_id, timestamp, taken.body,
-                              hub=taken.hub_signature)
-    result = post(taken.url, taken.body, headers, connect_timeout=policy.connect_timeout,
-                  read_timeout=policy.read_timeout, allow=policy.allow, resolve=resolve)
-    with session_scope(database_url) as session:
-        return record(session, taken, result, now=_now(), policy=policy, draw=draw())
+@dataclass(frozen=True)
+class Batch:
+    """What :func:`claim` took: the claims, and for each host how many POSTs may be in flight."""
 
-
-def _now() -> datetime:
-    return datetime.now(UTC)
+    claims: list[Claim] = field(default_factory=list)
+    lanes: dict[str, int] = field(default_factory=dict)
+    # Due, but their host had no free slot: pending again, due again after a short wait.
+    deferred: list[int] = field(default_factory=list)
 
 
 def url_hash(url: str) -> str:
     return hashlib.sha256(url.encode()).hexdigest()
 
 
-def is_disabled(session: Session, account_id: str, url: str) -> bool:
-    return session.scalar(select(NotifyDisabledUrl.id).where(
-        NotifyDisabledUrl.account_id == account_id, NotifyDisabledUrl.url_hash == url_hash(url)
-    )) is not None
-
-
 def claim(
-    session: Session, delivery_id: int, now: datetime, policy: rules.Policy, draw: float
-) -> Claim | None:
-    """Take a pending, due delivery for one attempt; None if there is nothing to do now.
+    session: Session, delivery_ids: Collection[int], now: datetime, policy: rules.Policy,
+    draw: float,
+) -> Batch:
+    """Take the pending, due deliveries among ``delivery_ids`` for one attempt each.
 
     Statements write before they read: on SQLite, a transaction that read first may not write
     after another connection has.
@@ -120,43 +106,68 @@ def claim(
     lease_until = now + timedelta(seconds=policy.lease)
     taken = session.execute(
         update(ND)
-        .where(ND.id == delivery_id, ND.status == "pending",
+        .where(ND.id.in_(delivery_ids), ND.status == "pending",
                or_(ND.next_attempt_at.is_(None), ND.next_attempt_at <= now + EARLY))
         .values(status="sending", lease_token=token, lease_until=lease_until, updated_at=now)
+        .returning(ND.id, ND.account_id, ND.url, ND.message_id, ND.payload, ND.attempts,
+                   ND.schedule_offset)
         .execution_options(synchronize_session=False)
-    )
-    if taken.rowcount != 1:  # type: ignore[attr-defined]
-        # Not pending, or not due by this clock: drop the sweeper's mark, so that it queues the
-        # delivery again when due instead of after notify_requeue_seconds.
+    ).all()
+    missed = set(delivery_ids) - {row.id for row in taken}
+    if missed:
+        # Not pending, or not due by this clock: drop the sweeper's mark, so that it queues them
+        # again when due instead of after notify_requeue_seconds.
         session.execute(
             update(ND)
-            .where(ND.id == delivery_id, ND.status == "pending", ND.lease_until.is_not(None))
+            .where(ND.id.in_(missed), ND.status == "pending", ND.lease_until.is_not(None))
             .values(lease_until=None)
             .execution_options(synchronize_session=False)
         )
-        return None
-    delivery = session.get(ND, delivery_id, populate_existing=True)
-    assert delivery is not None
-    if is_disabled(session, delivery.account_id, delivery.url):
-        _finish(session, delivery, "disabled", now, "the notify URL is disabled (410 Gone)")
-        return None
-    host = rules.host_key(delivery.url)
-    if slots.acquire(session, host, token, now=now, until=lease_until,
-                     limit=policy.host_concurrency) is None:
-        # The receiver has its fill of POSTs in flight: back off without spending an attempt.
-        delivery.status, delivery.lease_token, delivery.lease_until = "pending", None, None
-        delivery.next_attempt_at = now + timedelta(seconds=policy.sweep_interval * (1 + draw))
-        return None
-    delivery.attempts += 1
-    delivery.host = host
-    account = session.get(Account, delivery.account_id)
-    return Claim(
-        delivery_id=delivery.id, token=token, url=delivery.url, host=host,
-        message_id=delivery.message_id, body=payload_bytes(delivery.payload),
-        secrets=list(account.signing_secrets) if account else [],
-        hub_signature=bool(account and account.notify_hub_signature),
-        number=delivery.attempts, tried=delivery.attempts - delivery.schedule_offset,
-    )
+    if not taken:
+        return Batch()
+    disabled = _disabled_among(session, {(row.account_id, url_hash(row.url)) for row in taken})
+    off = [row.id for row in taken if (row.account_id, url_hash(row.url)) in disabled]
+    if off:
+        _finish(session, off, "disabled", now, "the notify URL is disabled (410 Gone)")
+    by_host: dict[str, list[Any]] = defaultdict(list)
+    for row in taken:
+        if (row.account_id, url_hash(row.url)) not in disabled:
+            by_host[rules.host_key(row.url)].append(row)
+    accounts = {account.id: account for account in session.scalars(
+        select(Account).where(Account.id.in_({row.account_id for row in taken})))}
+    batch = Batch()
+    for host, rows in by_host.items():
+        ids = [row.id for row in rows]
+        lanes = slots.acquire(session, host, token, now=now, until=lease_until,
+                              limit=policy.host_concurrency, wanted=len(rows))
+        if not lanes:
+            # The receiver has its fill of POSTs in flight: back off without spending an attempt.
+            session.execute(update(ND).where(ND.id.in_(ids)).values(
+                status="pending", lease_token=None, lease_until=None,
+                next_attempt_at=now + timedelta(seconds=rules.busy_wait(draw)),
+            ).execution_options(synchronize_session=False))
+            batch.deferred.extend(ids)
+            continue
+        session.execute(update(ND).where(ND.id.in_(ids)).values(
+            attempts=ND.attempts + 1, host=host).execution_options(synchronize_session=False))
+        batch.lanes[host] = lanes
+        for row in rows:
+            account = accounts.get(row.account_id)
+            batch.claims.append(Claim(
+                delivery_id=row.id, token=token, url=row.url, host=host,
+                message_id=row.message_id, body=payload_bytes(row.payload),
+                secrets=list(account.signing_secrets) if account else [],
+                hub_signature=bool(account and account.notify_hub_signature),
+                number=row.attempts + 1, tried=row.attempts + 1 - row.schedule_offset,
+            ))
+    return batch
+
+
+def _disabled_among(session: Session, pairs: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which (account, URL hash) pairs are disabled: one query for a batch."""
+    found = session.execute(select(NotifyDisabledUrl.account_id, NotifyDisabledUrl.url_hash).where(
+        NotifyDisabledUrl.url_hash.in_({hashed for _, hashed in pairs})))
+    return {(account, hashed) for account, hashed in found if (account, hashed) in pairs}
 
 
 def payload_bytes(payload: dict[str, object]) -> bytes:
@@ -165,46 +176,81 @@ def payload_bytes(payload: dict[str, object]) -> bytes:
 
 
 def record(
-    session: Session, claim: Claim, result: AttemptResult, *, now: datetime,
-    policy: rules.Policy, draw: float,
-) -> str | None:
-    """Store the attempt and move the delivery on; returns its new status (None: lease lost)."""
-    verdict = rules.classify(result.status_code, result.error, result.retry_after, now)
-    next_attempt_at: datetime | None = None
-    if verdict.kind == "delivered":
-        status = "delivered"
-    elif verdict.kind == "failed":
-        status = "failed"
-    elif verdict.kind == "disable":
-        status = "disabled"
-    else:
-        delay = rules.next_delay(
-            policy.schedule, claim.tried, jitter=policy.jitter, draw=draw,
-            retry_after=verdict.retry_after, retry_after_max=policy.retry_after_max,
+    session: Session, outcomes: Sequence[tuple[Claim, AttemptResult]], *, now: datetime,
+    policy: rules.Policy, draw: Callable[[], float],
+    release: Iterable[tuple[str, str]] | None = None,
+) -> list[str | None]:
+    """Store the attempts and move the deliveries on; returns their new statuses (None: lease
+    lost). Frees the slots held by each (host, lease token) of ``release``; by default, those of
+    every claim in ``outcomes``.
+
+    A few statements for the whole batch, whatever its size: the attempts (written first, see
+    :func:`claim`), the deliveries' rows locked and read, the updates of those still ours sent
+    together (executemany), the slots.
+    """
+    verdicts = [rules.classify(result.status_code, result.error, result.retry_after, now)
+                for _, result in outcomes]
+    if outcomes:
+        session.execute(insert(NotificationAttempt), [{
+            "delivery_id": claim.delivery_id, "number": claim.number,
+            "attempted_at": result.started_at, "status_code": result.status_code,
+            "error": result.error, "response": result.response,
+            "duration_ms": result.duration_ms, "address": result.address,
+            "verdict": verdict.kind,
+        } for (claim, result), verdict in zip(outcomes, verdicts, strict=True)])
+    held: dict[int, str] = {row[0]: row[1] for row in session.execute(
+        select(ND.id, ND.status + ":" + func.coalesce(ND.lease_token, ""))
+        .where(ND.id.in_([claim.delivery_id for claim, _ in outcomes]))
+        .with_for_update()
+    )} if outcomes else {}
+    statuses: list[str | None] = []
+    changes: list[dict[str, Any]] = []
+    for (claim, result), verdict in zip(outcomes, verdicts, strict=True):
+        status, next_attempt_at = _next_state(claim, verdict, now, policy, draw())
+        state = held.get(claim.delivery_id)
+        # Ours while the lease is; and a delivery that has arrived is delivered even if the
+        # sweeper took it back meanwhile.
+        moved = state == f"sending:{claim.token}" or (status == "delivered" and state == "pending:")
+        statuses.append(status if moved else None)
+        if moved:
+            changes.append({
+                "b_id": claim.delivery_id, "b_status": status, "b_next": next_attempt_at,
+                "b_error": _error_text(result),
+                "b_completed": now if status in rules.FINAL else None,
+            })
+        if verdict.kind == "disable":
+            _disable_url(session, claim, result.status_code, now)
+        _observe(session, claim, result, verdict.kind, status if moved else None)
+    if changes:
+        table = cast("Table", ND.__table__)
+        session.connection().execute(
+            update(table).where(table.c.id == bindparam("b_id"))
+            .values(status=bindparam("b_status"), next_attempt_at=bindparam("b_next"),
+                    last_error=bindparam("b_error"), completed_at=bindparam("b_completed"),
+                    lease_token=None, lease_until=None, updated_at=now),
+            changes,
         )
-        status = "dead" if delay is None else "pending"
-        if delay is not None:
-            next_attempt_at = now + timedelta(seconds=delay)
-    ours = and_(ND.status == "sending", ND.lease_token == claim.token)
-    if status == "delivered":  # even if the sweeper took it back meanwhile: it has arrived
-        ours = or_(ours, ND.status == "pending")
-    moved = session.execute(
-        update(ND).where(ND.id == claim.delivery_id, ours)
-        .values(status=status, next_attempt_at=next_attempt_at, lease_token=None,
-                lease_until=None, updated_at=now, last_error=_error_text(result),
-                completed_at=now if status in rules.FINAL else None)
-        .execution_options(synchronize_session=False)
-    ).rowcount == 1  # type: ignore[attr-defined]
-    session.add(NotificationAttempt(
-        delivery_id=claim.delivery_id, number=claim.number, attempted_at=result.started_at,
-        status_code=result.status_code, error=result.error, response=result.response,
-        duration_ms=result.duration_ms, verdict=verdict.kind, address=result.address,
-    ))
-    slots.release(session, claim.host, claim.token)
+    freed = {(claim.host, claim.token) for claim, _ in outcomes} if release is None else release
+    for host, token in freed:
+        slots.release(session, host, token)
+    return statuses
+
+
+def _next_state(
+    claim: Claim, verdict: rules.Verdict, now: datetime, policy: rules.Policy, draw: float
+) -> tuple[str, datetime | None]:
+    """The delivery's status after this attempt, and when the next one is due."""
+    if verdict.kind == "delivered":
+        return "delivered", None
+    if verdict.kind == "failed":
+        return "failed", None
     if verdict.kind == "disable":
-        _disable_url(session, claim, result.status_code, now)
-    _observe(session, claim, result, verdict.kind, status if moved else None)
-    return status if moved else None
+        return "disabled", None
+    delay = rules.next_delay(
+        policy.schedule, claim.tried, jitter=policy.jitter, draw=draw,
+        retry_after=verdict.retry_after, retry_after_max=policy.retry_after_max,
+    )
+    return ("dead", None) if delay is None else ("pending", now + timedelta(seconds=delay))
 
 
 def _error_text(result: AttemptResult) -> str | None:
@@ -227,16 +273,17 @@ def _disable_url(session: Session, claim: Claim, status_code: int | None, now: d
 
 
 def _finish(
-    session: Session, delivery: NotificationDelivery, status: str, now: datetime, error: str
+    session: Session, delivery_ids: list[int], status: str, now: datetime, error: str
 ) -> None:
-    delivery.status, delivery.last_error = status, error
-    delivery.lease_token = delivery.lease_until = delivery.next_attempt_at = None
-    delivery.completed_at = delivery.updated_at = now
-    after_commit(session, lambda: _count_final(status))
+    session.execute(update(ND).where(ND.id.in_(delivery_ids)).values(
+        status=status, last_error=error, lease_token=None, lease_until=None, next_attempt_at=None,
+        completed_at=now, updated_at=now,
+    ).execution_options(synchronize_session=False))
+    after_commit(session, lambda: _count_final(status, len(delivery_ids)))
 
 
-def _count_final(status: str) -> None:
-    metrics.notifications.labels(status).inc()
+def _count_final(status: str, count: int = 1) -> None:
+    metrics.notifications.labels(status).inc(count)
 
 
 def _observe(

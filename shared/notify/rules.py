@@ -101,6 +101,17 @@ def next_delay(
     return max(0.0, delay)
 
 
+# How long a delivery whose host has no free slot waits before it is claimed again.
+BUSY_WAIT = 0.05
+
+
+def busy_wait(draw: float) -> float:
+    """Seconds until a delivery deferred for want of a host slot is due again: short, since the
+    slots of a fast receiver come free within milliseconds; jittered, so that the claimers that
+    found them taken do not all come back at once."""
+    return BUSY_WAIT * (1 + draw)
+
+
 def parse_schedule(text: str) -> tuple[float, ...]:
     """``"0,30,120"`` -> (0.0, 30.0, 120.0); at least one attempt, no negative waits."""
     schedule = tuple(float(part) for part in text.split(",") if part.strip())
@@ -127,7 +138,7 @@ def host_key(url: str) -> str:
 
 @dataclass(frozen=True)
 class Policy:
-    """The delivery settings, read once per task from :class:`Settings`."""
+    """The delivery settings, read once per worker process from :class:`Settings`."""
 
     schedule: tuple[float, ...]
     jitter: float
@@ -139,6 +150,8 @@ class Policy:
     sweep_interval: float
     requeue: float
     allow: tuple[IPNetwork, ...]
+    # POSTs a second to one host, per worker process (0: no limit but the in-flight one).
+    host_rate: float = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -153,6 +166,7 @@ class Policy:
             sweep_interval=settings.notify_sweep_interval_seconds,
             requeue=settings.notify_requeue_seconds,
             allow=parse_networks(settings.notify_allow_networks),
+            host_rate=settings.notify_host_rate,
         )
 
     @property
