@@ -19,11 +19,12 @@ from api.query import argument
 from shared.db.engine import session_scope
 from shared.ids import well_formed
 from shared.intake.service import KeyInfo
+from shared.messaging import NOTIFY_DELIVER, NOTIFY_QUEUE
 from shared.notify import rules
 from shared.notify.delivery import REDELIVER_MISSING, Replay, redeliver
 from shared.notify.schemas import Redelivery
 from shared.notify.views import list_deliveries
-from shared.publish import NOTIFY_QUEUE, NOTIFY_TASK, Publisher, PublishError, task_message
+from shared.publish import Publisher, PublishError, task_message
 from shared.requests.fields import parse_choice, parse_id, parse_int
 
 bp = Blueprint("deliveries", __name__)
@@ -59,7 +60,7 @@ def redeliver_transaction(key: KeyInfo, transid: str) -> Response:
     if not isinstance(started, Replay):
         return error_json(409, "the notification is on its way already")
     publisher: Publisher = current_app.extensions["eventdesk.publisher"]
-    message = task_message(NOTIFY_TASK, NOTIFY_QUEUE, stdjson.dumps([started.delivery_id]))
+    message = task_message(NOTIFY_DELIVER, NOTIFY_QUEUE, stdjson.dumps([started.delivery_id]))
     # Not queued (rate limit, broker down): it is pending and due, so the sweeper queues it.
     with contextlib.suppress(PublishError):
         publisher.publish(message, {f"redeliver:{key.account_id}": 1})

@@ -66,6 +66,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.intake import log
 from bench.servers import ServerError
+from shared.messaging import EVENTS_QUEUE
 
 if TYPE_CHECKING:
     import psycopg
@@ -87,7 +88,6 @@ TARGETS = {"storm": 1000.0, "storm100": 3000.0, "distinct100": 3000.0}  # events
 # events match one request (same account, source, service instance and CI).
 REPEATS = [("db1", "ABC1234"), ("db2", "ABC1234"), ("db1-standby", "ABC1234"), ("pc23", "CMP00023")]
 DISTINCT_EVERY = 10  # in a storm, one event in ten is distinct
-EVENTS_QUEUE = "events"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/13"
 # Emptied before each scenario (the reference records stay).
 # In an order that DELETE can follow too (referencing tables first).

@@ -52,7 +52,6 @@ from urllib.request import urlopen
 
 from bench.e2e import (
     DEFAULT_REDIS_URL,
-    EVENTS_QUEUE,
     ROOT,
     STORM,
     Database,
@@ -61,7 +60,7 @@ from bench.e2e import (
 )
 from bench.intake import PATH, log
 from bench.servers import ServerError
-from shared.publish import NOTIFY_QUEUE
+from shared.messaging import EVENTS_QUEUE, NOTIFY_QUEUE
 
 if TYPE_CHECKING:
     import redis

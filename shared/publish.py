@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Protocol
@@ -27,17 +27,7 @@ import redis
 from kombu import Connection, Exchange, Queue
 from kombu.pools import producers
 
-EVENTS_QUEUE = "events"
-NOTIFY_QUEUE = "notify"
-MAIL_QUEUE = "mail"
-QUEUES = (EVENTS_QUEUE, MAIL_QUEUE, NOTIFY_QUEUE)
-# Retention's purge (worker/retention.py): housekeeping, on the notify queue with the sweeper,
-# never on events, whose consumer batches its messages.
-PURGE_TASK = "retention.purge"
-# ``notify.deliver`` takes delivery ids as its arguments, up to NOTIFY_BATCH a message: one
-# message is one claim statement, and that many POSTs under way together (shared/notify/stream.py).
-NOTIFY_TASK = "notify.deliver"
-NOTIFY_BATCH = 200
+from shared.messaging import QUEUES
 
 _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
 _EMBED = '{"callbacks":null,"errbacks":null,"chain":null,"chord":null}'
@@ -73,12 +63,6 @@ class TaskMessage:
 def task_message(task: str, queue: str, args_json: str) -> TaskMessage:
     """A message for ``task`` whose positional arguments are the JSON array ``args_json``."""
     return TaskMessage(task, uuid.uuid4().hex, queue, f"[{args_json},{{}},{_EMBED}]")
-
-
-def notify_batches(delivery_ids: Sequence[int]) -> list[list[int]]:
-    """The arguments of the ``notify.deliver`` messages that queue ``delivery_ids``."""
-    return [list(delivery_ids[at:at + NOTIFY_BATCH])
-            for at in range(0, len(delivery_ids), NOTIFY_BATCH)]
 
 
 class Publisher(Protocol):

@@ -30,7 +30,7 @@ import yaml
 
 from shared import metrics
 from shared.cli import main as cli
-from shared.publish import QUEUES
+from shared.messaging import QUEUES
 from tests.conftest import REPO, require_tool
 
 DEPLOY = REPO / "deploy"

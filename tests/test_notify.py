@@ -48,6 +48,7 @@ from shared.db.models import (
     NotifyHostSlot,
     Transaction,
 )
+from shared.messaging import NOTIFY_QUEUE
 from shared.notify import payload, rules, signing, stream
 from shared.notify.delivery import (
     REDELIVER_BUSY,
@@ -64,7 +65,7 @@ from shared.notify.rules import Policy, Verdict, classify, next_delay, parse_ret
 from shared.notify.ssrf import parse_networks
 from shared.notify.stream import Stream
 from shared.notify.views import list_deliveries
-from shared.publish import NOTIFY_QUEUE, make_publisher, task_message
+from shared.publish import make_publisher, task_message
 from shared.settings import Settings
 from tests.conftest import (
     REPO,
@@ -231,13 +232,13 @@ def test_the_sweeper_runs_on_celery_beat() -> None:
     from click.testing import CliRunner
 
     from shared.cli import beat_command, main, worker_command
+    from shared.messaging import NOTIFY_SWEEP
     from worker.app import TASK_MODULES, app
-    from worker.sweeper import SWEEP_TASK
 
     entry = app.conf.beat_schedule["notify.sweep"]
-    assert (entry["task"], entry["options"]["queue"]) == (SWEEP_TASK, "notify")
+    assert (entry["task"], entry["options"]["queue"]) == (NOTIFY_SWEEP, "notify")
     assert "worker.sweeper" in TASK_MODULES
-    assert SWEEP_TASK in app.tasks
+    assert NOTIFY_SWEEP in app.tasks
     assert "--beat" in worker_command("events,mail,notify", 2, beat=True)
     assert "--beat" not in worker_command("events,mail,notify", 2)
     assert beat_command()[-3:] == ["beat", "--loglevel", "INFO"]

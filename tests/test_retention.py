@@ -279,15 +279,15 @@ def test_the_configured_retention(configure: Callable[..., None]) -> None:
 
 
 def test_beat_runs_the_purge_on_the_notify_queue() -> None:
-    from shared.publish import PURGE_TASK
+    from shared.messaging import RETENTION_PURGE
     from worker.app import app
     from worker.retention import purge_expired
 
-    entry = app.conf.beat_schedule[PURGE_TASK]
-    assert (entry["task"], entry["options"]["queue"]) == (PURGE_TASK, "notify")
+    entry = app.conf.beat_schedule[RETENTION_PURGE]
+    assert (entry["task"], entry["options"]["queue"]) == (RETENTION_PURGE, "notify")
     assert entry["schedule"] == 300
-    assert app.tasks[PURGE_TASK].name == purge_expired.name
-    assert app.amqp.router.route({}, PURGE_TASK)["queue"].name == "notify"
+    assert app.tasks[RETENTION_PURGE].name == purge_expired.name
+    assert app.amqp.router.route({}, RETENTION_PURGE)["queue"].name == "notify"
 
 
 def test_the_scheduled_purge_uses_the_configured_retention(

@@ -24,9 +24,10 @@ from standardwebhooks import Webhook
 from api import create_app
 from shared.db.engine import session_scope
 from shared.db.models import Request
-from shared.publish import EVENTS_QUEUE, make_publisher, task_message
+from shared.messaging import EVENTS_PROCESS, EVENTS_QUEUE
+from shared.publish import make_publisher, task_message
 from shared.records.importer import import_records
-from shared.transactions.schemas import PROCESS_TASK, EventBatch
+from shared.transactions.schemas import EventBatch
 from tests.conftest import Worker, redis_db_url, wait_until
 
 PATH = "/resources/v1/events/externalevent/"
@@ -154,7 +155,7 @@ def test_same_message_delivered_twice_makes_one_request(api: FlaskClient, stack:
     })
     publisher = make_publisher(stack.broker, None, 1000, 1000)
     for _ in range(2):  # two messages, as a redelivery after a lost ack would be
-        message = task_message(PROCESS_TASK, EVENTS_QUEUE, f"[{batch.model_dump_json()}]")
+        message = task_message(EVENTS_PROCESS, EVENTS_QUEUE, f"[{batch.model_dump_json()}]")
         assert publisher.publish(message, {"test": 1}) is None
     # A marker queued behind both: once it is done, both copies have been taken.
     (marker,) = send(api, {"events": [event(uuid.uuid4().hex)]})
@@ -176,7 +177,7 @@ def test_one_message_with_several_batches_processes_them_all(
     }) for source_id in source_ids]
     args = ",".join(batch.model_dump_json() for batch in batches)
     publisher = make_publisher(stack.broker, None, 1000, 1000)
-    assert publisher.publish(task_message(PROCESS_TASK, EVENTS_QUEUE, f"[{args}]"),
+    assert publisher.publish(task_message(EVENTS_PROCESS, EVENTS_QUEUE, f"[{args}]"),
                              {"test": 3}) is None
     # Our api did not sign these transids, so the status endpoint knows them only once written.
     def made(source_id: str) -> bool:

@@ -20,7 +20,14 @@ from celery.signals import worker_process_init
 from kombu import Queue
 
 from shared.db.engine import dispose_engines, use_statement_timeout
-from shared.publish import PURGE_TASK, QUEUES
+from shared.messaging import (
+    EVENTS_QUEUE,
+    MAIL_SWEEP,
+    NOTIFY_SWEEP,
+    QUEUES,
+    RETENTION_PURGE,
+    ROUTES,
+)
 from shared.settings import get_settings
 from worker import signals  # noqa: F401 - connects the log and metrics handlers
 from worker.broker import REAP_INTERVAL
@@ -67,26 +74,26 @@ def make_celery() -> Celery:
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
         task_queues=[Queue(name, routing_key=name, durable=True) for name in QUEUES],
-        task_default_queue="events",
-        task_routes={"events.*": {"queue": "events"}, "notify.*": {"queue": "notify"},
-                     "mail.*": {"queue": "mail"}, PURGE_TASK: {"queue": "notify"}},
+        task_default_queue=EVENTS_QUEUE,
+        task_routes={task: {"queue": queue} for task, queue in ROUTES.items()},
         worker_hijack_root_logger=False,
         enable_utc=True,
         # The notify sweeper (worker/sweeper.py), run by ``celery beat`` (``eventdesk beat``, or
         # the worker's -B in ``eventdesk run``). Its schedule is kept in memory only: missing a
         # sweep costs nothing, and there is no state file to write.
         beat_scheduler="celery.beat:Scheduler",
-        beat_schedule={"notify.sweep": {
-            "task": "notify.sweep", "schedule": sweep_every,
+        beat_schedule={NOTIFY_SWEEP: {
+            "task": NOTIFY_SWEEP, "schedule": sweep_every,
             # A sweep that waited in a long queue is dropped: a newer one is behind it.
-            "options": {"queue": "notify", "expires": max(6 * sweep_every, 30)},
-        }, PURGE_TASK: {
+            "options": {"queue": ROUTES[NOTIFY_SWEEP], "expires": max(6 * sweep_every, 30)},
+        }, RETENTION_PURGE: {
             # Retention (worker/retention.py); one waiting longer than its interval is dropped.
-            "task": PURGE_TASK, "schedule": purge_every,
-            "options": {"queue": "notify", "expires": purge_every},
-        }, "mail.sweep": {
+            "task": RETENTION_PURGE, "schedule": purge_every,
+            "options": {"queue": ROUTES[RETENTION_PURGE], "expires": purge_every},
+        }, MAIL_SWEEP: {
             # Mail stored but never queued (worker/mail.py); a missed sweep costs nothing.
-            "task": "mail.sweep", "schedule": 60.0, "options": {"queue": "mail", "expires": 120},
+            "task": MAIL_SWEEP, "schedule": 60.0,
+            "options": {"queue": ROUTES[MAIL_SWEEP], "expires": 120},
         }},
     )
     return app

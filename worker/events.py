@@ -31,11 +31,12 @@ from pydantic import ValidationError
 
 from shared.batching import runs
 from shared.db.engine import session_scope
+from shared.messaging import EVENTS_PROCESS
 from shared.records.directory import Directory
 from shared.settings import get_settings
 from shared.transactions.failures import process_isolating
 from shared.transactions.processing import process_batches, record_failure
-from shared.transactions.schemas import PROCESS_TASK, EventBatch
+from shared.transactions.schemas import EventBatch
 from worker.app import app
 from worker.notify import queue_deliveries
 
@@ -143,7 +144,7 @@ class EventBatches(Batches):  # type: ignore[misc]
         ), requests)
 
 
-@app.task(name=PROCESS_TASK, base=EventBatches, acks_late=True)
+@app.task(name=EVENTS_PROCESS, base=EventBatches, acks_late=True)
 def process(requests: list[SimpleRequest]) -> bool:
     """True: every message is done (acknowledge them); False: put them back on the queue."""
     batches: list[EventBatch] = []

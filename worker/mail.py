@@ -15,9 +15,8 @@ from typing import Any
 
 from shared.db.engine import session_scope
 from shared.mail.queries import pending
-from shared.mail.schemas import PROCESS_TASK, SWEEP_TASK
 from shared.mail.service import MailConfig, fail_mail, process_mail
-from shared.publish import MAIL_QUEUE
+from shared.messaging import MAIL_PROCESS, MAIL_QUEUE, MAIL_SWEEP
 from shared.records.directory import Directory
 from shared.settings import get_settings
 from shared.transactions.failures import Fault, classify, reason
@@ -32,7 +31,7 @@ REQUEUE_AFTER = timedelta(minutes=5)
 SWEEP_LIMIT = 1000
 
 
-@app.task(name=PROCESS_TASK, bind=True, acks_late=True, max_retries=None)
+@app.task(name=MAIL_PROCESS, bind=True, acks_late=True, max_retries=None)
 def process(self: Any, mail_id: int) -> None:
     now = datetime.now(UTC)
     try:
@@ -41,15 +40,15 @@ def process(self: Any, mail_id: int) -> None:
     except Exception as exc:
         if classify(exc) is Fault.OUTAGE:
             raise self.retry(exc=exc, countdown=min(30, 2 ** self.request.retries)) from exc
-        log.error("mail.process: mail %s failed: %s", mail_id, reason(exc), exc_info=exc)
+        log.error("%s: mail %s failed: %s", MAIL_PROCESS, mail_id, reason(exc), exc_info=exc)
         with session_scope() as session:
             fail_mail(session, int(mail_id), exc, now)
 
 
-@app.task(name=SWEEP_TASK)
+@app.task(name=MAIL_SWEEP)
 def sweep() -> int:
     with session_scope() as session:
         stranded = pending(session, datetime.now(UTC) - REQUEUE_AFTER, SWEEP_LIMIT)
     for mail_id in stranded:
-        app.send_task(PROCESS_TASK, args=[mail_id], queue=MAIL_QUEUE)
+        app.send_task(MAIL_PROCESS, args=[mail_id], queue=MAIL_QUEUE)
     return len(stranded)

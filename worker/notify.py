@@ -15,9 +15,9 @@ import os
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from shared.messaging import NOTIFY_DELIVER, NOTIFY_QUEUE, notify_batches
 from shared.notify.rules import Policy
 from shared.notify.stream import Stream
-from shared.publish import NOTIFY_QUEUE, NOTIFY_TASK, notify_batches
 from shared.settings import get_settings
 from worker.app import app
 
@@ -38,7 +38,7 @@ def _stream() -> Stream:
 
 
 @app.task(
-    name=NOTIFY_TASK, autoretry_for=(OperationalError, InterfaceError), max_retries=5,
+    name=NOTIFY_DELIVER, autoretry_for=(OperationalError, InterfaceError), max_retries=5,
     retry_backoff=True, retry_backoff_max=60, retry_jitter=True, time_limit=TIME_LIMIT,
 )
 def deliver(*delivery_ids: int) -> None:
@@ -48,4 +48,4 @@ def deliver(*delivery_ids: int) -> None:
 def queue_deliveries(delivery_ids: list[int]) -> None:
     """Publish ``notify.deliver`` for ``delivery_ids``, once their rows have committed."""
     for batch in notify_batches(delivery_ids):
-        app.send_task(NOTIFY_TASK, args=batch, queue=NOTIFY_QUEUE)
+        app.send_task(NOTIFY_DELIVER, args=batch, queue=NOTIFY_QUEUE)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from shared.logs import get_logger
-from shared.publish import PURGE_TASK
+from shared.messaging import RETENTION_PURGE
 from shared.retention.service import horizon_for, purge
 from shared.settings import get_settings
 from worker.app import app
@@ -17,7 +17,7 @@ from worker.app import app
 log = get_logger("eventdesk.retention")
 
 
-@app.task(name=PURGE_TASK)
+@app.task(name=RETENTION_PURGE)
 def purge_expired() -> int:
     settings = get_settings()
     result = purge(horizon_for(settings, datetime.now(UTC)),

@@ -29,7 +29,7 @@ from celery.signals import (
 
 from shared import logs, metrics
 from shared.logs import get_logger
-from shared.publish import QUEUES
+from shared.messaging import QUEUES
 from shared.settings import get_settings
 
 log = get_logger(__name__)

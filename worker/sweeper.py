@@ -11,16 +11,15 @@ import random
 from datetime import UTC, datetime
 
 from shared.db.engine import session_scope
+from shared.messaging import NOTIFY_SWEEP
 from shared.notify.delivery import sweep as sweep_due
 from shared.notify.rules import Policy
 from shared.settings import get_settings
 from worker.app import app
 from worker.notify import queue_deliveries
 
-SWEEP_TASK = "notify.sweep"
 
-
-@app.task(name=SWEEP_TASK)
+@app.task(name=NOTIFY_SWEEP)
 def sweep() -> int:
     policy = Policy.from_settings(get_settings())
     with session_scope() as session:

@@ -24,8 +24,9 @@ from collections.abc import Sequence
 
 from shared.batching import runs
 from shared.logs import get_logger
-from shared.publish import EVENTS_QUEUE, Limited, Publisher, PublishError, task_message
-from shared.transactions.schemas import PROCESS_TASK, EventBatch
+from shared.messaging import EVENTS_PROCESS, EVENTS_QUEUE
+from shared.publish import Limited, Publisher, PublishError, task_message
+from shared.transactions.schemas import EventBatch
 
 # Events in one message at most (a larger request is a message alone), bounding its size
 # whatever the thread count and the bodies.
@@ -128,4 +129,5 @@ class EventQueue:
         for batch in batches:
             key = f"key:{batch.key_id}"
             costs[key] = costs.get(key, 0) + len(batch.events)
-        return self._publisher.publish(task_message(PROCESS_TASK, EVENTS_QUEUE, f"[{args}]"), costs)
+        message = task_message(EVENTS_PROCESS, EVENTS_QUEUE, f"[{args}]")
+        return self._publisher.publish(message, costs)

@@ -56,8 +56,9 @@ from shared.mail.rules import (
     subject_request_ids,
     within_feedback,
 )
-from shared.mail.schemas import PROCESS_TASK, EmailPolicy
-from shared.publish import MAIL_QUEUE, Publisher, PublishError, task_message
+from shared.mail.schemas import EmailPolicy
+from shared.messaging import MAIL_PROCESS, MAIL_QUEUE
+from shared.publish import Publisher, PublishError, task_message
 from shared.records.directory import Directory, PersonRef, Scope
 from shared.settings import Settings
 from shared.transactions.processing import process_batches, record_failure
@@ -98,7 +99,7 @@ def queue(publisher: Publisher, mail_id: int) -> None:
     """Ask a worker to process the stored message. A broker that refuses is logged only: the
     message is stored, and the sweep queues it later."""
     try:
-        publisher.publish(task_message(PROCESS_TASK, MAIL_QUEUE, json.dumps([mail_id])), {})
+        publisher.publish(task_message(MAIL_PROCESS, MAIL_QUEUE, json.dumps([mail_id])), {})
     except PublishError as exc:
         log.warning("mail stored but not queued; the sweep will queue it", mail_id=mail_id,
                     error=str(exc))

@@ -9,8 +9,6 @@ from pydantic import BaseModel, Field
 
 from shared.notify.schemas import DeliveryView
 
-PROCESS_TASK = "events.process"
-
 Status = Literal["queued", "processing", "completed", "expired", "failed"]
 
 

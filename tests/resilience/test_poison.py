@@ -21,8 +21,9 @@ from sqlalchemy import select
 
 from shared.db.engine import session_scope
 from shared.db.models import Transaction
-from shared.publish import EVENTS_QUEUE, RedisPublisher, task_message
-from shared.transactions.schemas import PROCESS_TASK, EventBatch
+from shared.messaging import EVENTS_PROCESS, EVENTS_QUEUE
+from shared.publish import RedisPublisher, task_message
+from shared.transactions.schemas import EventBatch
 from tests.conftest import Worker, load_demo, throwaway_database, wait_until
 from tests.resilience.harness import Api, Stream, private_redis, service_env, settle
 
@@ -61,7 +62,7 @@ class Injector:
                               **POISONS[POISON_AT.index(number) % len(POISONS)]})
         batches = [good[0], poison, good[1]]
         args = ",".join(batch.model_dump_json() for batch in batches)
-        message = task_message(PROCESS_TASK, EVENTS_QUEUE, f"[{args}]")
+        message = task_message(EVENTS_PROCESS, EVENTS_QUEUE, f"[{args}]")
         assert self._publisher.publish(message, {"test": 3}) is None
         self.poison.append(poison.events[0].transid)
         self.neighbours += [batch.events[0].transid for batch in good]
