@@ -5,7 +5,7 @@ Run from the repository root::
     python -m bench.notify [--events 10000] [--rate 1200] [--runs 3] [--redis-url ...] [--json]
 
 Setup: a throwaway PostgreSQL database (as bench/e2e.py: created, migrated, loaded with
-``examples/demo.yaml``, dropped at the end), the api under gunicorn, one Celery worker on the
+the demo records, dropped at the end), the api under gunicorn, one Celery worker on the
 ``events`` and ``notify`` queues (``--concurrency``, the default two processes) with the sweeper
 (``--beat``), all on the given Redis database (flushed before and after), and a receiver: a
 separate process answering every POST with 204 at once, on keep-alive connections, that notes
@@ -70,7 +70,7 @@ if TYPE_CHECKING:
 TARGET_RATE = 1000.0
 TARGET_RATIO = 0.15
 TARGET_P99_S = 2.0
-DEMO_SECRET = "whsec_ZGVtby1zaWduaW5nLXNlY3JldC0wMTIzNDU2Nzg5YWI="  # examples/demo.yaml's
+DEMO_SECRET = "whsec_ZGVtby1zaWduaW5nLXNlY3JldC0wMTIzNDU2Nzg5YWI="  # the demo records'
 POLL_S = 0.05
 WARMUP_EVENTS = 200
 _TRANSID = re.compile(rb'"transid":\s*"([^"]+)"')
@@ -464,7 +464,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL,
                         help="a Redis database the bench owns: flushed before and after")
     parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
-    parser.add_argument("--records", type=Path, default=ROOT / "examples" / "demo.yaml")
+    parser.add_argument("--records", type=Path, default=ROOT / "shared" / "records" / "demo.yaml")
     parser.add_argument("--key", default="demo-key")
     parser.add_argument("--start-timeout", type=float, default=60.0)
     parser.add_argument("--stall-timeout", type=float, default=30.0)

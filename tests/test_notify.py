@@ -238,6 +238,7 @@ def test_the_sweeper_runs_on_celery_beat() -> None:
     entry = app.conf.beat_schedule["notify.sweep"]
     assert (entry["task"], entry["options"]["queue"]) == (NOTIFY_SWEEP, "notify")
     assert "worker.sweeper" in TASK_MODULES
+    app.loader.import_default_modules()  # what a starting worker does with TASK_MODULES
     assert NOTIFY_SWEEP in app.tasks
     assert "--beat" in worker_command("events,mail,notify", 2, beat=True)
     assert "--beat" not in worker_command("events,mail,notify", 2)

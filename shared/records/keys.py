@@ -58,7 +58,7 @@ def create_key(
             raise UnknownRecord(
                 f"no person {person_id} in account {account_id!r} or its directory account"
             )
-    plaintext = key if key is not None else secrets.token_urlsafe(32)
+    plaintext = key if key is not None else _new_key()
     hashed = hash_key(plaintext)
     existing = session.scalars(select(ApiKey).where(ApiKey.key_hash == hashed)).first()
     if existing is None:
@@ -109,3 +109,11 @@ def revoke_key(session: Session, key_or_id: str | int) -> Revoked:
     found.revoked_at = utcnow()
     session.flush()
     return Revoked.NOW
+
+
+def _new_key() -> str:
+    """A random key that does not start with '-', which command lines (``eventdesk keys revoke
+    KEY``, a shell's arguments) would read as an option."""
+    while (key := secrets.token_urlsafe(32)).startswith("-"):
+        pass
+    return key
