@@ -34,8 +34,9 @@ class TTLCache(Generic[K, V]):
     answer is served for another ``ttl`` before the next try, so a dead database costs one
     waiting request per key and TTL, not every request.
 
-    While one thread refreshes an expired entry, the others serve the expired answer instead of
-    all asking the database at once.
+    While one thread refreshes an expired entry that is still within its stale window, the others
+    serve the expired answer instead of all asking the database at once (with ``stale`` 0 every
+    caller of an expired entry loads it).
     """
 
     def __init__(

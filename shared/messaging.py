@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from shared.batching import runs
+
 EVENTS_QUEUE = "events"
 MAIL_QUEUE = "mail"
 NOTIFY_QUEUE = "notify"
@@ -35,9 +37,6 @@ ROUTES = {
     MAIL_PROCESS: MAIL_QUEUE, MAIL_SWEEP: MAIL_QUEUE,
     NOTIFY_DELIVER: NOTIFY_QUEUE, NOTIFY_SWEEP: NOTIFY_QUEUE, RETENTION_PURGE: NOTIFY_QUEUE,
 }
-
-
 def notify_batches(delivery_ids: Sequence[int]) -> list[list[int]]:
     """The arguments of the ``notify.deliver`` messages that queue ``delivery_ids``."""
-    return [list(delivery_ids[at:at + NOTIFY_BATCH])
-            for at in range(0, len(delivery_ids), NOTIFY_BATCH)]
+    return runs(delivery_ids, lambda _: 1, NOTIFY_BATCH)

@@ -13,7 +13,7 @@ import redis
 from kombu import Connection, Exchange, Queue
 
 from tests.resilience.harness import RedisServer, private_redis
-from worker.broker import CONSUMERS_KEY, Channel, inflight_key
+from worker.broker import CONSUMERS_KEY, UNDELIVERABLE_KEY, Channel, inflight_key
 
 pytestmark = pytest.mark.redis
 TRANSPORT = "worker.broker:Transport"
@@ -133,3 +133,44 @@ def test_an_event_loop_consumer_takes_every_message_and_acknowledges_it(
         assert client.hlen(channel.unacked_key) == 0
     assert sorted(received) == sorted(
         f"{prefix} {queue}" for queue in queues for prefix in ("to", "again to"))
+
+
+def test_a_live_consumer_returns_what_a_lost_reply_left_in_its_own_list(
+    server: RedisServer,
+) -> None:
+    """kombu drops a connection whose BLMOVE went unanswered; what the server had moved is
+    this consumer's to give back, since it will never read that reply."""
+    publish(server.url, "orphan")
+    client = redis.Redis.from_url(server.url)
+    with connect(server.url) as connection:
+        channel = consumer_channel(connection)
+        client.lmove("events", inflight_key(channel.consumer), "RIGHT", "LEFT")
+        channel.reap_dead_consumers()
+        assert client.llen(inflight_key(channel.consumer)) == 0
+        assert channel.basic_get("events").body == b"orphan"
+
+
+def test_a_consumer_taken_for_dead_registers_again(server: RedisServer) -> None:
+    client = redis.Redis.from_url(server.url)
+    with connect(server.url) as connection:
+        channel = consumer_channel(connection)
+        client.srem(CONSUMERS_KEY, channel.consumer)
+        channel.reap_dead_consumers()
+        assert channel.consumer.encode() in client.smembers(CONSUMERS_KEY)
+
+
+def test_an_unreadable_entry_does_not_hold_back_a_dead_consumers_messages(
+    server: RedisServer,
+) -> None:
+    publish(server.url, "good")
+    client = redis.Redis.from_url(server.url)
+    dead = connect(server.url)
+    channel = consumer_channel(dead)
+    client.lmove("events", inflight_key(channel.consumer), "RIGHT", "LEFT")
+    client.lpush(inflight_key(channel.consumer), b"not json")
+    vanish(channel)
+    with connect(server.url) as connection:
+        consumer_channel(connection).reap_dead_consumers()
+    assert client.lrange("events", 0, -1) != []
+    assert client.lrange(UNDELIVERABLE_KEY, 0, -1) == [b"not json"]
+    dead.release()

@@ -12,7 +12,7 @@ queue, in one consumer's in-flight list, or in that consumer's unacked hash.
 **A dead consumer's messages come back by themselves.** Each channel that consumes has a name of
 its own, set as the Redis client name of all its connections, registered in a set, and kept
 alive by a heartbeat key that the consuming event loop renews every few seconds. Any live
-consumer checks every few seconds (and at its start) which registered consumers are dead, and
+consumer checks every few seconds which registered consumers are dead, and
 moves their in-flight and unacknowledged messages back to their queues in one transaction. Dead
 means no connection under that name (``CLIENT LIST``: a killed process's sockets close at once,
 so recovery after a SIGKILL takes seconds) or a heartbeat that lapsed (a channel its worker
@@ -51,8 +51,9 @@ log = logging.getLogger(__name__)
 
 CONSUMERS_KEY = "eventdesk:consumers"
 UNDELIVERABLE_KEY = "eventdesk:undeliverable"
-# How often a live consumer renews its heartbeat and looks for dead ones (seconds); also done
-# when a consumer starts. A heartbeat lapses after three missed renewals.
+# How often a live consumer renews its heartbeat and looks for dead ones (seconds), from kombu's
+# periodic restore (the first time within this long of its start). A heartbeat lapses after
+# three missed renewals.
 REAP_INTERVAL = 5.0
 HEARTBEAT_TTL = int(3 * REAP_INTERVAL)
 # Several queues: wait this long on the first one before asking all of them again.
@@ -242,16 +243,26 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             self.taken = None
 
     def reap_dead_consumers(self) -> None:
-        """Renew this consumer's heartbeat, and return the in-flight and unacknowledged
-        messages of every dead consumer to their queues. Throttled: at most once every
-        REAP_INTERVAL seconds per channel."""
+        """Renew this consumer's registration and heartbeat, return what its own in-flight list
+        holds while no take is pending, and return the in-flight and unacknowledged messages of
+        every dead consumer to their queues. Throttled per channel, a little under
+        REAP_INTERVAL so that kombu's timer of that period never skips a renewal."""
         now = time.monotonic()
-        if now - self._reaped_at < REAP_INTERVAL:
+        if now - self._reaped_at < 0.8 * REAP_INTERVAL:
             return
         self._reaped_at = now
         client = self._create_client()
         if self._registered_consumer:
-            client.set(heartbeat_key(self.consumer), 1, ex=HEARTBEAT_TTL)
+            # SADD again: a consumer taken for dead (a heartbeat that lapsed while it lived)
+            # must be found by the reapers when it really dies.
+            with client.pipeline() as pipe:
+                pipe.set(heartbeat_key(self.consumer), 1, ex=HEARTBEAT_TTL)
+                pipe.sadd(CONSUMERS_KEY, self.consumer)
+                pipe.execute()
+            if not self._in_poll and self.taken is None:
+                # No reply is awaited, so whatever is in flight here was taken by a command
+                # whose reply was lost (kombu drops a connection whose BLMOVE went unanswered).
+                self._restore_messages(client, self.consumer, unacked=False)
         others = sorted(name.decode() for name in client.smembers(CONSUMERS_KEY)
                         if name.decode() != self.consumer)
         if not others:
@@ -260,28 +271,39 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         beating = client.mget([heartbeat_key(consumer) for consumer in others])
         for consumer, beat in zip(others, beating, strict=True):
             if consumer not in connected or beat is None:
-                self._restore_consumer(client, consumer)
+                self._restore_messages(client, consumer, unacked=True)
 
-    def _restore_consumer(self, client: Any, consumer: str) -> None:
+    def _restore_messages(self, client: Any, consumer: str, *, unacked: bool) -> None:
+        """Back to their queues, in one transaction: ``consumer``'s in-flight messages and, for
+        a dead one, its unacknowledged ones (and it is forgotten). An entry that cannot be read
+        goes to UNDELIVERABLE_KEY rather than block the rest."""
         inflight = inflight_key(consumer)
-        unacked, index = (f"{base}:{consumer}" for base in self._unacked_base)
+        hashes = [f"{base}:{consumer}" for base in self._unacked_base] if unacked else []
 
         def restore(pipe: Any) -> None:
             taken = pipe.lrange(inflight, 0, -1)
-            recorded = pipe.hvals(unacked)
+            recorded = pipe.hvals(hashes[0]) if hashes else []
             pipe.multi()
-            for raw in taken:
-                payload = loads(raw)
-                info = payload["properties"]["delivery_info"]
-                self._do_restore_message(
-                    payload, info["exchange"], info["routing_key"], pipe, False)
-            for record in recorded:
-                payload, exchange, routing_key = loads(record)
+            for raw, kind in [*((raw, "taken") for raw in taken),
+                              *((raw, "recorded") for raw in recorded)]:
+                try:
+                    if kind == "taken":
+                        payload = loads(raw)
+                        info = payload["properties"]["delivery_info"]
+                        exchange, routing_key = info["exchange"], info["routing_key"]
+                    else:
+                        payload, exchange, routing_key = loads(raw)
+                except (ValueError, KeyError, TypeError):
+                    log.error("unreadable message of %s moved to %s", consumer, UNDELIVERABLE_KEY)
+                    pipe.lpush(UNDELIVERABLE_KEY, raw)
+                    continue
                 self._do_restore_message(payload, exchange, routing_key, pipe, False)
-            pipe.delete(inflight, unacked, index, heartbeat_key(consumer))
-            pipe.srem(CONSUMERS_KEY, consumer)
+            pipe.delete(inflight)
+            if hashes:
+                pipe.delete(*hashes, heartbeat_key(consumer))
+                pipe.srem(CONSUMERS_KEY, consumer)
 
-        client.transaction(restore, inflight, unacked)
+        client.transaction(restore, inflight, *hashes[:1])
 
 
 class Transport(kombu_redis.Transport):  # type: ignore[misc]

@@ -5,16 +5,17 @@ publisher wrote, is a batch of one). The process's :class:`Stream` claims them, 
 concurrently on its kept-alive connections, and records the outcomes.
 
 The task never retries an attempt itself: the delivery's schedule lives in the database, and the
-sweeper (``worker/sweeper.py``) queues the next attempt when it is due. Celery retries only a
-database outage before the claim, a few times; past those, the sweeper picks the deliveries up.
+sweeper (``worker/sweeper.py``) queues the next attempt when it is due. Celery retries a
+database outage (of the claim, or of recording outcomes), a few times; past those, the sweeper
+picks the deliveries up when their leases run out.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
-from sqlalchemy.exc import InterfaceError, OperationalError
-
+from shared.db.engine import database_unreachable
 from shared.messaging import NOTIFY_DELIVER, NOTIFY_QUEUE, notify_batches
 from shared.notify.rules import Policy
 from shared.notify.stream import Stream
@@ -37,12 +38,15 @@ def _stream() -> Stream:
     return _streams[pid]
 
 
-@app.task(
-    name=NOTIFY_DELIVER, autoretry_for=(OperationalError, InterfaceError), max_retries=5,
-    retry_backoff=True, retry_backoff_max=60, retry_jitter=True, time_limit=TIME_LIMIT,
-)
-def deliver(*delivery_ids: int) -> None:
-    _stream().run([int(delivery_id) for delivery_id in delivery_ids])
+@app.task(name=NOTIFY_DELIVER, bind=True, max_retries=5, time_limit=TIME_LIMIT)
+def deliver(self: Any, *delivery_ids: int) -> None:
+    try:
+        _stream().run([int(delivery_id) for delivery_id in delivery_ids])
+    except Exception as exc:
+        if not database_unreachable(exc):
+            raise
+        # 1, 2, 4 ... 16 s: the same test of an outage as the events worker's and the api's.
+        raise self.retry(exc=exc, countdown=2 ** self.request.retries) from exc
 
 
 def queue_deliveries(delivery_ids: list[int]) -> None:

@@ -109,6 +109,9 @@ class Stream:
                     break
             await asyncio.gather(*hosts)
         finally:
+            # No host's task may outlive this call (a claim that raised, a host that did): the
+            # others finish their POSTs, and the last flush records them and frees the slots.
+            await asyncio.gather(*hosts, return_exceptions=True)
             done.set()
             await flusher
         return statuses
@@ -119,8 +122,11 @@ class Stream:
 
     async def _host(self, host: str, lanes: int, claims: list[Claim], outcomes: _Outcomes) -> None:
         queue = iter(claims)  # shared by the lanes: each takes the next claim when it is free
-        await asyncio.gather(*(self._lane(host, lane, queue, outcomes) for lane in range(lanes)))
-        outcomes.release.append((host, claims[0].token))
+        try:
+            await asyncio.gather(
+                *(self._lane(host, lane, queue, outcomes) for lane in range(lanes)))
+        finally:
+            outcomes.release.append((host, claims[0].token))  # the host's slots, whatever happened
 
     async def _lane(
         self, host: str, lane: int, queue: Iterator[Claim], outcomes: _Outcomes
