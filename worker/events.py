@@ -99,10 +99,11 @@ class EventBatches(Batches):  # type: ignore[misc]
         when the buffer holds anything, since nothing else may ever arrive for it.
 
         The prefork pool also drops the jobs no process has taken yet (``AsynPool.flush``: "the
-        broker will redeliver them"). RabbitMQ does; Redis only after the visibility timeout
-        (300 s), as their messages wait in ``unacked``. Those jobs' requests go back in the
-        buffer. Processing a message twice, when RabbitMQ redelivers its copy too, changes
-        nothing (README: processed once).
+        broker will redeliver them"). RabbitMQ does at once; on Redis they wait in the dropped
+        channel's unacked hash until a live consumer finds it dead (up to the 15 s heartbeat,
+        worker/broker.py). Those jobs' requests go back in the buffer instead. Processing a
+        message twice, when the broker redelivers its copy too, changes nothing (README:
+        processed once).
         """
         for key, (result, requests) in list(self._in_pool.items()):
             if not result.accepted():
