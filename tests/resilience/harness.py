@@ -31,6 +31,7 @@ from bench.servers import free_port
 from shared.db.engine import session_scope
 from shared.db.models import Request, Transaction
 from tests.conftest import REPO, wait_until
+from tests.test_crash import children
 
 WEBEX_PATH = "/resources/v1/events/externalevent/"
 FINISHED = ("completed", "failed", "expired")
@@ -125,9 +126,7 @@ class Api:
             return False
 
     def workers(self) -> list[int]:
-        found = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True,
-                               text=True, check=False).stdout.split()
-        return [int(pid) for pid in found]
+        return children(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
