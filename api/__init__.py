@@ -5,20 +5,17 @@ from __future__ import annotations
 
 from flask import Flask
 
-from shared.intake.fourme import FourMeIntake
-from shared.intake.lookup import (
-    find_definition_info,
-    find_key_info,
-    find_request,
-    find_transaction,
-)
-from shared.intake.queueing import EventQueue
-from shared.intake.service import WebexIntake
+from shared.db.lookup import Outage
+from shared.intake.fourme.service import FourMeIntake
+from shared.intake.queries import find_definition_info, find_request, find_transaction
 from shared.intake.waiters import WaitSlots
+from shared.intake.webex.service import WebexIntake
 from shared.mail.service import MailIntake
+from shared.messaging.publish import make_publisher
+from shared.messaging.queueing import EventQueue
 from shared.metrics import initialize as initialize_metrics
 from shared.notify.ssrf import parse_networks
-from shared.publish import make_publisher
+from shared.records.keys import Keys, find_key_info
 from shared.settings import Settings, get_settings
 
 
@@ -49,20 +46,27 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["eventdesk.publisher"] = publisher
     # One per process, shared by both front doors: their concurrent batches share messages.
     queue = EventQueue(publisher)
+    # One key cache for every front door; one pause after an outage for it and the definitions.
+    outage = Outage(settings.cache_ttl_seconds)
+    app.extensions["eventdesk.keys"] = keys = Keys(
+        find_key_info, ttl=settings.cache_ttl_seconds, stale=settings.stale_cache_seconds,
+        outage=outage,
+    )
     app.extensions["eventdesk.webex"] = webex_intake = WebexIntake(
         queue=queue,
-        find_key=find_key_info,
+        keys=keys,
         find_definition=find_definition_info,
         secret=secret,
         max_events=settings.max_events_per_request,
         cache_ttl=settings.cache_ttl_seconds,
         stale_cache=settings.stale_cache_seconds,
+        outage=outage,
         notify_allow=parse_networks(settings.notify_allow_networks),
     )
     app.extensions["eventdesk.waiters"] = waiters = WaitSlots(settings.max_waiters_per_process)
     # The 4me Events API: the same keys (and key cache), queue and rate limit.
     app.extensions["eventdesk.fourme"] = FourMeIntake(
-        queue=queue, authenticate=webex_intake.authenticate, secret=secret,
+        queue=queue, keys=keys, secret=secret,
         find_transaction=find_transaction, find_request=find_request, waiters=waiters,
     )
     # The 4me Mail API's HTTP door: the same publisher; the raw message goes to the database.

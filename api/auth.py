@@ -10,9 +10,8 @@ from flask import Response, current_app, request
 
 from api.errors import error_json
 from api.fourme import respond
-from shared.intake.codes import IntakeError
-from shared.intake.fourme import Refused, check_account
-from shared.intake.service import KeyInfo, WebexIntake
+from shared.intake.fourme.service import Refused, check_account
+from shared.records.keys import KeyInfo, Keys
 
 P = ParamSpec("P")
 KeyedView = Callable[Concatenate[KeyInfo, P], Response]
@@ -24,11 +23,8 @@ def caller() -> KeyInfo | None:
     if token is None:
         scheme, _, value = request.headers.get("Authorization", "").partition(" ")
         token = value.strip() if scheme.lower() == "bearer" else None
-    intake: WebexIntake = current_app.extensions["eventdesk.webex"]
-    try:
-        return intake.authenticate(token)
-    except IntakeError:
-        return None
+    keys: Keys = current_app.extensions["eventdesk.keys"]
+    return keys.authenticate(token)
 
 
 def requires_key(

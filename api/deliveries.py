@@ -18,13 +18,13 @@ from api.errors import error_json
 from api.query import argument
 from shared.db.engine import session_scope
 from shared.ids import well_formed
-from shared.intake.service import KeyInfo
 from shared.messaging import NOTIFY_DELIVER, NOTIFY_QUEUE
+from shared.messaging.publish import Publisher, PublishError, task_message
 from shared.notify import rules
 from shared.notify.delivery import REDELIVER_MISSING, Replay, redeliver
 from shared.notify.schemas import Redelivery
 from shared.notify.views import list_deliveries
-from shared.publish import Publisher, PublishError, task_message
+from shared.records.keys import KeyInfo
 from shared.requests.fields import parse_choice, parse_id, parse_int
 
 bp = Blueprint("deliveries", __name__)

@@ -10,7 +10,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from api.query import BadQuery
-from shared.intake.service import LookupUnavailable
+from shared.db.lookup import LookupUnavailable
 
 log = logging.getLogger(__name__)
 

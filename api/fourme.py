@@ -1,4 +1,4 @@
-"""``POST /v1/events``: the 4me Events API. The rules are in shared/intake/fourme.py."""
+"""``POST /v1/events``: the 4me Events API. The rules are in shared/intake/fourme/service.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 from api.body import read_limited
 from api.errors import reply_json
 from shared import metrics
-from shared.intake.fourme import FourMeIntake, Reply
+from shared.intake.fourme.service import FourMeIntake, Reply
 from shared.logs import get_logger
 
 bp = Blueprint("fourme", __name__)

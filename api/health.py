@@ -8,7 +8,7 @@ from sqlalchemy import text
 
 from shared.db.engine import get_engine
 from shared.intake.waiters import WaitSlots
-from shared.publish import Publisher
+from shared.messaging.publish import Publisher
 
 bp = Blueprint("health", __name__)
 

@@ -20,7 +20,6 @@ from api.auth import requires_key
 from api.errors import error_json
 from shared import metrics
 from shared.db.engine import session_scope
-from shared.intake.service import KeyInfo
 from shared.logs import get_logger
 from shared.mail import queries
 from shared.mail.mime import Quarantined, attachment
@@ -28,6 +27,7 @@ from shared.mail.rules import BadRecipient
 from shared.mail.schemas import MailQueued
 from shared.mail.service import MailIntake, TooLarge
 from shared.mail.views import attachment_views
+from shared.records.keys import KeyInfo
 
 bp = Blueprint("mail", __name__)
 log = get_logger(__name__)

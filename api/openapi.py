@@ -9,8 +9,8 @@ from flask import Blueprint, Response, json
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from shared.intake.fourme import FourMeError, FourMeEventParameters, FourMeQueued
-from shared.intake.webex import WebexEventRequest, WebexResponse
+from shared.intake.fourme.schemas import FourMeError, FourMeEventParameters, FourMeQueued
+from shared.intake.webex.schemas import WebexEventRequest, WebexResponse
 from shared.mail.schemas import AttachmentView, MailQueued
 from shared.notify.payload import Notification
 from shared.notify.rules import STATES

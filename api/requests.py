@@ -19,7 +19,7 @@ from api.auth import requires_key
 from api.errors import error_json
 from api.query import argument
 from shared.db.engine import session_scope
-from shared.intake.service import KeyInfo
+from shared.records.keys import KeyInfo
 from shared.requests.fields import CHOICES, check_text, parse_choice, parse_int, parse_timestamp
 from shared.requests.views import (
     Page,

@@ -36,7 +36,7 @@ from shared.logs import get_logger
 from shared.mail.queries import Destination
 from shared.mail.rules import BadRecipient
 from shared.mail.service import MailIntake
-from shared.publish import LocalLimiter, make_publisher
+from shared.messaging.publish import LocalLimiter, make_publisher
 from shared.settings import Settings, get_settings
 
 log = get_logger(__name__)

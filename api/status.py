@@ -8,11 +8,11 @@ from api.auth import requires_key
 from api.errors import error_json
 from shared.db.engine import session_scope
 from shared.ids import issued_at, issued_for, well_formed
-from shared.intake.service import KeyInfo
+from shared.records.keys import KeyInfo
 from shared.retention.queries import removed_before
 from shared.retention.rules import expired_from_log
 from shared.transactions.schemas import TransactionView
-from shared.transactions.service import transaction_view
+from shared.transactions.views import transaction_view
 
 bp = Blueprint("status", __name__)
 

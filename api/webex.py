@@ -6,7 +6,7 @@ response object, hooks) cost more CPU than everything eventdesk itself does for 
 300 µs of 900 (README "Benchmarks"). Every other path goes on to Flask untouched. What a Flask
 view gave this route is done here: the body size limit (413), the media type, JSON answers for
 any method but POST (405), and any unexpected error answered 7005 and logged, never a 500.
-The rules stay in ``shared.intake.service.WebexIntake``.
+The rules stay in ``shared.intake.webex.service.WebexIntake``.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any
 
 from api.body import read_limited
 from shared import metrics
-from shared.intake.codes import Code, IntakeError
-from shared.intake.service import Answer, WebexIntake
+from shared.codes import Code, IntakeError
+from shared.intake.webex.service import Answer, WebexIntake
 from shared.logs import get_logger
 
 log = get_logger(__name__)

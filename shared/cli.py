@@ -22,8 +22,9 @@ from shared.settings import get_settings
 
 # Package data, so that ``run --demo`` works from an installed wheel as from the checkout.
 DEMO_FILE = Path(__file__).resolve().parent / "records" / "demo.yaml"
-# Threads per api process: they mostly wait on the broker's answer, and the more requests a process
-# has in hand at once, the more of them share one message (group commit, shared/intake/queueing.py).
+# Threads per api process: they mostly wait on the broker's answer, and the more requests a
+# process has in hand at once, the more of them share one message (group commit,
+# shared/messaging/queueing.py).
 API_THREADS = 8
 
 
@@ -271,7 +272,7 @@ def run(*, host: str, port: int, smtp_port: int, metrics_port: int | None, demo:
     ./.eventdesk/, so nothing else has to be installed.
     """
     from shared.db.migrate import upgrade
-    from shared.publish import declare_queues
+    from shared.messaging.publish import declare_queues
 
     if metrics_port is not None:
         # The worker reads its settings from the environment it inherits.

@@ -3,7 +3,7 @@
 Labels are bounded, never a transid, key, URL or account:
 
 - ``channel``: webex, 4me, mail
-- ``code``: the Webex answer codes (:class:`shared.intake.codes.Code`)
+- ``code``: the Webex answer codes (:class:`shared.codes.Code`)
 - ``outcome``: created, updated, unchanged, expired, failed
 - ``queue``: events, mail, notify
 - ``result``: a handful of words per metric (delivered/dead, success/failure, ...)
@@ -44,7 +44,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from shared.intake.codes import Code
+from shared.codes import Code
 
 CHANNELS: Final = ("webex", "4me", "mail")
 OUTCOMES: Final = ("created", "updated", "unchanged", "expired", "failed")

@@ -140,8 +140,9 @@ def test_kombu_records_a_delivered_message_before_celery_sees_it() -> None:
     assert "restore_visible" in inspect.getsource(kombu_redis.MultiChannelPoller.on_poll_init)
 
 
-# What may differ between a message Celery sends and one shared/publish.py writes: ids, who sent
-# it, the reprs Celery adds for its monitors, and the reply queue of a result we never read.
+# What may differ between a message Celery sends and one shared/messaging/publish.py writes: ids,
+# who sent it, the reprs Celery adds for its monitors, and the reply queue of a result we never
+# read.
 VARYING = {"id", "root_id", "correlation_id", "delivery_tag", "reply_to", "origin", "argsrepr",
            "kwargsrepr", "ignore_result"}
 
@@ -150,9 +151,9 @@ VARYING = {"id", "root_id", "correlation_id", "delivery_tag", "reply_to", "origi
 def test_the_hand_built_envelope_is_what_celery_sends(
     tmp_path: Path, configure: Callable[..., None]
 ) -> None:
-    """shared/publish.py writes kombu's Redis envelope by hand: it must stay, field for field,
-    what Celery's own producer sends for the same task, or the worker cannot read it."""
-    from shared.publish import RedisPublisher, task_message
+    """shared/messaging/publish.py writes kombu's Redis envelope by hand: it must stay, field for
+    field, what Celery's own producer sends for the same task, or the worker cannot read it."""
+    from shared.messaging.publish import RedisPublisher, task_message
     from worker.app import make_celery
 
     args = [{"events": [{"transid": "t1"}]}]

@@ -19,7 +19,7 @@ from sqlalchemy.exc import (
     TimeoutError,
 )
 
-from shared.intake.codes import Code
+from shared.codes import Code
 from shared.transactions.failures import (
     Fault,
     classify,

@@ -23,12 +23,14 @@ from werkzeug.test import TestResponse
 
 from api import create_app
 from shared.db.engine import session_scope
+from shared.db.lookup import LookupUnavailable
 from shared.db.models import Note, Request
-from shared.intake.fourme import FourMeEventParameters, FourMeIntake, parse_wait
-from shared.intake.queueing import EventQueue
-from shared.intake.service import KeyInfo, LookupUnavailable
+from shared.intake.fourme.schemas import FourMeEventParameters
+from shared.intake.fourme.service import FourMeIntake, parse_wait
 from shared.intake.waiters import WaitSlots
-from shared.publish import Limited, TaskMessage
+from shared.messaging.publish import Limited, TaskMessage
+from shared.messaging.queueing import EventQueue
+from shared.records.keys import KeyInfo, Keys
 from shared.requests.fields import FIELDS, FieldErrors, check_fields
 from shared.transactions.schemas import Outcome, TransactionView
 from tests.conftest import _vhost, queued_messages
@@ -258,7 +260,7 @@ def waiting_intake(find_transaction: Callable[[str, str], TransactionView | None
     clock = Clock()
     caller = KeyInfo(key_id=1, account_id="wdc", person_id=301)
     intake = FourMeIntake(
-        queue=EventQueue(Publisher()), authenticate=lambda _: caller, secret=b"s",
+        queue=EventQueue(Publisher()), keys=Keys(lambda _: caller, ttl=60), secret=b"s",
         find_transaction=find_transaction,
         find_request=lambda _, request_id: {"id": request_id, "subject": "s"},
         waiters=waiters or WaitSlots(4), sleep=clock.sleep, clock=clock,

@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session
 
 from api import create_app
 from shared import logs, metrics, observe
-from shared.intake.codes import Code
+from shared.codes import Code
 from tests.conftest import REPO, redis_db_url, require_tool, wait_until
 
 PATH = "/resources/v1/events/externalevent/"

@@ -49,6 +49,7 @@ from shared.db.models import (
     Transaction,
 )
 from shared.messaging import NOTIFY_QUEUE
+from shared.messaging.publish import make_publisher, task_message
 from shared.notify import payload, rules, signing, stream
 from shared.notify.delivery import (
     REDELIVER_BUSY,
@@ -65,7 +66,6 @@ from shared.notify.rules import Policy, Verdict, classify, next_delay, parse_ret
 from shared.notify.ssrf import parse_networks
 from shared.notify.stream import Stream
 from shared.notify.views import list_deliveries
-from shared.publish import make_publisher, task_message
 from shared.settings import Settings
 from tests.conftest import (
     REPO,

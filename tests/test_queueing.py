@@ -1,4 +1,4 @@
-"""Group commit in the api (shared/intake/queueing.py): what each caller is told, and when.
+"""Group commit in the api (shared/messaging/queueing.py): what each caller is told, and when.
 
 The publisher here is a stand-in whose first push can be held open, so the test decides which
 requests arrive while a push is under way; the real brokers are covered by test_worker.py and
@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from shared.intake.queueing import MAX_GROUP_EVENTS, EventQueue
-from shared.publish import Limited, PublishError, TaskMessage
+from shared.messaging.publish import Limited, PublishError, TaskMessage
+from shared.messaging.queueing import MAX_GROUP_EVENTS, EventQueue
 from shared.transactions.schemas import EventBatch, QueuedEvent
 from tests.conftest import wait_until
 

@@ -23,7 +23,7 @@ from sqlalchemy import create_engine, inspect, select
 from shared.db.engine import dispose_engines, session_scope
 from shared.db.migrate import alembic_config, upgrade
 from shared.db.models import NotificationDelivery, Request, Transaction
-from shared.intake.webex import check_notify_url
+from shared.intake.webex.schemas import check_notify_url
 from shared.notify.urls import intake_refusal
 from shared.records.directory import Directory
 from shared.records.importer import RecordsError, import_records
@@ -32,7 +32,7 @@ from shared.requests.matching import changes
 from shared.requests.shaping import Shaping, Template
 from shared.transactions.processing import process_batches
 from shared.transactions.schemas import EventBatch
-from shared.transactions.service import transaction_view
+from shared.transactions.views import transaction_view
 from tests.conftest import queued_messages, throwaway_database
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

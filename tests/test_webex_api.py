@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from api import create_app
-from shared.publish import RedisLimiter
+from shared.messaging.publish import RedisLimiter
 from tests.conftest import queued_messages
 
 pytestmark = pytest.mark.redis

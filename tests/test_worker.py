@@ -25,7 +25,7 @@ from api import create_app
 from shared.db.engine import session_scope
 from shared.db.models import Request
 from shared.messaging import EVENTS_PROCESS, EVENTS_QUEUE
-from shared.publish import make_publisher, task_message
+from shared.messaging.publish import make_publisher, task_message
 from shared.records.importer import import_records
 from shared.transactions.schemas import EventBatch
 from tests.conftest import Worker, redis_db_url, wait_until

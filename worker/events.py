@@ -6,7 +6,7 @@ so the task is a celery-batches task: the worker's consumer buffers up to
 ``EVENTDESK_WORKER_BATCH_WAIT_SECONDS``) and hands them to its pool processes in jobs of up to
 ``EVENTDESK_WORKER_BATCH_EVENTS`` events, each processed in one database transaction: a burst
 of large messages keeps every pool process busy instead of one. A message holds one or more
-event batches (the api's group commit, shared/intake/queueing.py).
+event batches (the api's group commit, shared/messaging/queueing.py).
 
 Acknowledgement is ours, because celery-batches' own acknowledges a batch whatever happened to
 it: the messages of a batch are acknowledged only after its events are done (committed, or

@@ -58,7 +58,7 @@ from shared.mail.rules import (
 )
 from shared.mail.schemas import EmailPolicy
 from shared.messaging import MAIL_PROCESS, MAIL_QUEUE
-from shared.publish import Publisher, PublishError, task_message
+from shared.messaging.publish import Publisher, PublishError, task_message
 from shared.records.directory import Directory, PersonRef, Scope
 from shared.settings import Settings
 from shared.transactions.processing import process_batches, record_failure

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import sys
+import uuid
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from shared.intake.codes import Code
+from shared.codes import Code
 
 ENDINGS: dict[str, tuple[str, str]] = {
     "completed": ("1000", "Completed"),
@@ -75,6 +76,24 @@ def build(
         ),
         timestamp=timestamp,
     ).model_dump(mode="json")
+
+
+def new_delivery(
+    *, transid: str, account_id: str, correlationid: str | None, evtid: str | None, status: str,
+    outcome: dict[str, Any] | None, url: str, failure: Code | None, now: datetime,
+) -> dict[str, Any]:
+    """The ``notification_deliveries`` row a finished transaction owes its notify URL."""
+    body = build(
+        transid=transid, correlationid=correlationid, evtid=evtid, status=status,
+        outcome=outcome, failure=failure, timestamp=now,
+    )
+    # Every column a plain INSERT would otherwise leave to the model's Python-side defaults.
+    return {
+        "transid": transid, "account_id": account_id, "url": url,
+        "message_id": f"msg_{uuid.uuid4().hex}", "payload": body, "status": "pending",
+        "attempts": 0, "schedule_offset": 0, "created_at": now, "updated_at": now,
+        "next_attempt_at": now,
+    }
 
 
 if __name__ == "__main__":  # python -m shared.notify.payload > docs/notification.schema.json

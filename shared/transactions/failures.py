@@ -26,8 +26,8 @@ from enum import StrEnum
 
 from sqlalchemy.exc import DataError, IntegrityError, StatementError
 
+from shared.codes import Code
 from shared.db.engine import database_unreachable
-from shared.intake.codes import Code
 from shared.logs import get_logger
 from shared.transactions.schemas import EventBatch
 

@@ -37,8 +37,9 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
 from shared import observe
+from shared.codes import Code
 from shared.db.models import EventDefinition, Note, NotificationDelivery, Request, Transaction
-from shared.intake.codes import Code
+from shared.notify.payload import new_delivery
 from shared.records.directory import Directory, PersonRef, Scope
 from shared.requests.defaults import Draft, build_draft
 from shared.requests.fields import FieldErrors, check_fields
@@ -55,7 +56,6 @@ from shared.requests.matching import (
 from shared.requests.shaping import Shaping, shaping_of
 from shared.transactions.failures import failure_code, reason
 from shared.transactions.schemas import EventBatch, QueuedEvent
-from shared.transactions.service import new_delivery
 
 
 class EventFailed(Exception):

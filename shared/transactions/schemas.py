@@ -24,7 +24,7 @@ class QueuedEvent(BaseModel):
 
 class EventBatch(BaseModel):
     """The events of one HTTP request, all JSON values: each argument of an ``events.process``
-    message (one or more a message, shared/intake/queueing.py)."""
+    message (one or more a message, shared/messaging/queueing.py)."""
 
     channel: Literal["webex", "4me", "mail"]
     account_id: str

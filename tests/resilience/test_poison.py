@@ -22,7 +22,7 @@ from sqlalchemy import select
 from shared.db.engine import session_scope
 from shared.db.models import Transaction
 from shared.messaging import EVENTS_PROCESS, EVENTS_QUEUE
-from shared.publish import RedisPublisher, task_message
+from shared.messaging.publish import RedisPublisher, task_message
 from shared.transactions.schemas import EventBatch
 from tests.conftest import Worker, load_demo, throwaway_database, wait_until
 from tests.resilience.harness import Api, Stream, private_redis, service_env, settle

@@ -27,7 +27,7 @@ from pydantic import (
     field_validator,
 )
 
-from shared.intake.codes import Code, IntakeError
+from shared.codes import Code, IntakeError
 from shared.notify.urls import check_syntax
 from shared.requests.fields import blank, check_text, parse_timestamp
 

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from shared.batching import runs
 from shared.logs import get_logger
 from shared.messaging import EVENTS_PROCESS, EVENTS_QUEUE
-from shared.publish import Limited, Publisher, PublishError, task_message
+from shared.messaging.publish import Limited, Publisher, PublishError, task_message
 from shared.transactions.schemas import EventBatch
 
 # Events in one message at most (a larger request is a message alone), bounding its size

@@ -7,11 +7,11 @@ check them as 4me event fields (shared/requests/fields.py), queue them as one ev
 outcome and answers like 4me: ``201 Created`` with the new request, ``200 OK`` with the matched
 one, ``422`` when the event failed, still ``202`` when it is not done in time.
 
-Like the Webex intake (shared/intake/service.py), nothing on the hot path touches the database:
-the token is an API key found through the Webex intake's TTL cache (the same table, the same
-cache), and the event goes to the broker through the same queue and per-key rate limit
-(:class:`~shared.intake.queueing.EventQueue`). Only ``Prefer: wait`` reads the database, after
-the event is queued.
+Like the Webex intake (shared/intake/webex/service.py), nothing on the hot path touches the
+database: the token is an API key found through the keys' TTL cache (shared/records/keys.py, the
+same for every front door), and the event goes to the broker through the same queue and per-key
+rate limit (:class:`~shared.messaging.queueing.EventQueue`). Only ``Prefer: wait`` reads the
+database, after the event is queued.
 
 Decisions where the seed is silent:
 - a parameter that is not a 4me event field is a 422 naming it (a typo such as ``sourceId``
@@ -30,91 +30,25 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Any
 from urllib.parse import unquote_plus
 
 import pydantic_core
-from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints, create_model
 
+from shared.db.lookup import LookupUnavailable
 from shared.ids import make_transid
-from shared.intake.codes import IntakeError
-from shared.intake.queueing import EventQueue
-from shared.intake.service import KeyInfo, LookupUnavailable, retry_after
+from shared.intake.fourme.schemas import FourMeError, FourMeFieldError, FourMeQueued
 from shared.intake.waiters import WaitSlots
-from shared.publish import PublishError
-from shared.requests.fields import (
-    CHOICES,
-    DATETIME_FIELDS,
-    FIELDS,
-    ID_FIELDS,
-    MAX_ID,
-    RANGE_MESSAGE,
-    TEXT_FIELDS,
-    FieldErrors,
-    check_fields,
-    check_text,
-)
+from shared.messaging.publish import PublishError
+from shared.messaging.queueing import EventQueue
+from shared.records.keys import KeyInfo, Keys
+from shared.requests.fields import FIELDS, FieldErrors, check_fields, check_text
 from shared.transactions.schemas import EventBatch, QueuedEvent, TransactionView
 
 MAX_WAIT_SECONDS = 30
 POLL_SECONDS = 0.05
 FORM = "application/x-www-form-urlencoded"
 DONE = frozenset({"completed", "failed", "expired"})
-
-
-class FourMeFieldError(BaseModel):
-    field: str = Field(examples=["category"])
-    message: str = Field(examples=["must be one of incident, rfc, rfi, ..."])
-
-
-class FourMeError(BaseModel):
-    """Every error answer of the 4me Events API; ``errors`` only with 422 Validation failed."""
-
-    message: str = Field(examples=["Validation failed"])
-    errors: list[FourMeFieldError] | None = None
-
-
-class FourMeQueued(BaseModel):
-    """``202 Accepted``: the broker holds the event; its state is at the ``Location``."""
-
-    transid: str
-    status: Literal["queued"] = "queued"
-
-
-_ID = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,19}$")] \
-    | Annotated[int, Strict(), Field(ge=0, le=MAX_ID)]
-_DATETIME = Annotated[
-    str, StringConstraints(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2})?Z?$")]
-
-
-def _parameter(name: str) -> tuple[Any, Any]:
-    """The schema of one event field, from the same tables check_fields validates with."""
-    if name in TEXT_FIELDS:
-        limit = TEXT_FIELDS[name]
-        unit = "bytes (UTF-8)" if name in ("note", "internal_note") else "characters"
-        return str | None, Field(default=None, max_length=limit,
-                                 description=f"At most {limit} {unit}.")
-    if name in CHOICES:
-        return Literal[CHOICES[name]] | None, None
-    if name in ID_FIELDS:
-        return _ID | None, Field(default=None, description=f"A record id (text or a number), "
-                                                           f"at most {MAX_ID}.")
-    if name in DATETIME_FIELDS:
-        return _DATETIME | None, Field(default=None, description=f"UTC, yyyy-mm-ddThh:mm[:ss][Z]; "
-                                                                 f"it {RANGE_MESSAGE}.")
-    return str | None, Field(default=None, max_length=255,
-                             description="A record's name, label, email or sourceID.")
-
-
-# The parameters of POST /v1/events, for the OpenAPI document. Validation is check_fields's
-# (tests/test_fourme_api.py checks that the two agree); unknown parameters are refused.
-FourMeEventParameters: type[BaseModel] = create_model(  # type: ignore[call-overload]
-    "FourMeEventParameters",
-    __config__=ConfigDict(extra="forbid"),
-    __doc__="The 4me event fields. `subject` is required unless `template_id` is given; an "
-            "empty value means not given.",
-    **{name: _parameter(name) for name in sorted(FIELDS)},
-)
 
 
 @dataclass
@@ -265,7 +199,7 @@ class FourMeIntake:
         self,
         *,
         queue: EventQueue,
-        authenticate: Callable[[str | None], KeyInfo],
+        keys: Keys,
         secret: bytes,
         find_transaction: Callable[[str, str], TransactionView | None],
         find_request: Callable[[str, int], dict[str, Any] | None],
@@ -273,10 +207,10 @@ class FourMeIntake:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``authenticate``: the Webex intake's (its key cache); ``find_*`` read the database;
+        """``keys``: the process's key cache; ``find_*`` read the database;
         ``waiters``: the process's slots for ``Prefer: wait`` (shared/intake/waiters.py)."""
         self._events = queue
-        self._authenticate = authenticate
+        self._keys = keys
         self._secret = secret
         self._find_transaction = find_transaction
         self._find_request = find_request
@@ -291,11 +225,11 @@ class FourMeIntake:
         if token is None:
             raise _unauthenticated("Authorization header with a Bearer token required")
         try:
-            caller = self._authenticate(token)
-        except IntakeError as exc:
-            raise _unauthenticated("Invalid token") from exc
+            caller = self._keys.authenticate(token)
         except LookupUnavailable as exc:
             raise Refused(503, "Service unavailable, try again later") from exc
+        if caller is None:
+            raise _unauthenticated("Invalid token")
         check_account(caller, account, required=account_required)
         return caller
 
@@ -334,7 +268,7 @@ class FourMeIntake:
         except PublishError as exc:
             raise Refused(503, "Service unavailable: the event was not queued") from exc
         if limited is not None:
-            wait = retry_after(limited)
+            wait = limited.header
             raise Refused(429, f"Too many requests: retry after {wait} s",
                           headers={"Retry-After": wait})
         return Reply(202, FourMeQueued(transid=transid).model_dump(),

@@ -8,39 +8,24 @@ time while the database is unreachable (DESIGN 6).
 from __future__ import annotations
 
 import functools
-import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from shared.cache import TTLCache
+from shared.codes import Code, IntakeError
+from shared.db.lookup import DatabaseUnreachable, LookupUnavailable, Outage
 from shared.ids import make_transid
-from shared.intake import webex
-from shared.intake.codes import Code, IntakeError
-from shared.intake.queueing import EventQueue
+from shared.intake.queries import DefinitionInfo
+from shared.intake.webex import schemas as webex
+from shared.messaging.publish import PublishError
+from shared.messaging.queueing import EventQueue
 from shared.notify.ssrf import IPNetwork
 from shared.notify.urls import intake_refusal
-from shared.publish import Limited, PublishError
-from shared.records.keys import hash_key
+from shared.records.keys import KeyInfo, Keys
 from shared.requests.fields import FieldErrors, check_fields
-from shared.requests.shaping import Shaping
 from shared.transactions.schemas import EventBatch, QueuedEvent
-
-
-@dataclass(frozen=True)
-class KeyInfo:
-    key_id: int
-    account_id: str
-    person_id: int | None
-    notifyurl: str | None = None  # the key's default for its Webex events
-
-
-@dataclass(frozen=True)
-class DefinitionInfo:
-    mandatory: list[str]
-    shaping: Shaping
-    notifyurl: str | None = None
 
 
 @dataclass
@@ -55,67 +40,26 @@ class Answer:
                    headers or {})
 
 
-class LookupUnavailable(Exception):
-    """The database behind a cache miss could not answer."""
-
-
-class DatabaseUnreachable(LookupUnavailable):
-    """The database could not be reached at all (refused, reset, timed out): the caches may
-    answer from their stale copy. Any other failure is not an outage, and is not hidden."""
-
-
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
-
-
-class _Outage:
-    """Shared by the key and the definition cache: once the database was found unreachable,
-    their loaders fail at once for ``pause`` seconds. Without it a request whose key and
-    definition both expired would wait for two timeouts, one after the other, and every new
-    key for one each."""
-
-    def __init__(self, pause: float) -> None:
-        self._pause = pause
-        self._until = 0.0
-
-    def guard(self, load: Callable[[K], V]) -> Callable[[K], V]:
-        def guarded(key: K) -> V:
-            if time.monotonic() < self._until:
-                raise DatabaseUnreachable("the database was unreachable moments ago")
-            try:
-                return load(key)
-            except DatabaseUnreachable:
-                self._until = time.monotonic() + self._pause
-                raise
-
-        return guarded
-
-
-def retry_after(limited: Limited) -> str:
-    """The ``Retry-After`` header for a refusal of the rate limit: whole seconds, at least 1."""
-    return str(max(1, int(limited.retry_after + 0.999)))
-
-
 class WebexIntake:
     def __init__(
         self,
         *,
         queue: EventQueue,
-        find_key: Callable[[str], KeyInfo | None],
+        keys: Keys,
         find_definition: Callable[[tuple[str, str]], DefinitionInfo | None],
         secret: bytes,
         max_events: int,
         cache_ttl: float,
         stale_cache: float = 0.0,
+        outage: Outage | None = None,
         notify_allow: tuple[IPNetwork, ...] = (),
     ) -> None:
+        """``outage``: the pause shared with the key cache (shared/db/lookup.py)."""
         self._events = queue
-        outage, down = _Outage(cache_ttl), (DatabaseUnreachable,)
-        self._keys: TTLCache[str, KeyInfo | None] = TTLCache(
-            outage.guard(find_key), cache_ttl, stale=stale_cache, stale_on=down
-        )
+        self._keys = keys
         self._definitions: TTLCache[tuple[str, str], DefinitionInfo | None] = TTLCache(
-            outage.guard(find_definition), cache_ttl, stale=stale_cache, stale_on=down
+            (outage or Outage(cache_ttl)).guard(find_definition), cache_ttl, stale=stale_cache,
+            stale_on=(DatabaseUnreachable,),
         )
         self._secret = secret
         self._max_events = max_events
@@ -124,9 +68,7 @@ class WebexIntake:
             functools.partial(intake_refusal, allow=notify_allow))
 
     def authenticate(self, key: str | None) -> KeyInfo:
-        if not key:
-            raise IntakeError(Code.AUTH_FAILED)
-        info = self._keys.get(hash_key(key))
+        info = self._keys.authenticate(key)
         if info is None:
             raise IntakeError(Code.AUTH_FAILED)
         return info
@@ -219,5 +161,5 @@ class WebexIntake:
             return Answer.failure(IntakeError(Code.INTERNAL_ERROR))
         if limited is not None:
             return Answer.failure(IntakeError(Code.RATE_LIMITED),
-                                  {"Retry-After": retry_after(limited)})
+                                  {"Retry-After": limited.header})
         return Answer(200, entries)

@@ -43,6 +43,11 @@ class Limited:
 
     retry_after: float
 
+    @property
+    def header(self) -> str:
+        """The ``Retry-After`` header: whole seconds, at least 1."""
+        return str(max(1, int(self.retry_after + 0.999)))
+
 
 @dataclass(frozen=True)
 class TaskMessage:

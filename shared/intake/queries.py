@@ -1,47 +1,32 @@
-"""Database loaders of the api (behind its caches, and for `Prefer: wait`); a database outage
-becomes DatabaseUnreachable, any other database error LookupUnavailable.
+"""Database reads of the intakes: event definitions (behind the Webex intake's cache) and the
+outcome for ``Prefer: wait``. Failures are shared/db/lookup.py's: DatabaseUnreachable for an
+outage, LookupUnavailable for any other database error.
 """
 
 from __future__ import annotations
 
-import hmac
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from shared.db.engine import database_unreachable, session_scope
-from shared.db.models import ApiKey, EventDefinition
-from shared.intake.service import (
-    DatabaseUnreachable,
-    DefinitionInfo,
-    KeyInfo,
-    LookupUnavailable,
-)
-from shared.requests.shaping import shaping_of
+from shared.db.engine import session_scope
+from shared.db.lookup import unavailable
+from shared.db.models import EventDefinition
+from shared.requests.shaping import Shaping, shaping_of
 from shared.requests.views import get_request, to_json
 from shared.transactions.schemas import TransactionView
-from shared.transactions.service import transaction_view
+from shared.transactions.views import transaction_view
 
 
-def _unavailable(exc: SQLAlchemyError) -> LookupUnavailable:
-    if database_unreachable(exc):
-        return DatabaseUnreachable(str(exc))
-    return LookupUnavailable(str(exc))
+@dataclass(frozen=True)
+class DefinitionInfo:
+    """What the Webex intake checks an event against."""
 
-
-def find_key_info(hashed: str) -> KeyInfo | None:
-    try:
-        with session_scope() as session:
-            key = session.scalars(
-                select(ApiKey).where(ApiKey.key_hash == hashed, ApiKey.revoked_at.is_(None))
-            ).first()
-    except SQLAlchemyError as exc:
-        raise _unavailable(exc) from exc
-    if key is None or not hmac.compare_digest(key.key_hash, hashed):
-        return None
-    return KeyInfo(key_id=key.id, account_id=key.account_id, person_id=key.person_id,
-                   notifyurl=key.notifyurl)
+    mandatory: list[str]
+    shaping: Shaping
+    notifyurl: str | None = None
 
 
 def find_definition_info(account_and_evtid: tuple[str, str]) -> DefinitionInfo | None:
@@ -54,7 +39,7 @@ def find_definition_info(account_and_evtid: tuple[str, str]) -> DefinitionInfo |
                 )
             ).first()
     except SQLAlchemyError as exc:
-        raise _unavailable(exc) from exc
+        raise unavailable(exc) from exc
     if definition is None:
         return None
     return DefinitionInfo(
@@ -69,7 +54,7 @@ def find_transaction(account_id: str, transid: str) -> TransactionView | None:
         with session_scope() as session:
             return transaction_view(session, account_id, transid)
     except SQLAlchemyError as exc:
-        raise _unavailable(exc) from exc
+        raise unavailable(exc) from exc
 
 
 def find_request(account_id: str, request_id: int) -> dict[str, Any] | None:
@@ -78,5 +63,5 @@ def find_request(account_id: str, request_id: int) -> dict[str, Any] | None:
         with session_scope() as session:
             view = get_request(session, account_id, request_id)
     except SQLAlchemyError as exc:
-        raise _unavailable(exc) from exc
+        raise unavailable(exc) from exc
     return None if view is None else to_json(view)

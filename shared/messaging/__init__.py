@@ -1,8 +1,8 @@
 """Every queue and task name, and which queue each task goes to: the one place senders (api,
 smtp, worker, beat) and the worker's routes read them from, so a typo cannot route work nowhere.
 
-Task arguments are JSON values and ids only. Publishing itself is ``shared/publish.py``; the
-api's group commit is ``shared/intake/queueing.py``.
+Task arguments are JSON values and ids only. Publishing itself is ``publish.py`` beside this
+module; the api's group commit is ``queueing.py``.
 """
 
 from __future__ import annotations
