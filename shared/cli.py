@@ -203,9 +203,9 @@ def purge(older_than: str | None) -> None:
     """
     from datetime import UTC, datetime
 
-    from shared.retention.rules import parse_duration
     from shared.retention.service import horizon_for
     from shared.retention.service import purge as purge_log
+    from shared.settings import parse_duration
 
     try:
         age = parse_duration(older_than) if older_than is not None else None

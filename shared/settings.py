@@ -7,6 +7,7 @@ both under ``./.eventdesk/``.
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -15,9 +16,22 @@ from typing import Annotated
 from pydantic import BeforeValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.retention.rules import parse_duration
-
 DATA_DIR = Path(".eventdesk")
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"(\d+)\s*([smhdw]?)")
+
+
+def parse_duration(text: str | int | float | timedelta) -> timedelta:
+    """``30d``, ``12h``, ``15m``, ``90s``, ``2w``; a bare number is seconds."""
+    if isinstance(text, timedelta):
+        return text
+    if isinstance(text, int | float):
+        return timedelta(seconds=text)
+    found = _DURATION.fullmatch(text.strip().lower())
+    if found is None:
+        raise ValueError(f"not a duration: {text!r} (say 30d, 12h, 15m or 90s)")
+    return timedelta(seconds=int(found[1]) * _UNITS[found[2] or "s"])
 
 
 def _duration(value: str | float | timedelta | None) -> timedelta | None:

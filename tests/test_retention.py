@@ -25,8 +25,9 @@ from shared.db.models import (
 )
 from shared.ids import issued_at, issued_for, make_transid
 from shared.retention.queries import removed_before
-from shared.retention.rules import Horizon, expired_from_log, parse_duration, removable
+from shared.retention.rules import Horizon, expired_from_log, removable
 from shared.retention.service import purge
+from shared.settings import parse_duration
 from tests.conftest import load_demo, throwaway_database
 
 SECRET = b"test-secret"

@@ -10,7 +10,6 @@ notes are the service desk's records: retention never removes them.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -21,22 +20,6 @@ TRANSACTION_LOG = "transactions"
 OWED = ("pending", "sending")
 # Kept for the delivery retention, which may be longer than the transactions'.
 UNDELIVERED = ("dead", "disabled")
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_DURATION = re.compile(r"(\d+)\s*([smhdw]?)")
-
-
-def parse_duration(text: str | int | float | timedelta) -> timedelta:
-    """``30d``, ``12h``, ``15m``, ``90s``, ``2w``; a bare number is seconds."""
-    if isinstance(text, timedelta):
-        return text
-    if isinstance(text, int | float):
-        return timedelta(seconds=text)
-    found = _DURATION.fullmatch(text.strip().lower())
-    if found is None:
-        raise ValueError(f"not a duration: {text!r} (say 30d, 12h, 15m or 90s)")
-    return timedelta(seconds=int(found[1]) * _UNITS[found[2] or "s"])
-
 
 @dataclass(frozen=True)
 class Horizon:
