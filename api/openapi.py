@@ -105,7 +105,7 @@ def _header(name: str, description: str) -> dict[str, Any]:
 
 
 def _notification_webhook() -> dict[str, Any]:
-    """The POST a notify URL receives (DESIGN 5; README "Notifications")."""
+    """The POST a notify URL receives (DESIGN 5; docs/api.md "Notifications")."""
     return {"post": {
         "summary": "A transaction ended: its outcome, to the event's notifyurl",
         "description": (
@@ -171,7 +171,7 @@ def _delivery_paths() -> dict[str, Any]:
 
 
 def _mail_paths() -> dict[str, Any]:
-    """The 4me Mail API's HTTP door and what mail brought to a request (README "4me Mail API")."""
+    """POST /v1/mail and what mail brought to a request (docs/api.md "4me Mail API")."""
     refused = {str(status): {"description": text} for status, text in (
         (400, "No recipient"), (401, "No valid key"), (413, "Over EVENTDESK_MAIL_MAX_BYTES"),
         (415, "Not message/rfc822"), (422, "Not an address of the key's account"),
@@ -215,7 +215,7 @@ def _mail_paths() -> dict[str, Any]:
 
 
 def _fourme_paths() -> dict[str, Any]:
-    """The 4me Events API and the read API of requests (README "4me Events API")."""
+    """The 4me Events API and the read API of requests (docs/api.md "4me Events API")."""
     error = _json_body(FourMeError, "{message}; errors: the fields at fault (422 only)")
     account = {"name": "X-4me-Account", "in": "header", "schema": {"type": "string"},
                "description": "The account id; must be the token's account."}

@@ -2,10 +2,11 @@
 
 The busiest route of all, so it is served by plain WSGI in front of the Flask app instead of a
 Flask view: on the intake benchmark Flask's per-request machinery (request context, routing,
-response object, hooks) cost more CPU than everything eventdesk itself does for a request, about
-300 µs of 900 (README "Benchmarks"). Every other path goes on to Flask untouched. What a Flask
-view gave this route is done here: the body size limit (413), the media type, JSON answers for
-any method but POST (405), and any unexpected error answered 7005 and logged, never a 500.
+response object, hooks) cost more CPU than everything eventdesk itself does for a request
+(bench/README.md, "Where the intake's CPU goes"). Every other path goes on to Flask untouched.
+What a Flask view gave this route is done here: the body size limit (413), the media type, JSON
+answers for any method but POST (405), and any unexpected error answered 7005 and logged, never
+a 500.
 The rules stay in ``shared.intake.webex.service.WebexIntake``.
 """
 

@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     worker_batch_wait_seconds: float = Field(default=0.1, gt=0)
     worker_batch_events: int = Field(default=1000, ge=1)
     notify_timeout_seconds: float = Field(default=10.0, gt=0)
-    # Notify URL delivery (shared/notify/; README "Notifications"). notify_timeout_seconds is the
+    # Notify URL delivery (shared/notify/; docs/api.md "Deliveries"). notify_timeout_seconds is the
     # read timeout; connect + read timeouts also bound a whole attempt (DNS, TLS, slow senders).
     notify_connect_timeout_seconds: float = Field(default=5.0, gt=0)
     # Seconds to wait before each attempt, comma-separated: the first is the first attempt's

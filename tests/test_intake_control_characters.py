@@ -93,7 +93,7 @@ def test_webex_tab_cr_lf_are_queued(client: FlaskClient, broker: str) -> None:
 
 # XML 1.0 has no way to carry these characters: neither raw nor as a character reference
 # (&#0;, &#1;). Such a document is not XML, so the parser refuses it before any field exists:
-# 7027 Invalid XML, a 400 like 7004, never a 5xx, never queued (README, code table).
+# 7027 Invalid XML, a 400 like 7004, never a 5xx, never queued (docs/api.md, "Codes").
 XML_EVENTS = {
     "evtid": b"<evtid>server&#0;down</evtid>",
     "correlationid": b"<evtid>server-down</evtid><correlationid>c&#1;</correlationid>",

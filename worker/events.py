@@ -102,8 +102,8 @@ class EventBatches(Batches):  # type: ignore[misc]
         broker will redeliver them"). RabbitMQ does at once; on Redis they wait in the dropped
         channel's unacked hash until a live consumer finds it dead (up to the 15 s heartbeat,
         worker/broker.py). Those jobs' requests go back in the buffer instead. Processing a
-        message twice, when the broker redelivers its copy too, changes nothing (README:
-        processed once).
+        message twice, when the broker redelivers its copy too, changes nothing (docs/operations.md:
+        "Processed once").
         """
         for key, (result, requests) in list(self._in_pool.items()):
             if not result.accepted():

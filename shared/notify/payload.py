@@ -31,7 +31,7 @@ class NotificationOutcome(BaseModel):
 
 
 class Notification(BaseModel):
-    """The body POSTed to a notify URL when a transaction ends (JSON, signed: see README)."""
+    """The body POSTed to a notify URL when a transaction ends (JSON, signed: docs/api.md)."""
 
     transid: str = Field(description="The transaction id the event was accepted under.")
     correlationid: str | None = Field(description="The caller's correlationid, if it gave one.")

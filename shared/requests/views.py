@@ -1,4 +1,4 @@
-"""Requests and notes as the 4me REST API shows them (DESIGN 3.4; README "4me Events API").
+"""Requests and notes as the 4me REST API shows them (DESIGN 3.4; docs/api.md "Requests").
 
 ``GET /v1/requests/<id>``, ``GET /v1/requests``, ``GET /v1/requests/<id>/notes`` and the answer of
 ``POST /v1/events`` with ``Prefer: wait``. The shape follows 4me: references as ``{"id", "name"}``

@@ -1,4 +1,4 @@
-"""The 4me Events API front door's work, free of Flask (DESIGN 3.2; README "4me Events API").
+"""The 4me Events API front door's work, free of Flask (DESIGN 3.2; docs/api.md "4me Events API").
 
 ``POST /v1/events``: authenticate the bearer token for the ``X-4me-Account`` account, gather the
 parameters (a JSON body, a form body or the query string; body fields win over query fields),
@@ -105,7 +105,7 @@ def _json_object(body: bytes) -> dict[str, Any]:
     try:
         data = pydantic_core.from_json(body)
     except ValueError as exc:
-        # The parser's own words are no part of the answer (README "4me Events API").
+        # The parser's own words are no part of the answer (docs/api.md "4me Events API").
         raise Refused(400, "Invalid JSON: the body is not well-formed JSON") from exc
     if not isinstance(data, dict):
         raise Refused(400, "The JSON body must be an object of parameters")

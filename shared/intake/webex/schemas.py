@@ -51,7 +51,7 @@ def parse_expiry(value: Any) -> datetime | None:
 
 
 def _absent_as_empty(value: Any) -> Any:
-    # "parameters": null means no parameters, like a missing member (README "null").
+    # "parameters": null means no parameters, like a missing member (docs/api.md "Values").
     return {} if value is None else value
 
 
