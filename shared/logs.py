@@ -7,8 +7,8 @@ message for other libraries'). Context bound with ``structlog.contextvars`` (the
 Log decisions, not data: never a key, a signing secret, a password, a body or an event's
 parameters.
 
-Two paths, both cheap enough for the intake's hot path (about 20 µs a line, 0.4 µs for a line
-below the level): our own lines go through structlog straight to JSON (:func:`get_logger`); the
+Two paths, both cheap enough for the intake's hot path (bench/README.md has the cost of a line,
+and of one below the level): our own lines go through structlog straight to JSON (:func:`get_logger`); the
 lines of Celery, gunicorn (its access log too) and SQLAlchemy go through stdlib logging and
 :class:`JsonFormatter`.
 

@@ -86,9 +86,8 @@ class Settings(BaseSettings):
     # The worker's consumer gathers up to this many messages, waiting at most this long for them,
     # and hands them to its pool processes in database transactions of up to
     # worker_batch_events events each (a message is never split).
-    # Larger jobs cost less per event (a job's statements are paid once): at 1,000 events/s sent
-    # one a request, 0.1 s and 200 messages cut the worker's CPU per event by a fifth against
-    # 0.05 s and 100, for at most 0.1 s more latency.
+    # Larger jobs cost less per event (a job's statements are paid once), for at most the wait
+    # in more latency (bench/README.md, "Operations figures").
     worker_batch_size: int = Field(default=200, ge=1)
     worker_batch_wait_seconds: float = Field(default=0.1, gt=0)
     worker_batch_events: int = Field(default=1000, ge=1)
@@ -147,8 +146,8 @@ class Settings(BaseSettings):
     # Logs and metrics (DESIGN 7). The worker's main process serves /metrics on this port
     # (0: no exporter); the api serves it on its own port.
     log_level: str = "INFO"
-    # gunicorn's access log, one line per HTTP request. Off by default: on the intake's hot path
-    # it costs about a tenth of the api's CPU, and the worker logs every event it processes.
+    # gunicorn's access log, one line per HTTP request. Off by default: it is a measurable share
+    # of the intake's CPU (bench/README.md), and the worker logs every event it processes.
     access_log: bool = False
     worker_metrics_host: str = "127.0.0.1"
     worker_metrics_port: int = Field(default=9808, ge=0, le=65535)

@@ -1,4 +1,4 @@
-"""The transaction's state, as ``GET /webex/v1/transactions/{transid}`` (and ``Prefer: wait``)
+"""The transaction's state, as ``GET /v1/transactions/{transid}`` (and ``Prefer: wait``)
 shows it: a read model built from its row and its notification's."""
 
 from __future__ import annotations
