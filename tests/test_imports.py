@@ -57,11 +57,12 @@ def imports(path: Path) -> Iterator[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             # ``from shared import metrics`` imports the module shared.metrics.
             names = [f"{node.module}.{alias.name}" for alias in node.names] + [node.module]
-        for name in names:
-            while name and name not in MODULES:
-                name = name.rpartition(".")[0]
-            if name:
-                yield name
+        for imported in names:
+            module = imported
+            while module and module not in MODULES:
+                module = module.rpartition(".")[0]
+            if module:
+                yield module
                 break
 
 
