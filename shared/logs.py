@@ -9,8 +9,8 @@ parameters.
 
 Two paths, both cheap enough for the intake's hot path (bench/README.md has the cost of a line,
 and of one below the level): our own lines go through structlog straight to JSON
-(:func:`get_logger`); the lines of Celery, gunicorn (its access log too) and SQLAlchemy go through stdlib logging and
-:class:`JsonFormatter`.
+(:func:`get_logger`); the lines of Celery, gunicorn (its access log too) and SQLAlchemy go
+through stdlib logging and :class:`JsonFormatter`.
 
 The roles configure it once at start, before logging anything: the worker from Celery's
 ``setup_logging`` signal, the api from gunicorn's ``logconfig_dict`` (``api/gunicorn_conf.py``).

@@ -133,7 +133,7 @@ def test_no_module_imports_itself_through_others() -> None:
 
     def visit(name: str, path: list[str]) -> None:
         if name in path:
-            cycles.append(path[path.index(name):] + [name])
+            cycles.append([*path[path.index(name):], name])
             return
         if name in done:
             return

@@ -27,8 +27,9 @@ ordinary queues: Celery consumes tasks on one channel per connection, so that is
 
 **One client per channel for synchronous commands.** kombu builds a new ``redis.Redis`` client
 for every acknowledgement and bookkeeping step; with redis-py 6+ building a client costs more
-than the command it sends (bench/README.md has the share of the consumer's CPU). A client is only a handle on the
-channel's connection pool and is thread-safe, so one per channel serves them all.
+than the command it sends (bench/README.md has the share of the consumer's CPU). A client is
+only a handle on the channel's connection pool and is thread-safe, so one per channel serves
+them all.
 
 Limits: message priorities are not used by eventdesk and are off (one list per queue), and
 kombu's ``global_keyprefix`` is refused. Selected with Celery's ``broker_transport`` for
