@@ -251,7 +251,7 @@ def smtp(host: str, port: int) -> None:
 
 @main.command()
 def beat() -> None:
-    """Run Celery beat: the clock of the notify and mail sweeps and the purge. Run exactly one."""
+    """Run Celery beat: the clock of the notify and mail sweepers and the purge. Run exactly one."""
     os.execv(sys.executable, beat_command(get_settings().log_level))  # noqa: S606
 
 
