@@ -92,5 +92,6 @@ def test_the_api_answers_as_documented(case: schemathesis.Case[Any], api: None) 
     case.call_and_validate()
 
 
+@pytest.mark.redis
 def test_the_served_document_is_the_generated_one(client: FlaskClient) -> None:
     assert client.get("/openapi.json").get_json() == document()
