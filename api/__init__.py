@@ -3,7 +3,7 @@ Webex intake route in plain WSGI ahead of them (its cost per request: api/webex.
 
 from __future__ import annotations
 
-from flask import Flask
+from flask import Blueprint, Flask
 
 from shared.db.lookup import Outage
 from shared.intake.fourme.service import FourMeIntake
@@ -19,19 +19,17 @@ from shared.records.keys import Keys, find_key_info
 from shared.settings import Settings, get_settings
 
 
+def blueprints() -> tuple[Blueprint, ...]:
+    """Every Flask route's blueprint; importing their modules declares their operations
+    (api/openapi.py)."""
+    from api import deliveries, fourme, health, mail, metrics, openapi, requests, status
+
+    return tuple(module.bp for module in (
+        fourme, mail, requests, status, health, openapi, metrics, deliveries))
+
+
 def create_app(settings: Settings | None = None) -> Flask:
-    from api import (
-        deliveries,
-        errors,
-        fourme,
-        health,
-        mail,
-        metrics,
-        openapi,
-        requests,
-        status,
-        webex,
-    )
+    from api import errors, webex
 
     settings = settings or get_settings()
     app = Flask(__name__)
@@ -71,8 +69,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     # The 4me Mail API's HTTP door: the same publisher; the raw message goes to the database.
     app.extensions["eventdesk.mail"] = MailIntake(publisher, secret, settings.mail_max_bytes)
-    for module in (fourme, mail, requests, status, health, openapi, metrics, deliveries):
-        app.register_blueprint(module.bp)
+    for blueprint in blueprints():
+        app.register_blueprint(blueprint)
     errors.register(app)
     # The Webex intake, the busiest route, in plain WSGI ahead of Flask (api/webex.py).
     app.wsgi_app = webex.FrontDoor(  # type: ignore[method-assign]

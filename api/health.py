@@ -6,6 +6,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, json
 from sqlalchemy import text
 
+from api.openapi import Answer, Operation, route
 from shared.db.engine import get_engine
 from shared.intake.waiters import WaitSlots
 from shared.messaging.publish import Publisher
@@ -17,12 +18,22 @@ def _json(body: dict[str, object], status: int) -> Response:
     return Response(json.dumps(body), status, mimetype="application/json")
 
 
-@bp.get("/healthz")
+STATUS = {"type": "object", "properties": {"status": {"type": "string"}},
+          "required": ["status"]}
+HEALTHZ = Operation("GET", "/healthz", "The process answers",
+                    {200: Answer("Alive", STATUS)})
+READYZ = Operation(
+    "GET", "/readyz", "Broker and database reachable",
+    {200: Answer("Ready; `waiters`: this process's Prefer: wait callers", STATUS),
+     503: Answer("The broker or the database is unreachable", STATUS)})
+
+
+@route(bp, HEALTHZ)
 def healthz() -> Response:
     return _json({"status": "ok"}, 200)
 
 
-@bp.get("/readyz")
+@route(bp, READYZ)
 def readyz() -> Response:
     checks: dict[str, str] = {}
     publisher: Publisher = current_app.extensions["eventdesk.publisher"]

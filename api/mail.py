@@ -14,17 +14,21 @@ from datetime import UTC, datetime
 from urllib.parse import quote
 
 from flask import Blueprint, Response, current_app, json, request
+from pydantic import Field
 from sqlalchemy.exc import SQLAlchemyError
 
 from api.auth import requires_key
 from api.errors import error_json
+from api.openapi import KEY_OR_BEARER, Answer, Header, Message, Operation, Transid, route
+from api.query import Query, Text
+from api.requests import RequestId
 from shared import metrics
 from shared.db.engine import session_scope
 from shared.logs import get_logger
 from shared.mail import queries
-from shared.mail.mime import Quarantined, attachment
+from shared.mail.mime import MAX_ATTACHMENTS, Quarantined, attachment
 from shared.mail.rules import BadRecipient
-from shared.mail.schemas import MailQueued
+from shared.mail.schemas import AttachmentView, MailQueued
 from shared.mail.service import MailIntake, TooLarge
 from shared.mail.views import attachment_views
 from shared.records.keys import KeyInfo
@@ -34,18 +38,58 @@ log = get_logger(__name__)
 CONTENT_TYPE = "message/rfc822"
 
 
+class MailQuery(Query):
+    recipient: Text | None = Field(
+        default=None, description="The address it was sent to (or X-4me-Recipient).")
+
+
+class AttachmentPath(Transid):
+    index: int = Field(ge=0, le=MAX_ATTACHMENTS - 1)
+
+
+NO_KEY = Answer("No valid key", Message)
+MAIL = Operation(
+    "POST", "/v1/mail", "4me Mail API: a raw message, as the mail gateway received it",
+    security=KEY_OR_BEARER, query=MailQuery,
+    headers=(Header("X-4me-Recipient", "The address it was sent to (or ?recipient=)."),),
+    body={CONTENT_TYPE: {"type": "string", "format": "binary"}}, body_required=True,
+    responses={
+        202: Answer("Stored; its state is at Location", MailQueued,
+                    headers={"Location": "/v1/transactions/<transid>", "X-Transid": "transid"}),
+        **{status: Answer(text, Message) for status, text in (
+            (400, "No recipient, or a bad one"), (401, "No valid key"),
+            (413, "Over EVENTDESK_MAIL_MAX_BYTES"), (415, f"Not {CONTENT_TYPE}"),
+            (422, "Not an address of the key's account"),
+            (503, "Database unreachable: not stored"))}})
+ATTACHMENTS = Operation(
+    "GET", "/v1/requests/{id}/attachments",
+    "Attachments of the mail that created or added notes to the request",
+    security=KEY_OR_BEARER, params=RequestId,
+    responses={200: Answer("The attachments", list[AttachmentView]), 401: NO_KEY,
+               404: Answer("Not a request of this account", Message)})
+DOWNLOAD = Operation(
+    "GET", "/v1/mail/{transid}/attachments/{index}",
+    "One attachment's content (always application/octet-stream)",
+    security=KEY_OR_BEARER, params=AttachmentPath,
+    responses={200: Answer("The content", {"type": "string", "format": "binary"},
+                           media="application/octet-stream",
+                           headers={"Content-Disposition": "attachment; filename*=UTF-8''...",
+                                    "X-Attachment-Content-Type": "The type the mail gave"}),
+               401: NO_KEY, 404: Answer("No such attachment of this account", Message)})
+
+
 def _refuse(status: int, message: str, result: str) -> Response:
     metrics.mail_received.labels(result=result).inc()
     return error_json(status, message)
 
 
-@bp.post("/v1/mail")
+@route(bp, MAIL)
 @requires_key()
 def mail(key: KeyInfo) -> Response:
     intake: MailIntake = current_app.extensions["eventdesk.mail"]
     if request.mimetype != CONTENT_TYPE:
         return _refuse(415, f"send the raw message as {CONTENT_TYPE}", "invalid")
-    address = request.args.get("recipient") or request.headers.get("X-4me-Recipient")
+    address = MAIL.args().recipient or request.headers.get("X-4me-Recipient")
     if not address:
         return _refuse(400, "the recipient query parameter or X-4me-Recipient header is "
                             "required", "invalid")
@@ -70,19 +114,19 @@ def mail(key: KeyInfo) -> Response:
     return response
 
 
-@bp.get("/v1/requests/<int(max=9223372036854775807):request_id>/attachments")
+@route(bp, ATTACHMENTS)
 @requires_key()
-def attachments(key: KeyInfo, request_id: int) -> Response:
+def attachments(key: KeyInfo, id: int) -> Response:
     with session_scope() as session:
-        if not queries.requests_of(session, key.account_id, [request_id]):
+        if not queries.requests_of(session, key.account_id, [id]):
             return error_json(404, "no such request")
-        mails = queries.mails_of_request(session, key.account_id, request_id)
+        mails = queries.mails_of_request(session, key.account_id, id)
     views = attachment_views(mails)
     return Response(json.dumps([view.model_dump() for view in views]), 200,
                     mimetype="application/json")
 
 
-@bp.get("/v1/mail/<transid>/attachments/<int(max=19):index>")
+@route(bp, DOWNLOAD)
 @requires_key()
 def download(key: KeyInfo, transid: str, index: int) -> Response:
     with session_scope() as session:

@@ -8,13 +8,19 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app
 
+from api.openapi import Answer, Operation, route
 from shared import metrics
 from shared.settings import Settings
 
 bp = Blueprint("metrics", __name__)
 
 
-@bp.get("/metrics")
+METRICS = Operation(
+    "GET", "/metrics", "The api's metrics",
+    {200: Answer("Prometheus text format", {"type": "string"}, media="text/plain")})
+
+
+@route(bp, METRICS)
 def scrape() -> Response:
     settings: Settings = current_app.extensions["eventdesk.settings"]
     body, content_type = metrics.exposition(settings.prometheus_multiproc_dir)

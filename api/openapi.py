@@ -1,111 +1,286 @@
-"""``GET /openapi.json``, generated from the pydantic models that validate the requests."""
+"""``GET /openapi.json``, generated from the declarations the routes are served and validated by.
+
+Each route declares an :class:`Operation`: its path parameters, query parameters and bodies as
+pydantic models, its headers, its security, and its answers. :func:`route` registers the Flask
+rule from that declaration (an integer path parameter's converter takes its maximum from the
+model) and the view reads its query string with ``OPERATION.args()``, through the same model;
+:func:`document` builds the OpenAPI document from the same declarations. A maximum, a type or
+a required parameter therefore has one source; CI runs schemathesis over the document
+(tests/test_openapi.py) to show that the service answers as it says.
+
+Decision: a registry of our own (this module) instead of spectree or flask-openapi3. Both
+validate with pydantic and generate the document, but each wraps the view with its own
+validation and answers a refusal in its own shape (422 with pydantic's error list), where ours
+are a 400 ``{"message"}`` naming the parameter and the 4me shape on the 4me routes; neither
+knows the Webex intake, which is plain WSGI ahead of Flask (api/webex.py), nor its XML body;
+flask-openapi3 replaces ``Flask`` and ``Blueprint`` with its own classes. What we need of them is
+pydantic's JSON schema, which pydantic gives; the rest is this module.
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, Generic, get_args, get_origin
 
 from flask import Blueprint, Response, json
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from pydantic.json_schema import models_json_schema
+from typing_extensions import TypeVar
 
-from shared.intake.fourme.schemas import FourMeError, FourMeEventParameters, FourMeQueued
-from shared.intake.webex.schemas import WebexEventRequest, WebexResponse
-from shared.mail.schemas import AttachmentView, MailQueued
+from api.query import BLANK, Query, parse_query
 from shared.notify.payload import Notification
-from shared.notify.rules import STATES
-from shared.notify.schemas import DeliveryList, Redelivery
-from shared.requests.views import NoteView, RequestView
-from shared.transactions.schemas import TransactionView
 
 bp = Blueprint("openapi", __name__)
 
+# An operation without a query string reads none: Query, the empty model.
+Q = TypeVar("Q", bound=Query, default=Query)
+View = TypeVar("View", bound=Callable[..., Response])
 _REF = "#/components/schemas/{model}"
+_PARAMETER = re.compile(r"\{(\w+)\}")
+SECURITY = {
+    "key": {"type": "apiKey", "in": "header", "name": "key",
+            "description": "An API key of the account (the Webex Connect `key` header)."},
+    "bearer": {"type": "http", "scheme": "bearer",
+               "description": "The same API key as a bearer token (4me's way)."},
+}
+# Either scheme: the routes that read with a key (api/auth.py).
+KEY_OR_BEARER = ("key", "bearer")
 
 
-def _ref(model: type[BaseModel]) -> dict[str, str]:
-    return {"$ref": _REF.format(model=model.__name__)}
+class Message(BaseModel):
+    """An error outside the intakes' own shapes (api/errors.py)."""
+
+    message: str
 
 
-def _json_body(model: type[BaseModel], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
+class Transid(BaseModel):
+    """The path of a transaction's routes."""
+
+    transid: str = Field(description="As the intake answered it.")
+
+
+@dataclass(frozen=True)
+class Header:
+    name: str
+    description: str
+    required: bool = False
+    schema: Mapping[str, Any] = field(default_factory=lambda: {"type": "string"})
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One documented answer: its body (a model, ``list[Model]``, or a JSON schema) by media
+    type, and the names of the headers it carries."""
+
+    description: str
+    body: Any = None
+    media: str = "application/json"
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Operation(Generic[Q]):
+    """What one route takes and answers; the single source of its validation and its schema."""
+
+    method: str
+    path: str
+    summary: str
+    responses: Mapping[int | str, Answer]
+    description: str = ""
+    security: tuple[str, ...] = ()
+    query: type[Q] | None = None
+    params: type[BaseModel] | None = None
+    headers: tuple[Header, ...] = ()
+    body: Mapping[str, Any] = field(default_factory=dict)
+    body_required: bool = False
+
+    def args(self) -> Q:
+        """The request's query string, validated by the declared model (400 when refused)."""
+        assert self.query is not None, f"{self.method} {self.path} declares no query"
+        return parse_query(self.query)
+
+    def rule(self) -> str:
+        """The Flask rule: ``{id}`` becomes ``<int(max=...):id>`` for an integer parameter."""
+        properties = self.params.model_json_schema()["properties"] if self.params else {}
+
+        def converter(match: re.Match[str]) -> str:
+            name = match.group(1)
+            schema = properties[name]
+            if schema.get("type") == "integer":
+                assert schema.get("minimum") == 0, "the int converter takes no sign"
+                return f"<int(max={schema['maximum']}):{name}>"
+            return f"<{name}>"
+
+        return _PARAMETER.sub(converter, self.path)
+
+
+# Every route's operation, as its module is imported (the Webex intake's is api/webex.WEBEX).
+OPERATIONS: list[Operation[Any]] = []
+
+
+def route(blueprint: Blueprint, operation: Operation[Any]) -> Callable[[View], View]:
+    """Serve the decorated view at the operation's path and document it."""
+
+    def register(view: View) -> View:
+        blueprint.add_url_rule(operation.rule(), view_func=view, methods=[operation.method])
+        OPERATIONS.append(operation)
+        return view
+
+    return register
+
+
+# -- the document ---------------------------------------------------------------------------------
+
+class _Models:
+    """The models the document refers to, gathered while its operations are rendered."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, tuple[type[BaseModel], str]] = {}
+
+    def ref(self, model: type[BaseModel], mode: str) -> dict[str, Any]:
+        self.seen.setdefault(model.__name__, (model, mode))
+        return {"$ref": _REF.format(model=model.__name__)}
+
+    def schema(self, body: Any, mode: str) -> dict[str, Any]:
+        if isinstance(body, Mapping):
+            return dict(body)
+        if get_origin(body) is list:
+            return {"type": "array", "items": self.schema(get_args(body)[0], mode)}
+        return self.ref(body, mode)
+
+    def components(self) -> dict[str, Any]:
+        _, schemas = models_json_schema(
+            [(model, mode) for model, mode in self.seen.values()],  # type: ignore[misc]
+            ref_template=_REF)
+        defs: dict[str, Any] = schemas.get("$defs", {})
+        return defs
+
+
+def _parameters(location: str, model: type[BaseModel] | None) -> list[dict[str, Any]]:
+    if model is None:
+        return []
+    schema = model.model_json_schema(mode="validation")
+    required = set(schema.get("required", ()))
+    parameters = []
+    for name, declared in schema.get("properties", {}).items():
+        # A parameter is text or absent, never null.
+        prop = textual(declared, schema.get("$defs", {}))
+        prop.pop("title", None)
+        description = prop.pop("description", None)
+        mandatory = name in required or location == "path"
+        if location == "query" and not mandatory:
+            prop = {"anyOf": [prop, BLANK], **({"default": prop.pop("default")}
+                                               if "default" in prop else {})}
+        parameter = {"name": name, "in": location, "required": mandatory, "schema": prop}
+        if description:
+            parameter["description"] = description
+        parameters.append(parameter)
+    return parameters
+
+
+def _header(header: Header) -> dict[str, Any]:
+    return {"name": header.name, "in": "header", "required": header.required,
+            "description": header.description, "schema": dict(header.schema)}
+
+
+def _answer(answer: Answer, models: _Models) -> dict[str, Any]:
+    rendered: dict[str, Any] = {"description": answer.description}
+    if answer.body is not None:
+        rendered["content"] = {answer.media: {"schema": models.schema(answer.body,
+                                                                      "serialization")}}
+    if answer.headers:
+        rendered["headers"] = {name: {"description": text, "schema": {"type": "string"}}
+                               for name, text in answer.headers.items()}
+    return rendered
+
+
+def _operation(operation: Operation[Any], models: _Models) -> dict[str, Any]:
+    rendered: dict[str, Any] = {"summary": operation.summary}
+    if operation.description:
+        rendered["description"] = operation.description
+    rendered["security"] = [{name: []} for name in operation.security]
+    parameters = [*_parameters("path", operation.params), *_parameters("query", operation.query),
+                  *(_header(header) for header in operation.headers)]
+    if parameters:
+        rendered["parameters"] = parameters
+    if operation.body:
+        rendered["requestBody"] = {"required": operation.body_required, "content": {
+            media: {"schema": models.schema(body, "validation")}
+            for media, body in operation.body.items()}}
+    rendered["responses"] = {str(status): _answer(answer, models)
+                             for status, answer in operation.responses.items()}
+    return rendered
+
+
+def textual(schema: Mapping[str, Any], defs: Mapping[str, Any]) -> dict[str, Any]:
+    """A schema as text carries it (an XML body, a query parameter): references inlined, and
+    no ``null`` (absent is null there). ``xml`` names stay."""
+
+    def form(node: Any) -> Any:
+        if isinstance(node, list):
+            return [form(item) for item in node]
+        if not isinstance(node, Mapping):
+            return node
+        if "$ref" in node:
+            return form({**defs[node["$ref"].rsplit("/", 1)[1]],
+                         **{k: v for k, v in node.items() if k != "$ref"}})
+        result = {key: form(value) for key, value in node.items()
+                  if not (key == "default" and value is None)}
+        if "anyOf" in result:
+            options = [option for option in result.pop("anyOf") if option != {"type": "null"}]
+            if len(options) == 1:
+                result = {**options[0], **result}
+            else:
+                result["anyOf"] = options
+        return result
+
+    return dict(form(schema))
 
 
 @lru_cache(maxsize=1)
 def document() -> dict[str, Any]:
-    _, schemas = models_json_schema(
-        [(WebexEventRequest, "validation"), (WebexResponse, "serialization"),
-         (TransactionView, "serialization"), (Notification, "serialization"),
-         (DeliveryList, "serialization"), (Redelivery, "serialization"),
-         (FourMeEventParameters, "validation"), (FourMeQueued, "serialization"),
-         (FourMeError, "serialization"), (RequestView, "serialization"),
-         (NoteView, "serialization"), (MailQueued, "serialization"),
-         (AttachmentView, "serialization")],
-        ref_template=_REF,
-    )
-    webex_answer = _json_body(WebexResponse, "One entry per event, or one for the request")
+    # Importing the routes' modules declares their operations, as for create_app.
+    from api import blueprints, webex
+
+    blueprints()
+    models = _Models()
+    paths: dict[str, dict[str, Any]] = {}
+    for operation in (webex.WEBEX, *OPERATIONS):
+        paths.setdefault(operation.path, {})[operation.method.lower()] = _operation(
+            operation, models)
+    webhook = _notification_webhook(models)
+    schemas = models.components()
+    for path in paths.values():
+        for rendered in path.values():
+            for media, content in rendered.get("requestBody", {}).get("content", {}).items():
+                if media.endswith("xml"):
+                    content["schema"] = textual(content["schema"], schemas)
     return {
         "openapi": "3.1.0",
-        "info": {"title": "eventdesk", "version": "0.1.0"},
-        "components": {
-            "schemas": schemas.get("$defs", {}),
-            "securitySchemes": {
-                "key": {"type": "apiKey", "in": "header", "name": "key"},
-                "bearer": {"type": "http", "scheme": "bearer"},
-            },
-        },
-        "webhooks": {"notification": _notification_webhook()},
-        "paths": {
-            "/resources/v1/events/externalevent/": {
-                "post": {
-                    "summary": "Webex Connect Custom Event v1",
-                    "security": [{"key": []}],
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {"schema": _ref(WebexEventRequest)},
-                            "application/xml": {"schema": _ref(WebexEventRequest)},
-                        },
-                    },
-                    "responses": {
-                        str(status): webex_answer for status in (200, 400, 401, 413, 429, 503)
-                    },
-                }
-            },
-            "/v1/transactions/{transid}": {
-                "get": {
-                    "summary": "The state of one accepted event",
-                    "security": [{"key": []}, {"bearer": []}],
-                    "parameters": [{"name": "transid", "in": "path", "required": True,
-                                    "schema": {"type": "string"}}],
-                    "responses": {
-                        "200": _json_body(TransactionView, "The transaction"),
-                        "401": {"description": "No valid key"},
-                        "404": {"description": "Not a transaction of this account"},
-                    },
-                }
-            },
-            **_delivery_paths(),
-            **_fourme_paths(),
-            **_mail_paths(),
-            "/healthz": {"get": {"responses": {"200": {"description": "Alive"}}}},
-            "/readyz": {"get": {"responses": {"200": {"description": "Ready"},
-                                              "503": {"description": "Broker or database down"}}}},
-        },
+        "info": {"title": "eventdesk", "version": "0.1.0", "description": (
+            "Event intake for IT service management: the Webex Connect Custom Event API, the "
+            "4me Events and Mail APIs, and the state of what was accepted.")},
+        "servers": [{"url": "/", "description": "This eventdesk api (gunicorn; in production "
+                                                "behind your TLS-terminating proxy)"}],
+        "components": {"schemas": schemas, "securitySchemes": SECURITY},
+        "webhooks": {"notification": webhook},
+        "paths": paths,
     }
 
 
-_TRANSID = {"name": "transid", "in": "path", "required": True, "schema": {"type": "string"}}
-_AUTH: list[dict[str, list[str]]] = [{"key": []}, {"bearer": []}]
-
-
-def _header(name: str, description: str) -> dict[str, Any]:
-    return {"name": name, "in": "header", "required": name != "x-hub-signature",
-            "description": description, "schema": {"type": "string"}}
-
-
-def _notification_webhook() -> dict[str, Any]:
+def _notification_webhook(models: _Models) -> dict[str, Any]:
     """The POST a notify URL receives (DESIGN 5; docs/api.md "Notifications")."""
+    headers = (
+        Header("webhook-id", "The notification's id: the same on every attempt.", True),
+        Header("webhook-timestamp", "Unix time of this attempt, in seconds.", True),
+        Header("webhook-signature",
+               "`v1,<base64 HMAC-SHA256>`, one per signing secret, space-separated.", True),
+        Header("x-hub-signature", "`sha256=<hex HMAC-SHA256 of the body>`, if the account asks "
+               "for it, with its newest secret."),
+    )
     return {"post": {
         "summary": "A transaction ended: its outcome, to the event's notifyurl",
         "description": (
@@ -118,16 +293,9 @@ def _notification_webhook() -> dict[str, Any]:
             "Gone disables the URL (later notifications to it are not sent; a redelivery "
             "enables it again). Redirects are not followed."
         ),
-        "parameters": [
-            _header("webhook-id", "The notification's id: the same on every attempt."),
-            _header("webhook-timestamp", "Unix time of this attempt, in seconds."),
-            _header("webhook-signature",
-                    "`v1,<base64 HMAC-SHA256>`, one per signing secret, space-separated."),
-            _header("x-hub-signature", "`sha256=<hex HMAC-SHA256 of the body>`, if the "
-                    "account asks for it, with its newest secret."),
-        ],
+        "parameters": [_header(header) for header in headers],
         "requestBody": {"required": True, "content": {
-            "application/json": {"schema": _ref(Notification)},
+            "application/json": {"schema": models.ref(Notification, "serialization")},
         }},
         "responses": {
             "2XX": {"description": "Received; not sent again"},
@@ -137,146 +305,12 @@ def _notification_webhook() -> dict[str, Any]:
     }}
 
 
-def _delivery_paths() -> dict[str, Any]:
-    return {
-        "/v1/transactions/{transid}/redeliver": {"post": {
-            "summary": "Send a finished notification again (same webhook-id, fresh schedule)",
-            "security": _AUTH,
-            "parameters": [_TRANSID],
-            "responses": {
-                "202": _json_body(Redelivery, "Queued"),
-                "401": {"description": "No valid key"},
-                "404": {"description": "No notification for this transaction in this account"},
-                "409": {"description": "The notification is pending or being sent"},
-            },
-        }},
-        "/v1/deliveries": {"get": {
-            "summary": "The account's notification deliveries, newest first",
-            "security": _AUTH,
-            "parameters": [
-                {"name": "status", "in": "query", "schema": {
-                    "type": "string", "enum": list(STATES)}},
-                {"name": "limit", "in": "query",
-                 "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}},
-                {"name": "before", "in": "query", "description": "The previous page's `next`.",
-                 "schema": {"type": "string"}},
-            ],
-            "responses": {
-                "200": _json_body(DeliveryList, "A page of deliveries"),
-                "400": {"description": "A bad parameter"},
-                "401": {"description": "No valid key"},
-            },
-        }},
-    }
+OPENAPI = Operation(
+    "GET", "/openapi.json", "This document",
+    {200: Answer("The OpenAPI 3.1 document", {"type": "object"})},
+)
 
 
-def _mail_paths() -> dict[str, Any]:
-    """POST /v1/mail and what mail brought to a request (docs/api.md "4me Mail API")."""
-    refused = {str(status): {"description": text} for status, text in (
-        (400, "No recipient"), (401, "No valid key"), (413, "Over EVENTDESK_MAIL_MAX_BYTES"),
-        (415, "Not message/rfc822"), (422, "Not an address of the key's account"),
-        (503, "Database unreachable: not stored"))}
-    return {
-        "/v1/mail": {"post": {
-            "summary": "4me Mail API: a raw message, as the mail gateway received it",
-            "security": _AUTH,
-            "parameters": [
-                {"name": "recipient", "in": "query", "required": False,
-                 "description": "The address it was sent to (or X-4me-Recipient)",
-                 "schema": {"type": "string"}},
-                {"name": "X-4me-Recipient", "in": "header", "required": False,
-                 "schema": {"type": "string"}}],
-            "requestBody": {"required": True, "content": {"message/rfc822": {
-                "schema": {"type": "string", "format": "binary"}}}},
-            "responses": {"202": _json_body(MailQueued, "Stored; its state is at Location"),
-                          **refused},
-        }},
-        "/v1/requests/{id}/attachments": {"get": {
-            "summary": "Attachments of the mail that created or added notes to the request",
-            "security": _AUTH,
-            "parameters": [{"name": "id", "in": "path", "required": True,
-                            "schema": {"type": "integer"}}],
-            "responses": {"200": {"description": "The attachments", "content": {
-                "application/json": {"schema": {"type": "array",
-                                                "items": _ref(AttachmentView)}}}},
-                          "404": {"description": "Not a request of this account"}},
-        }},
-        "/v1/mail/{transid}/attachments/{index}": {"get": {
-            "summary": "One attachment's content (always application/octet-stream)",
-            "security": _AUTH,
-            "parameters": [_TRANSID, {"name": "index", "in": "path", "required": True,
-                                      "schema": {"type": "integer", "maximum": 19}}],
-            "responses": {"200": {"description": "The content", "content": {
-                "application/octet-stream": {"schema": {"type": "string",
-                                                        "format": "binary"}}}},
-                          "404": {"description": "No such attachment of this account"}},
-        }},
-    }
-
-
-def _fourme_paths() -> dict[str, Any]:
-    """The 4me Events API and the read API of requests (docs/api.md "4me Events API")."""
-    error = _json_body(FourMeError, "{message}; errors: the fields at fault (422 only)")
-    account = {"name": "X-4me-Account", "in": "header", "schema": {"type": "string"},
-               "description": "The account id; must be the token's account."}
-    page = [
-        {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1, "default": 1}},
-        {"name": "per_page", "in": "query",
-         "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 25}},
-    ]
-    request_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}
-    listed = {"description": "A page; Link (first, prev, next, last) and X-Pagination-* headers"}
-    reads: dict[str, Any] = {
-        "security": _AUTH, "parameters": [{**account, "required": False}],
-    }
-    missing = {"404": {"description": "No such request in the caller's account"}}
-    return {
-        "/v1/events": {"post": {
-            "summary": "4me Events API: create or update a request from an event",
-            "description": "Parameters as a JSON body, a form body or the query string (the body "
-                           "wins). `Prefer: wait=N` (N <= 30) waits for the outcome.",
-            "security": [{"bearer": []}],
-            "parameters": [
-                {**account, "required": True},
-                {"name": "Prefer", "in": "header", "schema": {"type": "string"},
-                 "description": "`wait=N`: wait up to N seconds (at most 30) for the outcome."},
-            ],
-            "requestBody": {"content": {
-                "application/json": {"schema": _ref(FourMeEventParameters)},
-                "application/x-www-form-urlencoded": {"schema": _ref(FourMeEventParameters)},
-            }},
-            "responses": {
-                "200": _json_body(RequestView, "Prefer: wait: the event matched this request"),
-                "201": _json_body(RequestView, "Prefer: wait: the request the event created"),
-                "202": _json_body(FourMeQueued, "Queued; Location: the transaction"),
-                **{str(status): error for status in (400, 401, 413, 415, 422, 429, 503)},
-            },
-        }},
-        "/v1/requests": {"get": {
-            **reads, "summary": "The account's requests, oldest first",
-            "parameters": [*reads["parameters"], *page, *(
-                {"name": name, "in": "query", "schema": {"type": "string"}}
-                for name in ("source", "sourceID", "status", "updated_since"))],
-            "responses": {"200": {**listed, "content": {"application/json": {"schema": {
-                "type": "array", "items": _ref(RequestView)}}}},
-                          "400": error, "401": error},
-        }},
-        "/v1/requests/{id}": {"get": {
-            **reads, "summary": "One request",
-            "parameters": [*reads["parameters"], request_id],
-            "responses": {"200": _json_body(RequestView, "The request"), "401": error,
-                          **missing},
-        }},
-        "/v1/requests/{id}/notes": {"get": {
-            **reads, "summary": "The request's notes, oldest first",
-            "parameters": [*reads["parameters"], request_id, *page],
-            "responses": {"200": {**listed, "content": {"application/json": {"schema": {
-                "type": "array", "items": _ref(NoteView)}}}},
-                          "400": error, "401": error, **missing},
-        }},
-    }
-
-
-@bp.get("/openapi.json")
+@route(bp, OPENAPI)
 def openapi() -> Response:
     return Response(json.dumps(document()), 200, mimetype="application/json")

@@ -11,19 +11,25 @@ next, last) and the ``X-Pagination-*`` headers.
 from __future__ import annotations
 
 import json
+from typing import Annotated
 from urllib.parse import urlencode
 
 from flask import Blueprint, Response, request
+from pydantic import BaseModel, Field
 
 from api.auth import requires_key
 from api.errors import error_json
-from api.query import argument
+from api.openapi import KEY_OR_BEARER, Answer, Header, Operation, route
+from api.query import Choice, Query, Since, Text, Whole
 from shared.db.engine import session_scope
+from shared.intake.fourme.schemas import FourMeError
 from shared.records.keys import KeyInfo
-from shared.requests.fields import CHOICES, check_text, parse_choice, parse_int, parse_timestamp
+from shared.requests.fields import CHOICES, MAX_ID
 from shared.requests.views import (
+    NoteView,
     Page,
     RequestFilter,
+    RequestView,
     get_request,
     list_notes,
     list_requests,
@@ -35,25 +41,60 @@ bp = Blueprint("requests", __name__)
 PER_PAGE = 25
 MAX_PER_PAGE = 100
 MAX_PAGE = 1_000_000
-# Ids beyond a BIGINT are no request's: a 404, not a database error.
-REQUEST_ID = "<int(max=9223372036854775807):request_id>"
+REFUSAL = "Authentication failed: send Authorization: Bearer <token>"
+
+
+class PageQuery(Query):
+    page: Annotated[int, Whole(1, MAX_PAGE)] = Field(default=1, description="From 1.")
+    per_page: Annotated[int, Whole(1, cap=MAX_PER_PAGE)] = Field(
+        default=PER_PAGE, description=f"At most {MAX_PER_PAGE}: a larger number reads as "
+        f"{MAX_PER_PAGE}, as on 4me (X-Pagination-Per-Page says the size used).")
+
+
+class RequestQuery(PageQuery):
+    source: Text | None = None
+    sourceID: Text | None = None  # noqa: N815 (4me's name)
+    status: Annotated[str, Choice(CHOICES["status"])] | None = None
+    updated_since: Since | None = Field(default=None, description=(
+        "Requests updated at or after this time; one before 0001-01-02 or after 9999-12-30 "
+        "reads as that day."))
+
+
+class RequestId(BaseModel):
+    # Ids beyond a BIGINT are no request's: a 404, not a database error.
+    id: int = Field(ge=0, le=MAX_ID)
+
+
+ACCOUNT = Header("X-4me-Account", "The account id; when given, the token's account.")
+ERROR = Answer("`message`; a 400 names the parameter at fault", FourMeError)
+MISSING = Answer("No such request in the caller's account", FourMeError)
+PAGINATED = {
+    "Link": "first, prev, next and last pages",
+    **{f"X-Pagination-{name}": name.replace("-", " ").lower()
+       for name in ("Per-Page", "Current-Page", "Total-Pages", "Total-Entries")},
+}
+UNAVAILABLE = Answer("The database is unreachable", FourMeError)
+LIST = Operation(
+    "GET", "/v1/requests", "The account's requests, oldest first", security=KEY_OR_BEARER,
+    query=RequestQuery, headers=(ACCOUNT,),
+    responses={200: Answer("A page", list[RequestView], headers=PAGINATED), 400: ERROR,
+               401: ERROR, 503: UNAVAILABLE})
+ONE = Operation(
+    "GET", "/v1/requests/{id}", "One request", security=KEY_OR_BEARER, params=RequestId,
+    headers=(ACCOUNT,),
+    responses={200: Answer("The request", RequestView), 401: ERROR, 404: MISSING,
+               503: UNAVAILABLE})
+NOTES = Operation(
+    "GET", "/v1/requests/{id}/notes", "The request's notes, oldest first",
+    security=KEY_OR_BEARER, params=RequestId, query=PageQuery, headers=(ACCOUNT,),
+    responses={200: Answer("A page", list[NoteView], headers=PAGINATED), 400: ERROR,
+               401: ERROR, 404: MISSING, 503: UNAVAILABLE})
 
 
 def _json(body: object, headers: dict[str, str] | None = None) -> Response:
     response = Response(json.dumps(body), 200, mimetype="application/json")
     response.headers.update(headers or {})
     return response
-
-
-def _number(name: str, default: int, highest: int) -> int:
-    # per_page as 4me: more than the maximum gives the maximum.
-    value = argument(name, lambda raw: min(parse_int(raw, 1), highest)
-                      if name == "per_page" else parse_int(raw, 1, highest))
-    return default if value is None else value
-
-
-def _paging() -> tuple[int, int]:
-    return _number("page", 1, MAX_PAGE), _number("per_page", PER_PAGE, MAX_PER_PAGE)
 
 
 def _page_url(number: int, size: int) -> str:
@@ -77,38 +118,33 @@ def pagination_headers(page: Page) -> dict[str, str]:
     }
 
 
-def _filter() -> RequestFilter:
-    return RequestFilter(
-        source=argument("source", check_text), source_id=argument("sourceID", check_text),
-        status=argument("status", lambda raw: parse_choice(raw, CHOICES["status"])),
-        updated_since=argument("updated_since", parse_timestamp))
-
-
-@bp.get("/v1/requests")
-@requires_key("Authentication failed: send Authorization: Bearer <token>")
+@route(bp, LIST)
+@requires_key(REFUSAL)
 def requests_list(key: KeyInfo) -> Response:
-    where, (number, size) = _filter(), _paging()
+    query = LIST.args()
+    where = RequestFilter(source=query.source, source_id=query.sourceID, status=query.status,
+                          updated_since=query.updated_since)
     with session_scope() as session:
-        views, page = list_requests(session, key.account_id, where, number, size)
+        views, page = list_requests(session, key.account_id, where, query.page, query.per_page)
     return _json([to_json(view) for view in views], pagination_headers(page))
 
 
-@bp.get(f"/v1/requests/{REQUEST_ID}")
-@requires_key("Authentication failed: send Authorization: Bearer <token>")
-def request_one(key: KeyInfo, request_id: int) -> Response:
+@route(bp, ONE)
+@requires_key(REFUSAL)
+def request_one(key: KeyInfo, id: int) -> Response:
     with session_scope() as session:
-        view = get_request(session, key.account_id, request_id)
+        view = get_request(session, key.account_id, id)
     if view is None:
         return error_json(404, "Not found")
     return _json(to_json(view))
 
 
-@bp.get(f"/v1/requests/{REQUEST_ID}/notes")
-@requires_key("Authentication failed: send Authorization: Bearer <token>")
-def request_notes(key: KeyInfo, request_id: int) -> Response:
-    number, size = _paging()
+@route(bp, NOTES)
+@requires_key(REFUSAL)
+def request_notes(key: KeyInfo, id: int) -> Response:
+    query = NOTES.args()
     with session_scope() as session:
-        found = list_notes(session, key.account_id, request_id, number, size)
+        found = list_notes(session, key.account_id, id, query.page, query.per_page)
     if found is None:
         return error_json(404, "Not found")
     views, page = found

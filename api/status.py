@@ -6,6 +6,7 @@ from flask import Blueprint, Response, current_app, json
 
 from api.auth import requires_key
 from api.errors import error_json
+from api.openapi import KEY_OR_BEARER, Answer, Message, Operation, Transid, route
 from shared.db.engine import session_scope
 from shared.ids import issued_at, issued_for, well_formed
 from shared.records.keys import KeyInfo
@@ -20,7 +21,16 @@ EXPIRED = ("transaction expired from the log: finished transactions are removed 
            "retention period")
 
 
-@bp.get("/v1/transactions/<transid>")
+TRANSACTION = Operation(
+    "GET", "/v1/transactions/{transid}", "The state of one accepted event",
+    security=KEY_OR_BEARER, params=Transid,
+    responses={200: Answer("The transaction", TransactionView),
+               401: Answer("No valid key", Message),
+               404: Answer("Not a transaction of this account, or expired from the log", Message),
+               503: Answer("The database is unreachable", Message)})
+
+
+@route(bp, TRANSACTION)
 @requires_key()
 def transaction(key: KeyInfo, transid: str) -> Response:
     if not well_formed(transid):

@@ -18,14 +18,49 @@ from http import HTTPStatus
 from typing import Any
 
 from api.body import read_limited
+from api.openapi import Answer as Documented
+from api.openapi import Operation
 from shared import metrics
 from shared.codes import Code, IntakeError
+from shared.intake.webex.schemas import WebexEventRequest, WebexResponse
 from shared.intake.webex.service import Answer, WebexIntake
 from shared.logs import get_logger
 
 log = get_logger(__name__)
 PATH = "/resources/v1/events/externalevent/"
 _PATHS = {PATH, PATH.rstrip("/")}
+
+MEDIA_TYPES = ("application/json", "application/xml", "text/xml")
+
+
+def _codes(status: int, description: str, headers: dict[str, str] | None = None) -> Documented:
+    """An HTTP status's answer and the Webex codes answered with it (shared/codes.py)."""
+    codes = "; ".join(f"`{code.value}` {code.description}" for code in Code
+                      if code.http_status == status)
+    return Documented(f"{description}: {codes}", WebexResponse, headers=headers or {})
+
+
+# Not served by Flask, so documented here rather than through api.openapi.route.
+WEBEX = Operation(
+    "POST", PATH, "Webex Connect Custom Event v1",
+    description=(
+        "One entry per event in `response`, in order; a fault of the whole request answers one "
+        "entry without a transid. The HTTP status is the first entry's code's when no event "
+        "was queued, else 200. The body is JSON or XML (`<request>`, each event an `<event>` "
+        "in `<events>`); every answer is JSON."),
+    security=("key",),
+    body=dict.fromkeys(MEDIA_TYPES, WebexEventRequest),
+    body_required=True,
+    responses={
+        200: _codes(200, "At least one event queued; the others' entries say why not"),
+        400: _codes(400, "Nothing queued"),
+        401: _codes(401, "No valid key"),
+        413: Documented(f"`{Code.INVALID_VALUES.value}`: the body is larger than "
+                        "EVENTDESK_MAX_BODY_BYTES", WebexResponse),
+        429: _codes(429, "The key's rate limit", {"Retry-After": "Seconds to wait"}),
+        503: _codes(503, "Nothing queued: the broker or the database is unreachable"),
+    },
+)
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]

@@ -57,7 +57,15 @@ _NAIVE_EARLIEST, _NAIVE_LATEST = EARLIEST.replace(tzinfo=None), LATEST.replace(t
 RANGE_MESSAGE = "must lie between 0001-01-02T00:00:00Z and 9999-12-30T23:59:59Z"
 _MAX_REFERENCE = 255
 # C0 control characters but tab, LF and CR.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+_CONTROLS = r"\x00-\x08\x0b\x0c\x0e-\x1f"
+_CONTROL = re.compile(f"[{_CONTROLS}]")
+# The same rules as JSON schema patterns, for the OpenAPI document (api/openapi.py): text
+# check_text takes; text that is blank (only the characters of str.isspace, which strip()
+# removes); text check_text takes with something left once stripped.
+TEXT_PATTERN = f"^[^{_CONTROLS}]*$"
+_SPACE = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+BLANK_PATTERN = f"^[{_SPACE}]*$"
+NOT_BLANK_PATTERN = f"^[^{_CONTROLS}]*[^{_SPACE}{_CONTROLS}][^{_CONTROLS}]*$"
 CONTROL_MESSAGE = "must not contain control characters (U+0000 to U+001F but tab, CR and LF)"
 
 

@@ -15,6 +15,7 @@ from shared.requests.fields import (
     MAX_ID,
     RANGE_MESSAGE,
     TEXT_FIELDS,
+    TEXT_PATTERN,
 )
 
 
@@ -48,7 +49,7 @@ def _parameter(name: str) -> tuple[Any, Any]:
     if name in TEXT_FIELDS:
         limit = TEXT_FIELDS[name]
         unit = "bytes (UTF-8)" if name in ("note", "internal_note") else "characters"
-        return str | None, Field(default=None, max_length=limit,
+        return str | None, Field(default=None, max_length=limit, pattern=TEXT_PATTERN,
                                  description=f"At most {limit} {unit}.")
     if name in CHOICES:
         return Literal[CHOICES[name]] | None, None
@@ -58,7 +59,7 @@ def _parameter(name: str) -> tuple[Any, Any]:
     if name in DATETIME_FIELDS:
         return _DATETIME | None, Field(default=None, description=f"UTC, yyyy-mm-ddThh:mm[:ss][Z]; "
                                                                  f"it {RANGE_MESSAGE}.")
-    return str | None, Field(default=None, max_length=255,
+    return str | None, Field(default=None, max_length=255, pattern=TEXT_PATTERN,
                              description="A record's name, label, email or sourceID.")
 
 
@@ -66,7 +67,8 @@ def _parameter(name: str) -> tuple[Any, Any]:
 # (tests/test_fourme_api.py checks that the two agree); unknown parameters are refused.
 FourMeEventParameters: type[BaseModel] = create_model(  # type: ignore[call-overload]
     "FourMeEventParameters",
-    __config__=ConfigDict(extra="forbid"),
+    __config__=ConfigDict(extra="forbid", json_schema_extra={
+        "anyOf": [{"required": ["subject"]}, {"required": ["template_id"]}]}),
     __doc__="The 4me event fields. `subject` is required unless `template_id` is given; an "
             "empty value means not given.",
     **{name: _parameter(name) for name in sorted(FIELDS)},

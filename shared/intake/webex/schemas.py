@@ -29,9 +29,18 @@ from pydantic import (
 
 from shared.codes import Code, IntakeError
 from shared.notify.urls import check_syntax
-from shared.requests.fields import blank, check_text, parse_timestamp
+from shared.requests.fields import (
+    NOT_BLANK_PATTERN,
+    TEXT_PATTERN,
+    blank,
+    check_text,
+    parse_timestamp,
+)
 
 MAX_CORRELATIONID_BYTES = 50
+# The XML body's element names (load_xml), also in the OpenAPI document's XML schema.
+XML_ROOT = "request"
+XML_EVENT = "event"
 
 ParamValue = str | int | float | bool | None
 ParamName = Annotated[str, StringConstraints(min_length=1, max_length=128)]
@@ -67,17 +76,20 @@ def check_notify_url(value: Any) -> str | None:
 class WebexEvent(BaseModel):
     """One event: which event definition to run, and its parameters."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"xml": {"name": XML_EVENT}})
 
     evtid: Annotated[
         str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128),
         AfterValidator(check_text),
-    ]
+    ] = Field(description="The event definition's id.",
+              json_schema_extra={"pattern": NOT_BLANK_PATTERN})
     correlationid: Annotated[str, AfterValidator(check_text)] | None = Field(
-        default=None, description="Caller's id for this event, at most 50 bytes (UTF-8)."
+        default=None, description="Caller's id for this event, at most 50 bytes (UTF-8).",
+        json_schema_extra={"pattern": TEXT_PATTERN},
     )
     parameters: Annotated[dict[ParamName, ParamValue], BeforeValidator(_absent_as_empty)] = Field(
-        default_factory=dict, description="Name/value pairs for the event definition."
+        default_factory=dict, description="Name/value pairs for the event definition; names "
+        "and text values without control characters (but tab, CR and LF)."
     )
 
     @field_validator("correlationid")
@@ -108,9 +120,10 @@ class WebexEvent(BaseModel):
 
 
 class WebexEventRequest(BaseModel):
-    """``POST /resources/v1/events/externalevent/``"""
+    """``POST /resources/v1/events/externalevent/``; as XML, ``<request>`` with the same
+    members as elements, each event an ``<event>`` in ``<events>``."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"xml": {"name": XML_ROOT}})
 
     expiry: Annotated[datetime | None, BeforeValidator(parse_expiry)] = Field(
         default=None, description="UTC ISO 8601; after it the event is not acted on."
@@ -118,14 +131,15 @@ class WebexEventRequest(BaseModel):
     notifyurl: Annotated[str | None, BeforeValidator(check_notify_url)] = Field(
         default=None, description="http(s) URL that receives the outcome of each event."
     )
-    events: list[WebexEvent] = Field(min_length=1)
+    events: list[WebexEvent] = Field(min_length=1, json_schema_extra={"xml": {"wrapped": True}})
 
 
 class WebexResponseEntry(BaseModel):
-    code: str = Field(examples=["1002"])
+    code: Code = Field(examples=["1002"])
     description: str = Field(examples=["Queued"])
     transid: str | None = None
     correlationid: str | None = None
+    detail: str | None = Field(default=None, description="What was wrong, for a refusal.")
 
 
 class WebexResponse(BaseModel):
@@ -182,13 +196,13 @@ def load_xml(body: bytes) -> dict[str, Any]:
         root = parse_xml(body, forbid_dtd=True, forbid_entities=True, forbid_external=True)
     except (ParseError, DefusedXmlException, ValueError) as exc:
         raise IntakeError(Code.INVALID_XML) from exc
-    if root.tag != "request":
-        raise IntakeError(Code.INVALID_XML, "the root element must be <request>")
+    if root.tag != XML_ROOT:
+        raise IntakeError(Code.INVALID_XML, f"the root element must be <{XML_ROOT}>")
     data: dict[str, Any] = {"expiry": _xml_text(root.find("expiry")),
                             "notifyurl": _xml_text(root.find("notifyurl"))}
     events = root.find("events")
     if events is not None:
-        data["events"] = [_xml_event(event) for event in events.findall("event")]
+        data["events"] = [_xml_event(event) for event in events.findall(XML_EVENT)]
     return {k: v for k, v in data.items() if v is not None}
 
 
