@@ -38,7 +38,7 @@ import hashlib
 import json
 import secrets
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -81,10 +81,12 @@ class Claim:
 
 @dataclass(frozen=True)
 class Batch:
-    """What :func:`claim` took: the claims, and for each host how many POSTs may be in flight."""
+    """What :func:`claim` took: the claims, and for each host how many POSTs may be in flight
+    (the slots held) and under which holder token."""
 
     claims: list[Claim] = field(default_factory=list)
     lanes: dict[str, int] = field(default_factory=dict)
+    holders: dict[str, str] = field(default_factory=dict)
     # Due, but their host had no free slot: pending again, due again after a short wait.
     deferred: list[int] = field(default_factory=list)
 
@@ -95,9 +97,14 @@ def url_hash(url: str) -> str:
 
 def claim(
     session: Session, delivery_ids: Collection[int], now: datetime, policy: rules.Policy,
-    draw: float,
+    draw: float, *, held: Mapping[str, str] | None = None,
 ) -> Batch:
     """Take the pending, due deliveries among ``delivery_ids`` for one attempt each.
+
+    ``held``: the hosts whose slots the caller holds already, each with its holder token (a
+    stream that is still POSTing to them). Their slots are renewed with the new lease and
+    topped up from the free ones, and their deliveries are never deferred: the caller's lanes
+    take them after those in hand.
 
     Statements write before they read: on SQLite, a transaction that read first may not write
     after another connection has.
@@ -136,14 +143,18 @@ def claim(
     accounts = {account.id: account for account in session.scalars(
         select(Account).where(Account.id.in_({row.account_id for row in taken})))}
     batch = Batch()
+    held = held or {}
     for host, rows in by_host.items():
         ids = [row.id for row in rows]
-        lanes = slots.acquire(session, host, token, now=now, until=lease_until,
-                              limit=policy.host_concurrency, wanted=len(rows))
+        holder = held.get(host, token)
+        lanes = slots.renew(session, host, holder, until=lease_until) if host in held else 0
+        lanes += slots.acquire(session, host, holder, now=now, until=lease_until,
+                               limit=policy.host_concurrency, wanted=len(rows))
         if not lanes:
             # The receiver has its fill of POSTs in flight: back off without spending an attempt.
+            # The host is noted, so that the stream holding its slots finds them (claim_due).
             session.execute(update(ND).where(ND.id.in_(ids)).values(
-                status="pending", lease_token=None, lease_until=None,
+                status="pending", lease_token=None, lease_until=None, host=host,
                 next_attempt_at=now + timedelta(seconds=rules.busy_wait(draw)),
             ).execution_options(synchronize_session=False))
             batch.deferred.extend(ids)
@@ -151,6 +162,7 @@ def claim(
         session.execute(update(ND).where(ND.id.in_(ids)).values(
             attempts=ND.attempts + 1, host=host).execution_options(synchronize_session=False))
         batch.lanes[host] = lanes
+        batch.holders[host] = holder
         for row in rows:
             account = accounts.get(row.account_id)
             batch.claims.append(Claim(
@@ -161,6 +173,33 @@ def claim(
                 number=row.attempts + 1, tried=row.attempts + 1 - row.schedule_offset,
             ))
     return batch
+
+
+def claim_due(
+    session: Session, hosts: Collection[str], now: datetime, policy: rules.Policy, draw: float,
+    *, limit: int, held: Mapping[str, str],
+) -> Batch:
+    """:func:`claim` the oldest due deliveries to ``hosts`` (up to ``limit``), whoever was asked
+    to send them: those another worker deferred for want of a slot these hosts' holder has."""
+    due = session.scalars(
+        select(ND.id).where(ND.status == "pending", ND.host.in_(hosts),
+                            or_(ND.next_attempt_at.is_(None), ND.next_attempt_at <= now + EARLY))
+        .order_by(ND.next_attempt_at).limit(limit).with_for_update(skip_locked=True)
+    ).all()
+    return claim(session, due, now, policy, draw, held=held) if due else Batch()
+
+
+def give_back(session: Session, unsent: Iterable[Claim], now: datetime) -> None:
+    """Claims never POSTed (their lease would have run out first): pending and due again, the
+    attempt not spent; only where the lease is still theirs."""
+    by_token: dict[str, list[int]] = defaultdict(list)
+    for taken in unsent:
+        by_token[taken.token].append(taken.delivery_id)
+    for token, ids in by_token.items():
+        session.execute(update(ND).where(
+            ND.id.in_(ids), ND.status == "sending", ND.lease_token == token,
+        ).values(status="pending", attempts=ND.attempts - 1, lease_token=None, lease_until=None,
+                 next_attempt_at=now, updated_at=now).execution_options(synchronize_session=False))
 
 
 def _disabled_among(session: Session, pairs: set[tuple[str, str]]) -> set[tuple[str, str]]:

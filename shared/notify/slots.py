@@ -51,6 +51,18 @@ def acquire(
     return len(taken)
 
 
+def renew(session: Session, host: str, holder: str, *, until: datetime) -> int:
+    """Extend ``holder``'s slots of ``host`` to ``until``; how many it holds."""
+    renewed = session.execute(
+        update(NotifyHostSlot)
+        .where(NotifyHostSlot.host == host, NotifyHostSlot.holder == holder)
+        .values(lease_until=until)
+        .returning(NotifyHostSlot.slot)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return len(renewed)
+
+
 def release(session: Session, host: str, holder: str) -> None:
     session.execute(
         update(NotifyHostSlot)
