@@ -87,8 +87,8 @@ class Batch:
     claims: list[Claim] = field(default_factory=list)
     lanes: dict[str, int] = field(default_factory=dict)
     holders: dict[str, str] = field(default_factory=dict)
-    # Due, but their host had no free slot: pending again, due again after a short wait.
-    deferred: list[int] = field(default_factory=list)
+    # Due, but their host had no free slot: pending again, due again after a short wait; by host.
+    deferred: dict[str, list[int]] = field(default_factory=dict)
 
 
 def url_hash(url: str) -> str:
@@ -157,7 +157,7 @@ def claim(
                 status="pending", lease_token=None, lease_until=None, host=host,
                 next_attempt_at=now + timedelta(seconds=rules.busy_wait(draw)),
             ).execution_options(synchronize_session=False))
-            batch.deferred.extend(ids)
+            batch.deferred[host] = ids
             continue
         session.execute(update(ND).where(ND.id.in_(ids)).values(
             attempts=ND.attempts + 1, host=host).execution_options(synchronize_session=False))

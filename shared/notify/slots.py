@@ -11,6 +11,7 @@ is already open.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 
 from sqlalchemy import and_, func, or_, select, update
@@ -49,6 +50,13 @@ def acquire(
         .execution_options(synchronize_session=False)
     ).all()
     return len(taken)
+
+
+def free_among(session: Session, hosts: Collection[str], *, now: datetime, limit: int) -> set[str]:
+    """Which of ``hosts`` have a free slot: a read, so that waiting for one costs no claim."""
+    return set(session.scalars(select(NotifyHostSlot.host).distinct().where(
+        NotifyHostSlot.host.in_(hosts), NotifyHostSlot.slot < limit,
+        or_(NotifyHostSlot.holder.is_(None), NotifyHostSlot.lease_until < now))))
 
 
 def renew(session: Session, host: str, holder: str, *, until: datetime) -> int:

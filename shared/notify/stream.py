@@ -48,6 +48,7 @@ from shared.logs import get_logger
 from shared.notify import rules, signing
 from shared.notify.delivery import Batch, Claim, claim, claim_due, give_back, record
 from shared.notify.http import AttemptResult, Resolver, Sender, system_resolver
+from shared.notify.slots import free_among
 
 # Outcomes wait at most this long to be recorded: each record is one transaction, so batching
 # them is what keeps the database's share per delivery small.
@@ -200,23 +201,37 @@ class Stream:
             self._claiming -= 1
         self._distribute(batch)
         taken = {c.delivery_id for c in batch.claims}
+        waiting = batch.deferred
+        deferred = {i for ids in waiting.values() for i in ids}
         for delivery_id in delivery_ids:
             job = self._jobs.get(delivery_id)
             if job is not None and not job.claimed.done():
                 job.claimed.set_result(None)
-            if delivery_id not in taken and delivery_id not in batch.deferred:
+            if delivery_id not in taken and delivery_id not in deferred:
                 self._settle(delivery_id, None, attempted=False)
-        if batch.deferred:
-            if time.monotonic() < give_up and not self._closing:
-                await asyncio.sleep(rules.busy_wait(_draw()))
-                await self._take(batch.deferred, give_up)
-            else:
-                for delivery_id in batch.deferred:
-                    self._settle(delivery_id, None, attempted=False)
+        while waiting and time.monotonic() < give_up and not self._closing:
+            # Claimed again only once their host has a free slot (or this stream holds some):
+            # a claim costs the database far more than this look.
+            await asyncio.sleep(rules.busy_wait(_draw()))
+            try:
+                ready = await self._in_database(self._free_among, list(waiting))
+            except Exception as exc:  # the sweeper queues them later in any case
+                log.warning("notify slots not read", error=str(exc))
+                break
+            ready |= waiting.keys() & self._hosts.keys()
+            if ready:
+                self._spawn(self._take([i for host in ready for i in waiting.pop(host)], give_up))
+        for ids in waiting.values():
+            for delivery_id in ids:
+                self._settle(delivery_id, None, attempted=False)
 
     def _claim(self, delivery_ids: list[int], held: dict[str, str]) -> Batch:
         with session_scope(self._database_url) as session:
             return claim(session, delivery_ids, _now(), self._policy, _draw(), held=held)
+
+    def _free_among(self, hosts: list[str]) -> set[str]:
+        with session_scope(self._database_url) as session:
+            return free_among(session, hosts, now=_now(), limit=self._policy.host_concurrency)
 
     def _claim_due(self, host: str, held: dict[str, str]) -> Batch:
         with session_scope(self._database_url) as session:
