@@ -148,8 +148,10 @@ def claim(
         ids = [row.id for row in rows]
         holder = held.get(host, token)
         lanes = slots.renew(session, host, holder, until=lease_until) if host in held else 0
-        lanes += slots.acquire(session, host, holder, now=now, until=lease_until,
-                               limit=policy.host_concurrency, wanted=len(rows))
+        wanted = min(len(rows), policy.host_concurrency) - lanes
+        if wanted > 0:
+            lanes += slots.acquire(session, host, holder, now=now, until=lease_until,
+                                   limit=policy.host_concurrency, wanted=wanted)
         if not lanes:
             # The receiver has its fill of POSTs in flight: back off without spending an attempt.
             # The host is noted, so that the stream holding its slots finds them (claim_due).

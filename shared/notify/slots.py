@@ -29,14 +29,29 @@ def acquire(
 
     One statement: the free slots are picked and taken together. On PostgreSQL, slots another
     claimer has locked meanwhile are skipped, not waited for, and the outer conditions are
-    checked again on any row that changed, so two claimers never hold one slot.
+    checked again on any row that changed, so two claimers never hold one slot. A host's slot
+    rows are made the first time it has fewer than ``limit`` of them (a second statement).
     """
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    session.execute(
-        insert(NotifyHostSlot)
-        .values([{"host": host, "slot": slot} for slot in range(limit)])
-        .on_conflict_do_nothing(index_elements=["host", "slot"])
-    )
+    taken = _take(session, host, holder, now=now, until=until, limit=limit, wanted=wanted)
+    if taken < wanted:
+        insert = (postgresql.insert if session.get_bind().dialect.name == "postgresql"
+                  else sqlite.insert)
+        made = session.execute(
+            insert(NotifyHostSlot)
+            .values([{"host": host, "slot": slot} for slot in range(limit)])
+            .on_conflict_do_nothing(index_elements=["host", "slot"])
+            .returning(NotifyHostSlot.slot)
+        ).all()
+        if made:
+            taken += _take(session, host, holder, now=now, until=until, limit=limit,
+                           wanted=wanted - taken)
+    return taken
+
+
+def _take(
+    session: Session, host: str, holder: str, *, now: datetime, until: datetime, limit: int,
+    wanted: int,
+) -> int:
     free = and_(NotifyHostSlot.host == host, NotifyHostSlot.slot < limit,
                 or_(NotifyHostSlot.holder.is_(None), NotifyHostSlot.lease_until < now))
     # Random order: concurrent claimers rarely go for the same rows.

@@ -70,6 +70,8 @@ class _Host:
     free: set[int] = field(default_factory=set)  # lane numbers not running (a connection each)
     running: int = 0
     topping_up: bool = False
+    # No look for the host's deferred deliveries before then: the last one found none.
+    quiet_until: float = 0.0
 
 
 class Job:
@@ -278,7 +280,7 @@ class Stream:
     async def _top_up(self, host: str, state: _Host) -> None:
         """The host's due deliveries that other processes deferred (this stream holds its
         slots); one lane asks at a time."""
-        if state.topping_up:
+        if state.topping_up or time.monotonic() < state.quiet_until:
             return
         state.topping_up = True
         self._claiming += 1
@@ -290,6 +292,8 @@ class Stream:
         finally:
             self._claiming -= 1
             state.topping_up = False
+        if not batch.claims:
+            state.quiet_until = time.monotonic() + rules.BUSY_WAIT
         self._distribute(batch)
 
     async def _pace(self, host: str) -> None:
