@@ -115,9 +115,12 @@ def claim(
         update(ND)
         .where(ND.id.in_(delivery_ids), ND.status == "pending",
                or_(ND.next_attempt_at.is_(None), ND.next_attempt_at <= now + EARLY))
-        .values(status="sending", lease_token=token, lease_until=lease_until, updated_at=now)
-        .returning(ND.id, ND.account_id, ND.url, ND.message_id, ND.payload, ND.attempts,
-                   ND.schedule_offset)
+        # The attempt is counted here, in the one row version a claim writes; taken back below
+        # where it is not made (a disabled URL, no free slot).
+        .values(status="sending", lease_token=token, lease_until=lease_until, updated_at=now,
+                attempts=ND.attempts + 1)
+        .returning(ND.id, ND.account_id, ND.url, ND.host, ND.message_id, ND.payload,
+                   ND.attempts, ND.schedule_offset)
         .execution_options(synchronize_session=False)
     ).all()
     missed = set(delivery_ids) - {row.id for row in taken}
@@ -157,12 +160,15 @@ def claim(
             # The host is noted, so that the stream holding its slots finds them (claim_due).
             session.execute(update(ND).where(ND.id.in_(ids)).values(
                 status="pending", lease_token=None, lease_until=None, host=host,
+                attempts=ND.attempts - 1,
                 next_attempt_at=now + timedelta(seconds=rules.busy_wait(draw)),
             ).execution_options(synchronize_session=False))
             batch.deferred[host] = ids
             continue
-        session.execute(update(ND).where(ND.id.in_(ids)).values(
-            attempts=ND.attempts + 1, host=host).execution_options(synchronize_session=False))
+        unnamed = [row.id for row in rows if row.host != host]  # rows made before it was set
+        if unnamed:
+            session.execute(update(ND).where(ND.id.in_(unnamed)).values(host=host)
+                            .execution_options(synchronize_session=False))
         batch.lanes[host] = lanes
         batch.holders[host] = holder
         for row in rows:
@@ -172,7 +178,7 @@ def claim(
                 message_id=row.message_id, body=payload_bytes(row.payload),
                 secrets=list(account.signing_secrets) if account else [],
                 hub_signature=bool(account and account.notify_hub_signature),
-                number=row.attempts + 1, tried=row.attempts + 1 - row.schedule_offset,
+                number=row.attempts, tried=row.attempts - row.schedule_offset,
             ))
     return batch
 
@@ -318,7 +324,7 @@ def _finish(
 ) -> None:
     session.execute(update(ND).where(ND.id.in_(delivery_ids)).values(
         status=status, last_error=error, lease_token=None, lease_until=None, next_attempt_at=None,
-        completed_at=now, updated_at=now,
+        completed_at=now, updated_at=now, attempts=ND.attempts - 1,  # none was made
     ).execution_options(synchronize_session=False))
     after_commit(session, lambda: _count_final(status, len(delivery_ids)))
 
