@@ -7,13 +7,15 @@ steps; no database transaction is open while a POST is awaited:
    every ``pending`` and due delivery of the batch -> ``sending`` with a lease (``lease_token``,
    ``lease_until``), then slots of each receiver's host (at most
    ``EVENTDESK_NOTIFY_HOST_CONCURRENCY`` POSTs in flight per host, across workers): as many as
-   the batch has deliveries for the host, or as are free; a host with none free is deferred
-   without spending an attempt. Commit.
+   the batch has deliveries for the host, or as are free, besides those the claimer holds
+   already (renewed); a host with none is deferred without spending an attempt, and found by
+   the claimer that holds its slots (:func:`claim_due`). Commit.
 2. The POSTs (``shared/notify/http.py``), concurrent, each bounded by its timeouts and a deadline
    shorter than the lease.
 3. :func:`record`, a short transaction for the outcomes that came back meanwhile: the attempt
    rows, and each delivery's next state, set only if the lease is still ours (compare-and-set on
-   ``lease_token``); a host's slots are freed with its last outcome of the batch.
+   ``lease_token``); a host's slots are freed once the claimer has no claim of it left. A
+   claim that waited too long to be POSTed within its lease is given back (:func:`give_back`).
 
 Retries are scheduled by the database alone: a failed attempt sets ``next_attempt_at``, and the
 sweeper (:func:`sweep`, every ``EVENTDESK_NOTIFY_SWEEP_INTERVAL_SECONDS``) publishes
