@@ -239,8 +239,8 @@ def record(
     """
     verdicts = [rules.classify(result.status_code, result.error, result.retry_after, now)
                 for _, result in outcomes]
-    if outcomes:
-        session.execute(insert(NotificationAttempt), [{
+    if outcomes:  # Core executemany, as the update below: no ORM bookkeeping a row
+        session.connection().execute(insert(cast("Table", NotificationAttempt.__table__)), [{
             "delivery_id": claim.delivery_id, "number": claim.number,
             "attempted_at": result.started_at, "status_code": result.status_code,
             "error": result.error, "response": result.response,
