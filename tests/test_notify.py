@@ -1122,3 +1122,21 @@ def test_deliveries_deferred_by_one_stream_are_sent_by_the_stream_holding_the_sl
     assert len(receiver.received) == 6
     assert len(receiver.ids()) == 6
     assert all(a.number == 1 for i in theirs for a in attempts_of(db, i))  # waiting spent none
+
+
+def test_a_stopping_stream_records_what_it_sent_and_gives_back_the_rest(
+    db: str, receivers: Callable[..., Receiver],
+) -> None:
+    receiver = receivers(default=Answer(204, delay=0.3))
+    policy = dataclasses.replace(POLICY, host_concurrency=1)
+    ids = [make_delivery(db, receiver.url)[1] for _ in range(4)]
+    stream = Stream(policy, database_url=db)
+    stream.submit(ids).claimed.result()
+    wait_until(lambda: receiver.received, 5, interval=0.01)
+    stream.close()  # a warm shutdown: no lease is left to run out
+    assert len(receiver.received) == 1
+    statuses = sorted((get_delivery(db, i).status, get_delivery(db, i).attempts) for i in ids)
+    assert statuses == [("delivered", 1)] + [("pending", 0)] * 3
+    with session_scope(db) as session:
+        assert session.scalars(select(NotifyHostSlot).where(
+            NotifyHostSlot.holder.is_not(None))).all() == []
