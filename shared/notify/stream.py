@@ -125,6 +125,9 @@ class Stream:
         self._claiming = 0  # claims under way: no slots are freed meanwhile (see _flush)
         self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
+        # Deliveries deferred for want of a slot, by host: when each is given up on.
+        self._waiting: dict[str, dict[int, float]] = {}
+        self._poller: asyncio.Task[None] | None = None
         # Per host: when the next POST may start, under the per-host rate.
         self._next_start: dict[str, float] = {}
         self._database = concurrent.futures.ThreadPoolExecutor(1, "notify-db")
@@ -174,10 +177,11 @@ class Stream:
         give_up = time.monotonic() + self._policy.sweep_interval
         self._spawn(self._take(delivery_ids, give_up))
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = self._loop.create_task(work)
         self._tasks.add(task)  # the loop keeps only a weak reference to a task
         task.add_done_callback(self._done)
+        return task
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -188,7 +192,7 @@ class Stream:
         return await self._loop.run_in_executor(self._database, work, *args)
 
     async def _take(self, delivery_ids: list[int], give_up: float) -> None:
-        """Claim ``delivery_ids``; those deferred for want of a slot, again after a short wait."""
+        """Claim ``delivery_ids``; those deferred for want of a slot wait (_wait_for_slots)."""
         held = {host: state.holder for host, state in self._hosts.items()}
         self._claiming += 1
         try:
@@ -203,29 +207,41 @@ class Stream:
             self._claiming -= 1
         self._distribute(batch)
         taken = {c.delivery_id for c in batch.claims}
-        waiting = batch.deferred
-        deferred = {i for ids in waiting.values() for i in ids}
+        deferred = {i for ids in batch.deferred.values() for i in ids}
         for delivery_id in delivery_ids:
             job = self._jobs.get(delivery_id)
             if job is not None and not job.claimed.done():
                 job.claimed.set_result(None)
             if delivery_id not in taken and delivery_id not in deferred:
                 self._settle(delivery_id, None, attempted=False)
-        while waiting and time.monotonic() < give_up and not self._closing:
-            # Claimed again only once their host has a free slot (or this stream holds some):
-            # a claim costs the database far more than this look.
+        for host, ids in batch.deferred.items():
+            self._waiting.setdefault(host, {}).update(dict.fromkeys(ids, give_up))
+        if self._waiting and (self._poller is None or self._poller.done()):
+            self._poller = self._spawn(self._wait_for_slots())
+
+    async def _wait_for_slots(self) -> None:
+        """Claim deferred deliveries again once their host has a free slot (or this stream holds
+        some), until their give-up time; then they are the sweeper's. One look for every host
+        waited for, every short wait: a look costs the database far less than a claim."""
+        while self._waiting and not self._closing:
             await asyncio.sleep(rules.busy_wait(_draw()))
+            now = time.monotonic()
+            for host, waiting in list(self._waiting.items()):
+                for delivery_id in [i for i, give_up in waiting.items() if give_up < now]:
+                    del waiting[delivery_id]
+                    self._settle(delivery_id, None, attempted=False)
+                if not waiting:
+                    del self._waiting[host]
+            if not self._waiting:
+                return
             try:
-                ready = await self._in_database(self._free_among, list(waiting))
+                ready = await self._in_database(self._free_among, list(self._waiting))
             except Exception as exc:  # the sweeper queues them later in any case
                 log.warning("notify slots not read", error=str(exc))
-                break
-            ready |= waiting.keys() & self._hosts.keys()
-            if ready:
-                self._spawn(self._take([i for host in ready for i in waiting.pop(host)], give_up))
-        for ids in waiting.values():
-            for delivery_id in ids:
-                self._settle(delivery_id, None, attempted=False)
+                continue
+            for host in (ready | self._hosts.keys()) & self._waiting.keys():
+                waiting = self._waiting.pop(host)
+                self._spawn(self._take(list(waiting), max(waiting.values())))
 
     def _claim(self, delivery_ids: list[int], held: dict[str, str]) -> Batch:
         with session_scope(self._database_url) as session:
@@ -364,6 +380,10 @@ class Stream:
 
     async def _drain(self) -> None:
         self._closing = True
+        for waiting in self._waiting.values():
+            for delivery_id in waiting:
+                self._settle(delivery_id, None, attempted=False)
+        self._waiting.clear()
         while not self._flusher.done():
             await asyncio.sleep(FLUSH_SECONDS)
 
