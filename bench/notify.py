@@ -371,10 +371,15 @@ class Stack:
         return {"worker": self.worker, **({"notifier": self.notifier} if self.notifier else {})}
 
     def _empty(self) -> None:
-        """The processing tables emptied; the sweeper's queries can deadlock with the TRUNCATE
-        (it reads the tables in another order): then again."""
+        """The processing tables emptied, once the worker has recorded the last run's outcomes
+        (a notification arrives a flush before it is recorded); the sweeper's queries can
+        deadlock with the TRUNCATE (it reads the tables in another order): then again."""
         import psycopg
 
+        deadline = time.monotonic() + self.args.stall_timeout
+        while self.db.scalar("SELECT count(*) FROM notification_deliveries "
+                             "WHERE status = 'sending'") and time.monotonic() < deadline:
+            time.sleep(POLL_S)
         for attempt in range(5):
             try:
                 self.db.empty_processing_tables()

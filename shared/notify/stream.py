@@ -122,6 +122,8 @@ class Stream:
         self._jobs: dict[int, Job] = {}  # by delivery id
         self._results: list[tuple[Claim, AttemptResult]] = []
         self._unsent: list[Claim] = []
+        # Slots of hosts whose sessions ended, to free (host, holder token).
+        self._release: list[tuple[str, str]] = []
         self._claiming = 0  # claims under way: no slots are freed meanwhile (see _flush)
         self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -330,7 +332,8 @@ class Stream:
     async def _flush_every(self) -> None:
         """Flush every FLUSH_SECONDS; once closing, until every host's slots are freed."""
         pruned = time.monotonic()
-        while not (self._closing and not self._hosts and not self._claiming):
+        while not (self._closing and not self._hosts and not self._claiming
+                   and not self._release):
             await asyncio.sleep(FLUSH_SECONDS)
             await self._flush()
             if time.monotonic() - pruned > 1.0:
@@ -344,7 +347,7 @@ class Stream:
         those slots: they are freed by a later flush if still unused)."""
         results, self._results = self._results, []
         unsent, self._unsent = self._unsent, []
-        release: list[tuple[str, str]] = []
+        release, self._release = self._release, []
         if not self._claiming:
             for host, state in list(self._hosts.items()):
                 if not state.running and not state.queue:
@@ -356,8 +359,10 @@ class Stream:
             moved = await self._in_database(self._record, results, unsent, release)
         except BaseException as exc:
             # The deliveries stay ``sending`` until their lease runs out and the sweeper takes
-            # them back; their slots are freed when theirs do.
+            # them back.
             log.warning("notify outcomes not recorded", count=len(results), error=str(exc))
+            if not self._closing:  # by their holder tokens: the next flush frees them
+                self._release += release
             for taken, _ in results:
                 job = self._jobs.pop(taken.delivery_id, None)
                 if job is not None:
