@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import random
 import ssl
 import threading
@@ -177,7 +178,8 @@ class Stream:
         for delivery_id in delivery_ids:
             self._jobs[delivery_id] = job
         give_up = time.monotonic() + self._policy.sweep_interval
-        self._spawn(self._take(delivery_ids, give_up))
+        task = self._spawn(self._take(delivery_ids, give_up, job))
+        task.add_done_callback(functools.partial(_answer, job))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = self._loop.create_task(work)
@@ -193,27 +195,26 @@ class Stream:
     async def _in_database(self, work: Callable[..., T], *args: Any) -> T:
         return await self._loop.run_in_executor(self._database, work, *args)
 
-    async def _take(self, delivery_ids: list[int], give_up: float) -> None:
-        """Claim ``delivery_ids``; those deferred for want of a slot wait (_wait_for_slots)."""
+    async def _take(self, delivery_ids: list[int], give_up: float, job: Job | None = None) -> None:
+        """Claim ``delivery_ids`` (``job``'s, when they are handed over); those deferred for want
+        of a slot wait (_wait_for_slots)."""
         held = {host: state.holder for host, state in self._hosts.items()}
         self._claiming += 1
         try:
             batch = await self._in_database(self._claim, delivery_ids, held)
         except BaseException as exc:  # the jobs' callers learn it (a database outage)
-            for delivery_id in delivery_ids:
-                job = self._jobs.pop(delivery_id, None)
-                if job is not None:
-                    job.fail(exc)
+            mapped = (self._jobs.pop(i, None) for i in delivery_ids)
+            for failed in {found for found in (job, *mapped) if found is not None}:
+                failed.fail(exc)
             return
         finally:
             self._claiming -= 1
+        if job is not None and not job.claimed.done():
+            job.claimed.set_result(None)
         self._distribute(batch)
         taken = {c.delivery_id for c in batch.claims}
         deferred = {i for ids in batch.deferred.values() for i in ids}
         for delivery_id in delivery_ids:
-            job = self._jobs.get(delivery_id)
-            if job is not None and not job.claimed.done():
-                job.claimed.set_result(None)
             if delivery_id not in taken and delivery_id not in deferred:
                 self._settle(delivery_id, None, attempted=False)
         for host, ids in batch.deferred.items():
@@ -391,6 +392,14 @@ class Stream:
         self._waiting.clear()
         while not self._flusher.done():
             await asyncio.sleep(FLUSH_SECONDS)
+
+
+def _answer(job: Job, task: asyncio.Task[None]) -> None:
+    """Whatever became of a claim (a bug, a cancellation), the caller waiting for it is told."""
+    if task.cancelled():
+        job.fail(RuntimeError("the claim was cancelled"))
+    elif (exc := task.exception()) is not None:
+        job.fail(exc)
 
 
 def _now() -> datetime:
