@@ -9,7 +9,8 @@ the demo records, dropped at the end), the api under gunicorn, one Celery worker
 ``events`` and ``notify`` queues (``--concurrency``, the default two processes) with the sweeper
 (``--beat``), all on the given Redis database (flushed before and after), and a receiver: a
 separate process answering every POST with 204 at once, on keep-alive connections, that notes
-when each notification first arrives (by transid) and counts distinct webhook-ids.
+when each notification first arrives (by transid) and counts POSTs and distinct webhook-ids
+(duplicates: POSTs beyond one a webhook-id).
 
 A run POSTs ``--events`` storm events (bench/e2e.py's), ``--per-body`` a request, each body with
 the receiver's ``notifyurl``, paced at ``--rate`` events/s (0: as fast as the api answers), and
@@ -81,10 +82,12 @@ _TRANSID = re.compile(rb'"transid":\s*"([^"]+)"')
 
 class _Receiver(asyncio.Protocol):
     """HTTP/1.1 keep-alive, just enough of it: POST notes the notification, GET /count answers
-    the distinct webhook-ids, GET /dump the first arrival of each transid, GET /reset forgets."""
+    the distinct webhook-ids, GET /posts the POSTs, GET /dump the first arrival of each transid,
+    GET /reset forgets."""
 
     arrived: dict[str, float] = {}  # noqa: RUF012 - one receiver a process
     ids: set[str] = set()  # noqa: RUF012
+    posts = [0]  # noqa: RUF012
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -110,6 +113,7 @@ class _Receiver(asyncio.Protocol):
     def answer(self, request_line: str, headers: dict[str, str], body: bytes) -> bytes:
         if request_line.startswith("POST"):
             now = time.time()
+            self.posts[0] += 1
             self.ids.add(headers.get("webhook-id", ""))
             found = _TRANSID.search(body)
             if found:
@@ -118,9 +122,12 @@ class _Receiver(asyncio.Protocol):
         if " /reset" in request_line:
             self.arrived.clear()
             self.ids.clear()
+            self.posts[0] = 0
             reply = b"{}"
         elif " /dump" in request_line:
             reply = json.dumps(self.arrived).encode()
+        elif " /posts" in request_line:
+            reply = str(self.posts[0]).encode()
         else:
             reply = str(len(self.ids)).encode()
         return b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(reply), reply)
@@ -280,6 +287,9 @@ class Receiver:
     def count(self) -> int:
         return int(self._get("count"))
 
+    def posts(self) -> int:
+        return int(self._get("posts"))
+
     def reset(self) -> None:
         self._get("reset")
 
@@ -361,10 +371,15 @@ class Stack:
         return {"worker": self.worker, **({"notifier": self.notifier} if self.notifier else {})}
 
     def _empty(self) -> None:
-        """The processing tables emptied; the sweeper's queries can deadlock with the TRUNCATE
-        (it reads the tables in another order): then again."""
+        """The processing tables emptied, once the worker has recorded the last run's outcomes
+        (a notification arrives a flush before it is recorded); the sweeper's queries can
+        deadlock with the TRUNCATE (it reads the tables in another order): then again."""
         import psycopg
 
+        deadline = time.monotonic() + self.args.stall_timeout
+        while self.db.scalar("SELECT count(*) FROM notification_deliveries "
+                             "WHERE status = 'sending'") and time.monotonic() < deadline:
+            time.sleep(POLL_S)
         for attempt in range(5):
             try:
                 self.db.empty_processing_tables()
@@ -393,8 +408,7 @@ class Stack:
         return Run(
             "eventdesk", len(accepted), round(seconds, 3), len(accepted) / seconds,
             p50_s=_percentile(latencies, 0.5), p99_s=_percentile(latencies, 0.99),
-            duplicates=self.db.scalar("SELECT count(*) FROM notification_attempts")
-            - len(accepted),
+            duplicates=self.receiver.posts() - self.receiver.count(),
             cpu_us_per_delivery={k: 1e6 * v / len(accepted) for k, v in used.items()},
         )
 

@@ -223,6 +223,7 @@ def test_notify_bench_delivers_every_notification(capsys: pytest.CaptureFixture[
     assert ours["deliveries_per_s"] > 0
     assert report["ratio"] > 0
     for run in (ours, bare):
-        assert run["cpu_us_per_delivery"]["receiver"] > 0
+        # Measured, but possibly 0: 200 answers take about one 10 ms clock tick of CPU.
+        assert run["cpu_us_per_delivery"]["receiver"] >= 0
     assert ours["cpu_us_per_delivery"]["worker"] > 0
     assert bare["cpu_us_per_delivery"]["bare"] > 0

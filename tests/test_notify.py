@@ -1084,3 +1084,59 @@ def test_a_host_still_busy_after_the_sweep_interval_is_left_to_the_sweeper(
     assert run(db, [delivery_id]) == {}  # sweep_interval 0.2 s
     row = get_delivery(db, delivery_id)
     assert (row.status, row.attempts, receiver.received) == ("pending", 0, [])
+
+
+def test_a_queue_longer_than_the_lease_allows_is_given_back_unsent(
+    db: str, receivers: Callable[..., Receiver],
+) -> None:
+    receiver = receivers(default=Answer(204, delay=0.3))
+    # A POST may start at most lease - deadline = 0.2 s after its claim; one lane, 0.3 s a POST.
+    policy = dataclasses.replace(POLICY, connect_timeout=0.3, read_timeout=0.5, lease_margin=0.2,
+                                 host_concurrency=1)
+    ids = [make_delivery(db, receiver.url)[1] for _ in range(3)]
+    assert run(db, ids, policy) == {ids[0]: "delivered"}
+    assert len(receiver.received) == 1
+    for delivery_id in ids[1:]:  # pending and due again, no attempt spent or recorded
+        row = get_delivery(db, delivery_id)
+        assert (row.status, row.attempts, row.lease_token) == ("pending", 0, None)
+        assert row.next_attempt_at is not None
+        assert row.next_attempt_at <= datetime.now(UTC)
+        assert attempts_of(db, delivery_id) == []
+    assert run(db, ids[1:2], policy) == {ids[1]: "delivered"}
+
+
+def test_deliveries_deferred_by_one_stream_are_sent_by_the_stream_holding_the_slots(
+    db: str, receivers: Callable[..., Receiver],
+) -> None:
+    receiver = receivers(default=Answer(204, delay=0.3))
+    mine = [make_delivery(db, receiver.url)[1] for _ in range(4)]
+    theirs = [make_delivery(db, receiver.url)[1] for _ in range(2)]
+    with Stream(POLICY, database_url=db) as holder, Stream(POLICY, database_url=db) as other:
+        job = holder.submit(mine)
+        job.claimed.result()  # the holder has both slots (HOST_CONCURRENCY = 2) for 0.6 s
+        # The other stream finds no free slot for a sweep interval (0.2 s), and leaves them.
+        assert other.run(theirs) == {}
+        assert set(job.done.result().values()) == {"delivered"}
+        wait_until(lambda: all(get_delivery(db, i).status == "delivered" for i in theirs), 5)
+    assert receiver.max_in_flight == 2
+    assert len(receiver.received) == 6
+    assert len(receiver.ids()) == 6
+    assert all(a.number == 1 for i in theirs for a in attempts_of(db, i))  # waiting spent none
+
+
+def test_a_stopping_stream_records_what_it_sent_and_gives_back_the_rest(
+    db: str, receivers: Callable[..., Receiver],
+) -> None:
+    receiver = receivers(default=Answer(204, delay=0.3))
+    policy = dataclasses.replace(POLICY, host_concurrency=1)
+    ids = [make_delivery(db, receiver.url)[1] for _ in range(4)]
+    stream = Stream(policy, database_url=db)
+    stream.submit(ids).claimed.result()
+    wait_until(lambda: receiver.received, 5, interval=0.01)
+    stream.close()  # a warm shutdown: no lease is left to run out
+    assert len(receiver.received) == 1
+    statuses = sorted((get_delivery(db, i).status, get_delivery(db, i).attempts) for i in ids)
+    assert statuses == [("delivered", 1)] + [("pending", 0)] * 3
+    with session_scope(db) as session:
+        assert session.scalars(select(NotifyHostSlot).where(
+            NotifyHostSlot.holder.is_not(None))).all() == []

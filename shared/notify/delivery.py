@@ -7,13 +7,15 @@ steps; no database transaction is open while a POST is awaited:
    every ``pending`` and due delivery of the batch -> ``sending`` with a lease (``lease_token``,
    ``lease_until``), then slots of each receiver's host (at most
    ``EVENTDESK_NOTIFY_HOST_CONCURRENCY`` POSTs in flight per host, across workers): as many as
-   the batch has deliveries for the host, or as are free; a host with none free is deferred
-   without spending an attempt. Commit.
+   the batch has deliveries for the host, or as are free, besides those the claimer holds
+   already (renewed); a host with none is deferred without spending an attempt, and found by
+   the claimer that holds its slots (:func:`claim_due`). Commit.
 2. The POSTs (``shared/notify/http.py``), concurrent, each bounded by its timeouts and a deadline
    shorter than the lease.
 3. :func:`record`, a short transaction for the outcomes that came back meanwhile: the attempt
    rows, and each delivery's next state, set only if the lease is still ours (compare-and-set on
-   ``lease_token``); a host's slots are freed with its last outcome of the batch.
+   ``lease_token``); a host's slots are freed once the claimer has no claim of it left. A
+   claim that waited too long to be POSTed within its lease is given back (:func:`give_back`).
 
 Retries are scheduled by the database alone: a failed attempt sets ``next_attempt_at``, and the
 sweeper (:func:`sweep`, every ``EVENTDESK_NOTIFY_SWEEP_INTERVAL_SECONDS``) publishes
@@ -38,7 +40,7 @@ import hashlib
 import json
 import secrets
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -81,12 +83,14 @@ class Claim:
 
 @dataclass(frozen=True)
 class Batch:
-    """What :func:`claim` took: the claims, and for each host how many POSTs may be in flight."""
+    """What :func:`claim` took: the claims, and for each host how many POSTs may be in flight
+    (the slots held) and under which holder token."""
 
     claims: list[Claim] = field(default_factory=list)
     lanes: dict[str, int] = field(default_factory=dict)
-    # Due, but their host had no free slot: pending again, due again after a short wait.
-    deferred: list[int] = field(default_factory=list)
+    holders: dict[str, str] = field(default_factory=dict)
+    # Due, but their host had no free slot: pending again, due again after a short wait; by host.
+    deferred: dict[str, list[int]] = field(default_factory=dict)
 
 
 def url_hash(url: str) -> str:
@@ -95,9 +99,14 @@ def url_hash(url: str) -> str:
 
 def claim(
     session: Session, delivery_ids: Collection[int], now: datetime, policy: rules.Policy,
-    draw: float,
+    draw: float, *, held: Mapping[str, str] | None = None,
 ) -> Batch:
     """Take the pending, due deliveries among ``delivery_ids`` for one attempt each.
+
+    ``held``: the hosts whose slots the caller holds already, each with its holder token (a
+    stream that is still POSTing to them). Their slots are renewed with the new lease and
+    topped up from the free ones, and their deliveries are never deferred: the caller's lanes
+    take them after those in hand.
 
     Statements write before they read: on SQLite, a transaction that read first may not write
     after another connection has.
@@ -108,9 +117,12 @@ def claim(
         update(ND)
         .where(ND.id.in_(delivery_ids), ND.status == "pending",
                or_(ND.next_attempt_at.is_(None), ND.next_attempt_at <= now + EARLY))
-        .values(status="sending", lease_token=token, lease_until=lease_until, updated_at=now)
-        .returning(ND.id, ND.account_id, ND.url, ND.message_id, ND.payload, ND.attempts,
-                   ND.schedule_offset)
+        # The attempt is counted here, in the one row version a claim writes; taken back below
+        # where it is not made (a disabled URL, no free slot).
+        .values(status="sending", lease_token=token, lease_until=lease_until, updated_at=now,
+                attempts=ND.attempts + 1)
+        .returning(ND.id, ND.account_id, ND.url, ND.host, ND.message_id, ND.payload,
+                   ND.attempts, ND.schedule_offset)
         .execution_options(synchronize_session=False)
     ).all()
     missed = set(delivery_ids) - {row.id for row in taken}
@@ -136,21 +148,31 @@ def claim(
     accounts = {account.id: account for account in session.scalars(
         select(Account).where(Account.id.in_({row.account_id for row in taken})))}
     batch = Batch()
+    held = held or {}
     for host, rows in by_host.items():
         ids = [row.id for row in rows]
-        lanes = slots.acquire(session, host, token, now=now, until=lease_until,
-                              limit=policy.host_concurrency, wanted=len(rows))
+        holder = held.get(host, token)
+        lanes = slots.renew(session, host, holder, until=lease_until) if host in held else 0
+        wanted = min(len(rows), policy.host_concurrency) - lanes
+        if wanted > 0:
+            lanes += slots.acquire(session, host, holder, now=now, until=lease_until,
+                                   limit=policy.host_concurrency, wanted=wanted)
         if not lanes:
             # The receiver has its fill of POSTs in flight: back off without spending an attempt.
+            # The host is noted, so that the stream holding its slots finds them (claim_due).
             session.execute(update(ND).where(ND.id.in_(ids)).values(
-                status="pending", lease_token=None, lease_until=None,
+                status="pending", lease_token=None, lease_until=None, host=host,
+                attempts=ND.attempts - 1,
                 next_attempt_at=now + timedelta(seconds=rules.busy_wait(draw)),
             ).execution_options(synchronize_session=False))
-            batch.deferred.extend(ids)
+            batch.deferred[host] = ids
             continue
-        session.execute(update(ND).where(ND.id.in_(ids)).values(
-            attempts=ND.attempts + 1, host=host).execution_options(synchronize_session=False))
+        unnamed = [row.id for row in rows if row.host != host]  # rows made before it was set
+        if unnamed:
+            session.execute(update(ND).where(ND.id.in_(unnamed)).values(host=host)
+                            .execution_options(synchronize_session=False))
         batch.lanes[host] = lanes
+        batch.holders[host] = holder
         for row in rows:
             account = accounts.get(row.account_id)
             batch.claims.append(Claim(
@@ -158,9 +180,36 @@ def claim(
                 message_id=row.message_id, body=payload_bytes(row.payload),
                 secrets=list(account.signing_secrets) if account else [],
                 hub_signature=bool(account and account.notify_hub_signature),
-                number=row.attempts + 1, tried=row.attempts + 1 - row.schedule_offset,
+                number=row.attempts, tried=row.attempts - row.schedule_offset,
             ))
     return batch
+
+
+def claim_due(
+    session: Session, hosts: Collection[str], now: datetime, policy: rules.Policy, draw: float,
+    *, limit: int, held: Mapping[str, str],
+) -> Batch:
+    """:func:`claim` the oldest due deliveries to ``hosts`` (up to ``limit``), whoever was asked
+    to send them: those another worker deferred for want of a slot these hosts' holder has."""
+    due = session.scalars(
+        select(ND.id).where(ND.status == "pending", ND.host.in_(hosts),
+                            or_(ND.next_attempt_at.is_(None), ND.next_attempt_at <= now + EARLY))
+        .order_by(ND.next_attempt_at).limit(limit).with_for_update(skip_locked=True)
+    ).all()
+    return claim(session, due, now, policy, draw, held=held) if due else Batch()
+
+
+def give_back(session: Session, unsent: Iterable[Claim], now: datetime) -> None:
+    """Claims never POSTed (their lease would have run out first): pending and due again, the
+    attempt not spent; only where the lease is still theirs."""
+    by_token: dict[str, list[int]] = defaultdict(list)
+    for taken in unsent:
+        by_token[taken.token].append(taken.delivery_id)
+    for token, ids in by_token.items():
+        session.execute(update(ND).where(
+            ND.id.in_(ids), ND.status == "sending", ND.lease_token == token,
+        ).values(status="pending", attempts=ND.attempts - 1, lease_token=None, lease_until=None,
+                 next_attempt_at=now, updated_at=now).execution_options(synchronize_session=False))
 
 
 def _disabled_among(session: Session, pairs: set[tuple[str, str]]) -> set[tuple[str, str]]:
@@ -190,8 +239,8 @@ def record(
     """
     verdicts = [rules.classify(result.status_code, result.error, result.retry_after, now)
                 for _, result in outcomes]
-    if outcomes:
-        session.execute(insert(NotificationAttempt), [{
+    if outcomes:  # Core executemany, as the update below: no ORM bookkeeping a row
+        session.connection().execute(insert(cast("Table", NotificationAttempt.__table__)), [{
             "delivery_id": claim.delivery_id, "number": claim.number,
             "attempted_at": result.started_at, "status_code": result.status_code,
             "error": result.error, "response": result.response,
@@ -277,7 +326,7 @@ def _finish(
 ) -> None:
     session.execute(update(ND).where(ND.id.in_(delivery_ids)).values(
         status=status, last_error=error, lease_token=None, lease_until=None, next_attempt_at=None,
-        completed_at=now, updated_at=now,
+        completed_at=now, updated_at=now, attempts=ND.attempts - 1,  # none was made
     ).execution_options(synchronize_session=False))
     after_commit(session, lambda: _count_final(status, len(delivery_ids)))
 

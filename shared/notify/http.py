@@ -1,61 +1,101 @@
 """POSTs to notify URLs, through the SSRF guard, within a hard time limit. No database here.
 
 :class:`Sender` is one process's client: asyncio, with keep-alive connections per receiver, so
-hundreds of POSTs are in flight at once without a thread each. The guard sits where a connection
-is made: an httpcore network backend (:class:`GuardedBackend`) resolves the host once, checks
-every address it resolves to (``shared/notify/ssrf.py``), and connects to one of those checked
-addresses. The URL is untouched, so the request keeps its ``Host`` header, and TLS still sends the
-host name as SNI and verifies the certificate against it (httpcore wraps the connected socket
-with ``server_hostname`` = the URL's host). Checking a name first and letting the HTTP client
-resolve it again to connect would let a DNS answer change in between (rebinding); here there is
-no second resolution. A kept-alive connection stays on the address that was checked when it was
-made. No proxy is ever used (httpcore connections read no environment): through a proxy, the
-address connected to would be the proxy's.
+hundreds of POSTs are in flight at once without a thread each. HTTP/1.1 is spoken by this module
+itself, on an asyncio protocol (:class:`_Connection`): a notify POST needs a small part of it
+(one request at a time on a connection, the status, two headers and the first 1 KB of the
+answer), and the general clients cost several times the rest of a delivery in CPU (httpcore's
+h11 state machine and anyio's layers were a third of a worker's CPU a delivery).
 
-Timeouts: ``connect`` for name resolution and each TCP connect, ``read`` for each read, and a
-deadline for the whole attempt (``connect + read``): a receiver that drips one byte every few
-seconds cannot hold a lane, or outlive the delivery's lease, however slowly it answers. Past the
-deadline the attempt is cancelled, which closes its connection.
+The guard sits where a connection is made (:func:`_connect`): the host is resolved once, every
+address it resolves to is checked (``shared/notify/ssrf.py``), and the connection is made to one
+of those checked addresses. The URL is untouched, so the request keeps its ``Host`` header, and
+TLS still sends the host name as SNI and verifies the certificate against it (asyncio wraps the
+connected socket with ``server_hostname`` = the URL's host). Checking a name first and letting
+something else resolve it again to connect would let a DNS answer change in between (rebinding);
+here there is no second resolution. A kept-alive connection stays on the address that was
+checked when it was made. No proxy is ever used: through a proxy, the address connected to would
+be the proxy's.
 
-Redirects are not followed (httpcore has no notion of them), and only the first 1 KB of a
-response is read and kept.
+Timeouts: ``connect`` for name resolution and each TCP connect (and the TLS handshake), ``read``
+for each wait for the receiver's bytes, and a deadline for the whole attempt
+(``connect + read``): a receiver that drips one byte every few seconds cannot hold a lane, or
+outlive the delivery's lease, however slowly it answers. Past the deadline the attempt is
+cancelled, which closes its connection.
+
+Redirects are not followed (a 3xx is an answer like any other), informational (1xx) answers are
+skipped, and only the first 1 KB of a response body is kept: a longer body, or one whose length
+is known only when the connection closes, ends the connection instead of being read on. The
+error classes recorded are the ones the rules know (``shared/notify/rules.py``): ConnectError,
+ConnectTimeout, TLSError, ReadTimeout, RemoteProtocolError (the receiver broke HTTP or hung up
+without an answer), DeadlineExceeded, and the permanent ForbiddenAddress, InvalidURL,
+UnsupportedProtocol and LocalProtocolError (a request we cannot write).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import select
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from ipaddress import ip_address
 from types import TracebackType
-from typing import Any
 from urllib.parse import urlsplit
 
-import httpcore
 import httpx
 
-from shared.notify.ssrf import ForbiddenAddress, IPAddress, IPNetwork, check_addresses
+from shared.notify.ssrf import IPAddress, IPNetwork, check_addresses
 
 RESPONSE_KEEP = 1024
 # Idle keep-alive connections are closed after this long: a receiver's next burst usually comes
 # sooner, and one that moved to another address is reached there within this time.
 KEEPALIVE_SECONDS = 30.0
+# A response head longer than this is not an answer to a webhook: the connection is dropped.
+MAX_HEAD = 64 * 1024
+# A body up to this long is read to its end, so that the connection can be used again.
+DRAIN_LIMIT = 64 * 1024
 
 Resolver = Callable[[str, int], Sequence[IPAddress]]
-# httpcore's socket option type (httpcore._backends.base.SOCKET_OPTION).
-SOCKET_OPTION = (
-    tuple[int, int, int] | tuple[int, int, bytes | bytearray] | tuple[int, int, None, int]
-)
 
 
 class NameResolutionError(Exception):
     """The notify URL's host name did not resolve (in time)."""
+
+
+class InvalidURL(Exception):
+    """The notify URL cannot be parsed."""
+
+
+class UnsupportedProtocol(Exception):
+    """The notify URL's scheme is not http or https."""
+
+
+class LocalProtocolError(Exception):
+    """The request cannot be written as HTTP/1.1 (a control character in its target, ...)."""
+
+
+class ConnectError(Exception):
+    """No TCP connection to any checked address of the receiver."""
+
+
+class ConnectTimeout(Exception):
+    """The TCP connect (or the TLS handshake) took longer than the connect timeout."""
+
+
+class TLSError(Exception):
+    """The TLS handshake failed: a certificate that does not verify or name the host, ..."""
+
+
+class ReadTimeout(Exception):
+    """The receiver sent nothing for longer than the read timeout."""
+
+
+class RemoteProtocolError(Exception):
+    """The receiver closed without an answer, or answered with something that is not HTTP/1."""
 
 
 @dataclass(frozen=True)
@@ -111,166 +151,274 @@ async def _resolve_within(
         raise NameResolutionError(f"{host}: no answer within {timeout} s") from None
 
 
-class GuardedBackend(httpcore.AsyncNetworkBackend):
-    """Resolve once, check every address, connect only to a checked one (see the module doc)."""
-
-    def __init__(
-        self, allow: Sequence[IPNetwork], resolve: Resolver, resolve_timeout: float
-    ) -> None:
-        self._allow = allow
-        self._resolve = resolve
-        self._resolve_timeout = resolve_timeout
-        self._inner = httpcore.AnyIOBackend()
-
-    async def connect_tcp(
-        self, host: str, port: int, timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        addresses = await _resolve_within(
-            self._resolve, host, port, min(timeout or self._resolve_timeout, self._resolve_timeout)
-        )
-        check_addresses(host, addresses, self._allow)
-        error: Exception | None = None
-        for address in addresses:
-            try:
-                stream = await self._inner.connect_tcp(
-                    str(address), port, timeout, local_address, socket_options
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                error = exc
-                continue
-            return CheckedStream(stream, (str(address), port))
-        assert error is not None
-        raise error
-
-    async def connect_unix_socket(
-        self, path: str, timeout: float | None = None,
-        socket_options: Iterable[SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        del path, timeout, socket_options
-        raise ForbiddenAddress("unix sockets are not notify URLs")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
-
-
-class CheckedStream(httpcore.AsyncNetworkStream):
-    """A connection that knows the checked address it was made to, whatever becomes of its socket
-    (a receiver that closes at once leaves nothing for ``getpeername`` to answer)."""
-
-    def __init__(self, inner: httpcore.AsyncNetworkStream, address: tuple[str, int]) -> None:
-        self._inner = inner
-        self.address = address
-        self._socket = inner.get_extra_info("socket")
-        self._unsent = b""
-        self._write_timeout: float | None = None
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        await self._flush()
-        return await self._inner.read(max_bytes, timeout)
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        # Held until the response is read: httpcore writes a request's head and body apart, and
-        # on a fast receiver each send costs more than the rest of the POST (one send, not two).
-        self._unsent += buffer
-        self._write_timeout = timeout
-
-    async def _flush(self) -> None:
-        if self._unsent:
-            unsent, self._unsent = self._unsent, b""
-            await self._inner.write(unsent, self._write_timeout)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def start_tls(
-        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        await self._flush()
-        tls = await self._inner.start_tls(ssl_context, server_hostname, timeout)
-        return CheckedStream(tls, self.address)
-
-    def get_extra_info(self, info: str) -> Any:
-        if info == "server_addr":
-            return self.address
-        if info == "is_readable" and self._socket is not None:
-            # Asked of every idle connection of the pool on every request: anyio's answer builds
-            # a dict of the socket's attributes each time, most of a fast POST's CPU.
-            poll = select.poll()
-            poll.register(self._socket, select.POLLIN)
-            return bool(poll.poll(0))
-        return self._inner.get_extra_info(info)
-
-
 @functools.cache
 def default_ssl_context() -> ssl.SSLContext:
     """httpx's default (certifi's CAs, hostname checked), made once per process: it is slow."""
     return httpx.create_ssl_context(trust_env=False)
 
 
-def _error_class(exc: BaseException) -> str:
-    if isinstance(exc, httpcore.ConnectError) and _caused_by(exc, ssl.SSLError):
-        return "TLSError"
-    return type(exc).__name__
+@dataclass(frozen=True)
+class Target:
+    """A notify URL as a connection and a request need it."""
+
+    scheme: str
+    host: str  # as in the URL (a name, or an address without brackets)
+    port: int
+    request: bytes  # the request line and the Host header
 
 
-def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, kind):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+def parse(url: str) -> Target:
+    """The URL's parts; the scheme must be http or https, and the request writable as is."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidURL(f"{url[:100]}: {exc}") from exc
+    if parts.scheme not in ("http", "https"):
+        raise UnsupportedProtocol(f"{parts.scheme!r} is not http or https")
+    if not parts.hostname:
+        raise InvalidURL(f"{url[:100]}: no host")
+    default = 443 if parts.scheme == "https" else 80
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    if port not in (None, default):
+        host += f":{port}"
+    _check_writable(path, host)
+    request = f"POST {path} HTTP/1.1\r\nhost: {host}\r\n".encode("ascii")
+    return Target(parts.scheme, parts.hostname, port or default, request)
 
 
-class InvalidURL(Exception):
-    """The notify URL cannot be parsed."""
+def _check_writable(*texts: str) -> None:
+    """Raise LocalProtocolError unless every text is printable ASCII without spaces."""
+    for text in texts:
+        if not text.isascii() or not text.isprintable() or " " in text:
+            raise LocalProtocolError(f"{text[:100]!r}: not printable ASCII without spaces")
+
+
+def _header_lines(headers: dict[str, str], body: bytes) -> bytes:
+    """The request's header lines after the Host header, and the blank line."""
+    for name, value in headers.items():
+        _check_writable(name, value.replace(" ", ""))
+    lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    return (f"{lines}content-length: {len(body)}\r\naccept-encoding: identity\r\n"
+            "user-agent: eventdesk\r\n\r\n").encode("ascii")
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[bytes, bytes]
+    body: bytes  # its first RESPONSE_KEEP bytes at most
+    reusable: bool
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection to a checked address: one request at a time."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.used = time.monotonic()
+        self._buffer = bytearray()
+        self._eof = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    # --- asyncio's side
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        return False  # close: a receiver that stopped sending is done with the connection
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        del exc  # a read that waited learns it from the end of the stream
+        self.closed = self._eof = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    # --- ours
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    async def _more(self, timeout: float) -> None:
+        """Wait for bytes beyond those in the buffer (ReadTimeout after ``timeout``)."""
+        if self._eof:
+            raise RemoteProtocolError("the receiver closed the connection mid-answer")
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._waiter
+        except TimeoutError:
+            raise ReadTimeout(f"nothing for {timeout:g} s") from None
+        finally:
+            self._waiter = None
+
+    async def exchange(self, request: bytes, read_timeout: float) -> Response:
+        """Write ``request`` (one send), and read the answer."""
+        assert self.transport is not None
+        if self._buffer or self._eof:  # an idle connection the receiver spoke on or closed
+            raise RemoteProtocolError("the receiver closed the idle connection")
+        self.transport.write(request)
+        while True:
+            status, headers, http10 = await self._head(read_timeout)
+            if not 100 <= status < 200 or status == 101:
+                break
+        if status in (101, 204, 304) or 100 <= status < 200:
+            body, ended = b"", True
+        elif b"chunked" in headers.get(b"transfer-encoding", b"").lower():
+            body, ended = await self._chunked(read_timeout)
+        elif b"content-length" in headers:
+            try:
+                length = int(headers[b"content-length"])
+            except ValueError:
+                raise RemoteProtocolError("a content-length that is not a number") from None
+            body, ended = await self._sized(length, read_timeout)
+        else:  # delimited by the end of the connection
+            body, ended = await self._until_close(read_timeout), False
+        closing = http10 or b"close" in headers.get(b"connection", b"").lower()
+        return Response(status, headers, body[:RESPONSE_KEEP],
+                        reusable=ended and not closing and status != 101)
+
+    async def _head(self, read_timeout: float) -> tuple[int, dict[bytes, bytes], bool]:
+        while (end := self._buffer.find(b"\r\n\r\n")) < 0:
+            if len(self._buffer) > MAX_HEAD:
+                raise RemoteProtocolError("a response head longer than 64 KB")
+            if self._eof and not self._buffer:
+                raise RemoteProtocolError("the receiver closed the connection without an answer")
+            await self._more(read_timeout)
+        head = bytes(self._buffer[:end])
+        del self._buffer[:end + 4]
+        lines = head.split(b"\r\n")
+        version, _, rest = lines[0].partition(b" ")
+        code = rest[:3]
+        if not version.startswith(b"HTTP/1.") or len(code) != 3 or not code.isdigit():
+            raise RemoteProtocolError(f"not an HTTP/1 status line: {lines[0][:60]!r}")
+        headers: dict[bytes, bytes] = {}
+        for line in lines[1:]:
+            name, colon, value = line.partition(b":")
+            if not colon:
+                raise RemoteProtocolError(f"not a header line: {line[:60]!r}")
+            headers[name.strip().lower()] = value.strip()
+        return int(code), headers, version == b"HTTP/1.0"
+
+    async def _sized(self, length: int, read_timeout: float) -> tuple[bytes, bool]:
+        """The body of ``length`` bytes: all of it when short (the connection can go on),
+        else its head (the connection must end)."""
+        wanted = length if length <= DRAIN_LIMIT else RESPONSE_KEEP
+        while len(self._buffer) < wanted:
+            await self._more(read_timeout)
+        body = bytes(self._buffer[:wanted])
+        del self._buffer[:wanted]
+        return body, wanted == length
+
+    async def _until_close(self, read_timeout: float) -> bytes:
+        """A body that ends with the connection: its first bytes, or all of it if shorter."""
+        while len(self._buffer) < RESPONSE_KEEP and not self._eof:
+            await self._more(read_timeout)
+        return bytes(self._buffer[:RESPONSE_KEEP])
+
+    async def _chunked(self, read_timeout: float) -> tuple[bytes, bool]:
+        """A chunked body, up to its end if it is short; its first bytes."""
+        body = bytearray()
+        while True:
+            while (end := self._buffer.find(b"\r\n")) < 0:
+                await self._more(read_timeout)
+            try:
+                size = int(bytes(self._buffer[:end]).split(b";")[0], 16)
+            except ValueError:
+                raise RemoteProtocolError("a chunk size that is not a number") from None
+            del self._buffer[:end + 2]
+            if size == 0:
+                while (end := self._buffer.find(b"\r\n")) != 0:  # the trailers, until a blank
+                    if end > 0:
+                        del self._buffer[:end + 2]
+                    else:
+                        await self._more(read_timeout)
+                del self._buffer[:2]
+                return bytes(body), True
+            while len(self._buffer) < size + 2:
+                await self._more(read_timeout)
+            body += self._buffer[:size]
+            del self._buffer[:size + 2]
+            if len(body) > DRAIN_LIMIT:
+                return bytes(body), False
+
+
+async def _connect(
+    target: Target, *, allow: Sequence[IPNetwork], resolve: Resolver, timeout: float,
+    verify: ssl.SSLContext | None,
+) -> _Connection:
+    """A connection to a checked address of the target's host (see the module doc)."""
+    addresses = await _resolve_within(resolve, target.host, target.port, timeout)
+    check_addresses(target.host, addresses, allow)
+    context = (verify or default_ssl_context()) if target.scheme == "https" else None
+    error: Exception | None = None
+    for address in addresses:
+        try:
+            return await _open(str(address), target, context, timeout)
+        except (ConnectError, ConnectTimeout) as exc:
+            error = exc
+    assert error is not None
+    raise error
+
+
+async def _open(
+    address: str, target: Target, context: ssl.SSLContext | None, timeout: float
+) -> _Connection:
+    connection = _Connection(address)
+    try:
+        async with asyncio.timeout(timeout):
+            await asyncio.get_running_loop().create_connection(
+                lambda: connection, address, target.port, ssl=context,
+                server_hostname=target.host if context else None,
+            )
+    except ssl.SSLError as exc:
+        raise TLSError(str(exc)) from exc
+    except TimeoutError:
+        raise ConnectTimeout(f"{address}: no connection within {timeout:g} s") from None
+    except OSError as exc:
+        raise ConnectError(f"{address}: {exc.strerror or exc}") from exc
+    return connection
 
 
 class Sender:
     """POSTs to notify URLs from one event loop, each lane of each receiver on a connection of
-    its own, kept alive.
-
-    httpcore's connections, without a pool: its pool looks at each of its connections for each
-    request in flight, every time one starts or ends (lanes x lanes looks a POST: a millisecond
-    at 16 lanes, more than the POST), and httpx's client around it costs as much again. A lane
-    has one POST at a time, so one connection is all it needs.
-    """
+    its own, kept alive (a lane has one POST at a time, so one connection is all it needs)."""
 
     def __init__(
         self, *, connect_timeout: float, read_timeout: float, allow: Sequence[IPNetwork] = (),
         resolve: Resolver = system_resolver, verify: ssl.SSLContext | None = None,
     ) -> None:
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
         self._deadline = connect_timeout + read_timeout
-        self._backend = GuardedBackend(allow, resolve, connect_timeout)
+        self._allow = allow
+        self._resolve = resolve
         self._verify = verify
-        self._timeouts = {"connect": connect_timeout, "read": read_timeout,
-                          "write": read_timeout, "pool": connect_timeout}
-        self._connections: dict[tuple[bytes, int], tuple[httpcore.AsyncHTTPConnection, float]] = {}
-
-    def _connection(self, url: httpcore.URL, lane: int) -> httpcore.AsyncHTTPConnection:
-        origin = url.origin
-        key = (bytes(str(origin), "ascii"), lane)
-        found = self._connections.get(key)
-        if found is None or found[0].is_closed() or found[0].has_expired():
-            connection = httpcore.AsyncHTTPConnection(
-                origin, ssl_context=self._verify or default_ssl_context(),
-                keepalive_expiry=KEEPALIVE_SECONDS, network_backend=self._backend,
-            )
-        else:
-            connection = found[0]
-        self._connections[key] = (connection, time.monotonic())
-        return connection
+        self._connections: dict[tuple[str, str, int, int], _Connection] = {}
 
     async def prune(self) -> None:
         """Close the connections of receivers not posted to for longer than a keep-alive."""
         idle = time.monotonic() - KEEPALIVE_SECONDS
-        for key, (connection, used) in list(self._connections.items()):
-            if used < idle:
+        for key, connection in list(self._connections.items()):
+            if connection.used < idle or connection.closed:
                 del self._connections[key]
-                await connection.aclose()
+                connection.close()
 
     async def __aenter__(self) -> Sender:
         return self
@@ -283,8 +431,19 @@ class Sender:
 
     async def aclose(self) -> None:
         connections, self._connections = self._connections, {}
-        for connection, _ in connections.values():
-            await connection.aclose()
+        for connection in connections.values():
+            connection.close()
+
+    async def _connection(self, target: Target, lane: int) -> _Connection:
+        key = (target.scheme, target.host, target.port, lane)
+        found = self._connections.pop(key, None)
+        if found is not None and not found.closed and found.used > time.monotonic() - (
+                KEEPALIVE_SECONDS):
+            return found
+        if found is not None:
+            found.close()
+        return await _connect(target, allow=self._allow, resolve=self._resolve,
+                              timeout=self._connect_timeout, verify=self._verify)
 
     async def post(
         self, url: str, body: bytes, headers: dict[str, str], lane: int = 0
@@ -293,60 +452,34 @@ class Sender:
         lane); never raises for anything the receiver or network does."""
         started_at = datetime.now(UTC)
         started = time.monotonic()
-        status_code: int | None = None
-        retry_after: str | None = None
-        address: str | None = None
-        kept = b""
+        connection: _Connection | None = None
         try:
-            target = _parse(url)
-            sent = [(k.encode(), v.encode()) for k, v in headers.items()]
-            sent += [(b"host", target.host + _port_suffix(target)),
-                     (b"content-length", str(len(body)).encode()),
-                     (b"accept-encoding", b"identity"), (b"user-agent", b"eventdesk")]
-            async with asyncio.timeout(self._deadline), self._connection(target, lane).stream(
-                b"POST", target, headers=sent, content=body,
-                extensions={"timeout": self._timeouts},
-            ) as response:
-                status_code = response.status
-                retry_after = _header(response.headers, b"retry-after")
-                address = _peer(response)
-                kept = await _head(response)
+            target = parse(url)
+            request = target.request + _header_lines(headers, body) + body
+            async with asyncio.timeout(self._deadline):
+                connection = await self._connection(target, lane)
+                response = await connection.exchange(request, self._read_timeout)
         except Exception as exc:  # every failure is a result to record, not a crash
-            if status_code is None:  # once the status is in, the receiver has answered
-                error = "DeadlineExceeded" if isinstance(exc, TimeoutError) else _error_class(exc)
-                return AttemptResult(
-                    started_at=started_at, duration_ms=_since(started), error=error,
-                    detail=str(exc)[:255] or type(exc).__name__, address=address,
-                )
+            if connection is not None:
+                connection.close()
+            error = "DeadlineExceeded" if isinstance(exc, TimeoutError) else type(exc).__name__
+            return AttemptResult(
+                started_at=started_at, duration_ms=_since(started), error=error,
+                detail=str(exc)[:255] or type(exc).__name__,
+                address=connection.address if connection is not None else None,
+            )
+        connection.used = time.monotonic()
+        if response.reusable:
+            self._connections[(target.scheme, target.host, target.port, lane)] = connection
+        else:
+            connection.close()
+        retry_after = response.headers.get(b"retry-after")
         return AttemptResult(
-            started_at=started_at, duration_ms=_since(started), status_code=status_code,
-            response=kept[:RESPONSE_KEEP].decode("utf-8", "replace"), retry_after=retry_after,
-            address=address,
+            started_at=started_at, duration_ms=_since(started), status_code=response.status,
+            response=response.body.decode("utf-8", "replace"),
+            retry_after=retry_after.decode("latin-1") if retry_after is not None else None,
+            address=connection.address,
         )
-
-
-def _parse(url: str) -> httpcore.URL:
-    """The URL as httpcore takes it; the scheme must be http or https."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise InvalidURL(f"{url[:100]}: {exc}") from exc
-    if parts.scheme not in ("http", "https"):
-        raise httpcore.UnsupportedProtocol(f"{parts.scheme!r} is not http or https")
-    if not parts.hostname:
-        raise InvalidURL(f"{url[:100]}: no host")
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return httpcore.URL(scheme=parts.scheme, host=parts.hostname, port=port, target=target)
-
-
-def _port_suffix(url: httpcore.URL) -> bytes:
-    default = 443 if url.scheme == b"https" else 80
-    return b"" if url.port in (None, default) else b":%d" % url.port
-
-
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
-    return next((v.decode("latin-1") for k, v in headers if k.lower() == name), None)
 
 
 def post(
@@ -361,25 +494,6 @@ def post(
             return await sender.post(url, body, headers)
 
     return asyncio.run(once())
-
-
-def _peer(response: httpcore.Response) -> str | None:
-    """The address the response came from: the connection's, which the guard checked."""
-    stream = response.extensions.get("network_stream")
-    return stream.address[0] if isinstance(stream, CheckedStream) else None
-
-
-async def _head(response: httpcore.Response) -> bytes:
-    """The first :data:`RESPONSE_KEEP` bytes of the body, or what came before it broke off."""
-    kept = b""
-    try:
-        async for chunk in response.aiter_stream():
-            kept += chunk
-            if len(kept) >= RESPONSE_KEEP:
-                break
-    except httpcore.NetworkError:
-        pass
-    return kept
 
 
 def _since(started: float) -> int:

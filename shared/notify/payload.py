@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from shared.codes import Code
+from shared.notify.rules import host_key
 
 ENDINGS: dict[str, tuple[str, str]] = {
     "completed": ("1000", "Completed"),
@@ -92,7 +93,7 @@ def new_delivery(
         "transid": transid, "account_id": account_id, "url": url,
         "message_id": f"msg_{uuid.uuid4().hex}", "payload": body, "status": "pending",
         "attempts": 0, "schedule_offset": 0, "created_at": now, "updated_at": now,
-        "next_attempt_at": now,
+        "next_attempt_at": now, "host": host_key(url),
     }
 
 

@@ -11,6 +11,7 @@ is already open.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 
 from sqlalchemy import and_, func, or_, select, update
@@ -28,14 +29,29 @@ def acquire(
 
     One statement: the free slots are picked and taken together. On PostgreSQL, slots another
     claimer has locked meanwhile are skipped, not waited for, and the outer conditions are
-    checked again on any row that changed, so two claimers never hold one slot.
+    checked again on any row that changed, so two claimers never hold one slot. A host's slot
+    rows are made the first time it has fewer than ``limit`` of them (a second statement).
     """
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    session.execute(
-        insert(NotifyHostSlot)
-        .values([{"host": host, "slot": slot} for slot in range(limit)])
-        .on_conflict_do_nothing(index_elements=["host", "slot"])
-    )
+    taken = _take(session, host, holder, now=now, until=until, limit=limit, wanted=wanted)
+    if taken < wanted:
+        insert = (postgresql.insert if session.get_bind().dialect.name == "postgresql"
+                  else sqlite.insert)
+        made = session.execute(
+            insert(NotifyHostSlot)
+            .values([{"host": host, "slot": slot} for slot in range(limit)])
+            .on_conflict_do_nothing(index_elements=["host", "slot"])
+            .returning(NotifyHostSlot.slot)
+        ).all()
+        if made:
+            taken += _take(session, host, holder, now=now, until=until, limit=limit,
+                           wanted=wanted - taken)
+    return taken
+
+
+def _take(
+    session: Session, host: str, holder: str, *, now: datetime, until: datetime, limit: int,
+    wanted: int,
+) -> int:
     free = and_(NotifyHostSlot.host == host, NotifyHostSlot.slot < limit,
                 or_(NotifyHostSlot.holder.is_(None), NotifyHostSlot.lease_until < now))
     # Random order: concurrent claimers rarely go for the same rows.
@@ -49,6 +65,25 @@ def acquire(
         .execution_options(synchronize_session=False)
     ).all()
     return len(taken)
+
+
+def free_among(session: Session, hosts: Collection[str], *, now: datetime, limit: int) -> set[str]:
+    """Which of ``hosts`` have a free slot: a read, so that waiting for one costs no claim."""
+    return set(session.scalars(select(NotifyHostSlot.host).distinct().where(
+        NotifyHostSlot.host.in_(hosts), NotifyHostSlot.slot < limit,
+        or_(NotifyHostSlot.holder.is_(None), NotifyHostSlot.lease_until < now))))
+
+
+def renew(session: Session, host: str, holder: str, *, until: datetime) -> int:
+    """Extend ``holder``'s slots of ``host`` to ``until``; how many it holds."""
+    renewed = session.execute(
+        update(NotifyHostSlot)
+        .where(NotifyHostSlot.host == host, NotifyHostSlot.holder == holder)
+        .values(lease_until=until)
+        .returning(NotifyHostSlot.slot)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return len(renewed)
 
 
 def release(session: Session, host: str, holder: str) -> None:

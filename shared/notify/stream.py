@@ -1,57 +1,110 @@
-"""Deliveries as a stream: a batch claimed at once, POSTed concurrently, recorded in batches.
+"""Deliveries as a stream: claimed in batches, POSTed concurrently, recorded in batches, without
+a pause between batches.
 
-A worker process runs one :class:`Stream` for its life: one event loop and one
-:class:`~shared.notify.http.Sender`, whose connections to each receiver are kept alive from batch
-to batch. :meth:`Stream.run` takes the delivery ids of one ``notify.deliver`` message:
+A worker process runs one :class:`Stream` for its life: an event loop in a thread of its own,
+one :class:`~shared.notify.http.Sender` (connections kept alive from batch to batch) and one
+database thread. :meth:`Stream.submit` hands it the delivery ids of a ``notify.deliver``
+message and returns once they are claimed; the POSTs and their records go on in the background
+while the process takes its next message, so a slow POST holds nothing but its lane.
 
-- one :func:`~shared.notify.delivery.claim` for all of them (a short transaction);
-- per receiver host, as many lanes as host slots were taken, each lane POSTing the host's next
-  claim until none are left, so a slow or failing host holds its own lanes and no one else's;
-  the optional per-host rate spaces the POSTs' starts;
-- the outcomes are recorded every :data:`FLUSH_SECONDS` (a short transaction each), so a fast
-  host's deliveries are stored while a slow host's are still in flight; a host's slots are freed
-  with its last outcome;
-- deliveries whose host had no free slot (other workers hold them) are claimed again after a
-  short wait, for up to one sweep interval; after that they are the sweeper's.
+- Claims: one :func:`~shared.notify.delivery.claim` a batch of ids (a short transaction).
+- Per receiver host, a session: its slots (as many POSTs in flight as it holds), renewed and
+  topped up by each later claim of the host, and lanes, each POSTing the host's next claim
+  until none is left; a slow or failing host holds its own lanes and no one else's. The
+  optional per-host rate spaces the POSTs' starts. When a host's claims run out, the stream
+  claims the host's due deliveries that others deferred (another process's claim found no
+  free slot: this stream holds them), so no delivery waits for a session to end.
+- A claim that would start after its lease can no longer cover its deadline is given back
+  unsent (pending again, the attempt not spent): a long queue for a slow host never outlives
+  the leases of its deliveries or of its slots.
+- Outcomes are recorded every :data:`FLUSH_SECONDS` (a short transaction each), and a host
+  whose lanes are all done has its slots freed in the same transaction.
+- Deliveries whose host had no free slot are claimed again after a short wait, for up to one
+  sweep interval; after that they are the sweeper's.
 
-The transactions run in a thread of their own, so the POSTs in flight go on meanwhile; none
-waits for a POST: no transaction is open across a POST's wait. A crash anywhere leaves claimed
-deliveries ``sending`` under a lease, which the sweeper takes back, so they are POSTed again,
-with the same webhook-id.
+The transactions run in order in the database thread, so the POSTs in flight go on meanwhile,
+and no transaction is open across a POST's wait. A crash anywhere leaves claimed deliveries
+``sending`` under a lease, which the sweeper takes back, so they are POSTed again, with the same
+webhook-id.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import concurrent.futures
+import functools
 import random
 import ssl
+import threading
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Collection, Coroutine
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
+from typing import Any, TypeVar
 
 from shared.db.engine import session_scope
+from shared.logs import get_logger
 from shared.notify import rules, signing
-from shared.notify.delivery import Batch, Claim, claim, record
+from shared.notify.delivery import Batch, Claim, claim, claim_due, give_back, record
 from shared.notify.http import AttemptResult, Resolver, Sender, system_resolver
+from shared.notify.slots import free_among
 
 # Outcomes wait at most this long to be recorded: each record is one transaction, so batching
 # them is what keeps the database's share per delivery small.
 FLUSH_SECONDS = 0.05
+# The most due deliveries of its hosts a stream claims at once (claim_due).
+TOP_UP = 200
+
+log = get_logger("eventdesk.notify")
+T = TypeVar("T")
 
 
-class _Outcomes:
-    """Outcomes not yet recorded, and the hosts whose slots go with them."""
+@dataclass
+class _Host:
+    """A receiver this stream holds slots of, and its claims not yet POSTed."""
 
-    def __init__(self) -> None:
-        self.results: list[tuple[Claim, AttemptResult]] = []
-        self.release: list[tuple[str, str]] = []
+    holder: str
+    lanes: int
+    queue: deque[tuple[Claim, float]] = field(default_factory=deque)  # and its latest start
+    free: set[int] = field(default_factory=set)  # lane numbers not running (a connection each)
+    running: int = 0
+    topping_up: bool = False
+    # No look for the host's deferred deliveries before then: the last one found none.
+    quiet_until: float = 0.0
 
-    def take(self) -> tuple[list[tuple[Claim, AttemptResult]], list[tuple[str, str]]]:
-        taken = self.results, self.release
-        self.results, self.release = [], []
-        return taken
+
+class Job:
+    """Delivery ids handed over together: claimed (they are the stream's), then done (each
+    attempted and recorded, or not taken)."""
+
+    def __init__(self, delivery_ids: Collection[int]) -> None:
+        self.outstanding = set(delivery_ids)
+        self.statuses: dict[int, str | None] = {}
+        self.claimed: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self.done: concurrent.futures.Future[dict[int, str | None]] = concurrent.futures.Future()
+        if not self.outstanding:
+            self._finish()
+
+    def settle(self, delivery_id: int, status: str | None, *, attempted: bool = True) -> None:
+        if delivery_id in self.outstanding:
+            self.outstanding.discard(delivery_id)
+            if attempted:
+                self.statuses[delivery_id] = status
+            if not self.outstanding:
+                self._finish()
+
+    def fail(self, exc: BaseException) -> None:
+        for future in (self.claimed, self.done):
+            if not future.done():
+                future.set_exception(exc)
+
+    def _finish(self) -> None:
+        if not self.claimed.done():
+            self.claimed.set_result(None)
+        if not self.done.done():
+            self.done.set_result(self.statuses)
 
 
 class Stream:
@@ -63,12 +116,29 @@ class Stream:
     ) -> None:
         self._policy = policy
         self._database_url = database_url
-        self._loop = asyncio.new_event_loop()
         self._sender = Sender(connect_timeout=policy.connect_timeout,
                               read_timeout=policy.read_timeout, allow=policy.allow,
                               resolve=resolve, verify=verify)
+        self._hosts: dict[str, _Host] = {}
+        self._jobs: dict[int, Job] = {}  # by delivery id
+        self._results: list[tuple[Claim, AttemptResult]] = []
+        self._unsent: list[Claim] = []
+        # Slots of hosts whose sessions ended, to free (host, holder token).
+        self._release: list[tuple[str, str]] = []
+        self._claiming = 0  # claims under way: no slots are freed meanwhile (see _flush)
+        self._closing = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        # Deliveries deferred for want of a slot, by host: when each is given up on.
+        self._waiting: dict[str, dict[int, float]] = {}
+        self._poller: asyncio.Task[None] | None = None
         # Per host: when the next POST may start, under the per-host rate.
         self._next_start: dict[str, float] = {}
+        self._database = concurrent.futures.ThreadPoolExecutor(1, "notify-db")
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="notify-stream",
+                                        daemon=True)
+        self._thread.start()
+        self._flusher = asyncio.run_coroutine_threadsafe(self._flush_every(), self._loop)
 
     def __enter__(self) -> Stream:
         return self
@@ -79,65 +149,171 @@ class Stream:
     ) -> None:
         self.close()
 
+    # --- from other threads
+
+    def submit(self, delivery_ids: Collection[int]) -> Job:
+        """Hand over ``delivery_ids``: one attempt of each that is pending and due."""
+        job = Job(delivery_ids)
+        if delivery_ids:
+            self._loop.call_soon_threadsafe(self._start, job, list(delivery_ids))
+        return job
+
+    def run(self, delivery_ids: Collection[int]) -> dict[int, str | None]:
+        """One attempt of each due delivery among ``delivery_ids``, waited for; their new
+        statuses (None: the lease was lost meanwhile). Deliveries not attempted are left out."""
+        return self.submit(delivery_ids).done.result()
+
     def close(self) -> None:
-        self._loop.run_until_complete(self._sender.aclose())
+        """Give back what is not yet POSTed, let the POSTs under way finish, record them, and
+        free every slot; then stop."""
+        asyncio.run_coroutine_threadsafe(self._drain(), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
         self._loop.close()
+        self._database.shutdown()
 
-    def run(self, delivery_ids: list[int]) -> dict[int, str | None]:
-        """One attempt of each due delivery among ``delivery_ids``; their new statuses (None: the
-        lease was lost meanwhile). Deliveries not attempted are left out."""
-        return self._loop.run_until_complete(self.deliver(delivery_ids))
+    # --- in the loop
 
-    async def deliver(self, delivery_ids: list[int]) -> dict[int, str | None]:
-        await self._sender.prune()
-        statuses: dict[int, str | None] = {}
-        outcomes = _Outcomes()
-        hosts: list[asyncio.Task[None]] = []
-        done = asyncio.Event()
-        flusher = asyncio.create_task(self._flush_every(outcomes, statuses, done))
+    def _start(self, job: Job, delivery_ids: list[int]) -> None:
+        for delivery_id in delivery_ids:
+            self._jobs[delivery_id] = job
+        give_up = time.monotonic() + self._policy.sweep_interval
+        task = self._spawn(self._take(delivery_ids, give_up, job))
+        task.add_done_callback(functools.partial(_answer, job))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = self._loop.create_task(work)
+        self._tasks.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("notify stream task failed", error=repr(task.exception()))
+
+    async def _in_database(self, work: Callable[..., T], *args: Any) -> T:
+        return await self._loop.run_in_executor(self._database, work, *args)
+
+    async def _take(self, delivery_ids: list[int], give_up: float, job: Job | None = None) -> None:
+        """Claim ``delivery_ids`` (``job``'s, when they are handed over); those deferred for want
+        of a slot wait (_wait_for_slots)."""
+        held = {host: state.holder for host, state in self._hosts.items()}
+        self._claiming += 1
         try:
-            waiting, give_up = delivery_ids, time.monotonic() + self._policy.sweep_interval
-            while waiting:
-                batch = await asyncio.to_thread(self._claim, waiting)
-                for host, lanes in batch.lanes.items():
-                    claims = [c for c in batch.claims if c.host == host]
-                    hosts.append(asyncio.create_task(self._host(host, lanes, claims, outcomes)))
-                waiting = batch.deferred
-                if waiting and time.monotonic() < give_up:
-                    await asyncio.sleep(rules.busy_wait(_draw()))
-                else:
-                    break
-            await asyncio.gather(*hosts)
+            batch = await self._in_database(self._claim, delivery_ids, held)
+        except BaseException as exc:  # the jobs' callers learn it (a database outage)
+            mapped = (self._jobs.pop(i, None) for i in delivery_ids)
+            for failed in {found for found in (job, *mapped) if found is not None}:
+                failed.fail(exc)
+            return
         finally:
-            # No host's task may outlive this call (a claim that raised, a host that did): the
-            # others finish their POSTs, and the last flush records them and frees the slots.
-            await asyncio.gather(*hosts, return_exceptions=True)
-            done.set()
-            await flusher
-        return statuses
+            self._claiming -= 1
+        if job is not None and not job.claimed.done():
+            job.claimed.set_result(None)
+        self._distribute(batch)
+        taken = {c.delivery_id for c in batch.claims}
+        deferred = {i for ids in batch.deferred.values() for i in ids}
+        for delivery_id in delivery_ids:
+            if delivery_id not in taken and delivery_id not in deferred:
+                self._settle(delivery_id, None, attempted=False)
+        for host, ids in batch.deferred.items():
+            self._waiting.setdefault(host, {}).update(dict.fromkeys(ids, give_up))
+        if self._waiting and (self._poller is None or self._poller.done()):
+            self._poller = self._spawn(self._wait_for_slots())
 
-    def _claim(self, delivery_ids: list[int]) -> Batch:
+    async def _wait_for_slots(self) -> None:
+        """Claim deferred deliveries again once their host has a free slot (or this stream holds
+        some), until their give-up time; then they are the sweeper's. One look for every host
+        waited for, every short wait: a look costs the database far less than a claim."""
+        while self._waiting and not self._closing:
+            await asyncio.sleep(rules.busy_wait(_draw()))
+            now = time.monotonic()
+            for host, waiting in list(self._waiting.items()):
+                for delivery_id in [i for i, give_up in waiting.items() if give_up < now]:
+                    del waiting[delivery_id]
+                    self._settle(delivery_id, None, attempted=False)
+                if not waiting:
+                    del self._waiting[host]
+            if not self._waiting:
+                return
+            try:
+                ready = await self._in_database(self._free_among, list(self._waiting))
+            except Exception as exc:  # the sweeper queues them later in any case
+                log.warning("notify slots not read", error=str(exc))
+                continue
+            for host in (ready | self._hosts.keys()) & self._waiting.keys():
+                waiting = self._waiting.pop(host)
+                self._spawn(self._take(list(waiting), max(waiting.values())))
+
+    def _claim(self, delivery_ids: list[int], held: dict[str, str]) -> Batch:
         with session_scope(self._database_url) as session:
-            return claim(session, delivery_ids, _now(), self._policy, _draw())
+            return claim(session, delivery_ids, _now(), self._policy, _draw(), held=held)
 
-    async def _host(self, host: str, lanes: int, claims: list[Claim], outcomes: _Outcomes) -> None:
-        queue = iter(claims)  # shared by the lanes: each takes the next claim when it is free
+    def _free_among(self, hosts: list[str]) -> set[str]:
+        with session_scope(self._database_url) as session:
+            return free_among(session, hosts, now=_now(), limit=self._policy.host_concurrency)
+
+    def _claim_due(self, host: str, held: dict[str, str]) -> Batch:
+        with session_scope(self._database_url) as session:
+            return claim_due(session, [host], _now(), self._policy, _draw(), limit=TOP_UP,
+                             held=held)
+
+    def _distribute(self, batch: Batch) -> None:
+        """The batch's claims to their hosts' queues, and lanes to POST them."""
+        latest = time.monotonic() + self._policy.lease - self._policy.deadline
+        for taken in batch.claims:
+            state = self._hosts.get(taken.host)
+            if state is None:
+                state = self._hosts[taken.host] = _Host(batch.holders[taken.host], 0)
+            state.queue.append((taken, latest))
+        for host, lanes in batch.lanes.items():
+            state = self._hosts[host]
+            state.free |= set(range(state.lanes, lanes))
+            state.lanes = lanes
+            while state.running < min(lanes, len(state.queue)):
+                lane = min(state.free)
+                state.free.discard(lane)
+                state.running += 1
+                self._spawn(self._lane(host, state, lane))
+
+    async def _lane(self, host: str, state: _Host, lane: int) -> None:
         try:
-            await asyncio.gather(
-                *(self._lane(host, lane, queue, outcomes) for lane in range(lanes)))
+            while state.queue:
+                taken, latest = state.queue.popleft()
+                if self._closing or time.monotonic() > latest:
+                    self._unsent.append(taken)
+                    continue
+                await self._pace(host)
+                headers = signing.headers(taken.secrets, taken.message_id, int(time.time()),
+                                          taken.body, hub=taken.hub_signature)
+                result = await self._sender.post(taken.url, taken.body, headers, lane)
+                # Only now: the flusher may have swapped the list while the POST was awaited.
+                self._results.append((taken, result))
+                if not state.queue and not self._closing:
+                    await self._top_up(host, state)
         finally:
-            outcomes.release.append((host, claims[0].token))  # the host's slots, whatever happened
+            state.running -= 1
+            state.free.add(lane)
 
-    async def _lane(
-        self, host: str, lane: int, queue: Iterator[Claim], outcomes: _Outcomes
-    ) -> None:
-        for taken in queue:
-            await self._pace(host)
-            headers = signing.headers(taken.secrets, taken.message_id, int(time.time()),
-                                      taken.body, hub=taken.hub_signature)
-            result = await self._sender.post(taken.url, taken.body, headers, lane)
-            # Only now: the flusher may have swapped the list while the POST was awaited.
-            outcomes.results.append((taken, result))
+    async def _top_up(self, host: str, state: _Host) -> None:
+        """The host's due deliveries that other processes deferred (this stream holds its
+        slots); one lane asks at a time."""
+        if state.topping_up or time.monotonic() < state.quiet_until:
+            return
+        state.topping_up = True
+        self._claiming += 1
+        try:
+            batch = await self._in_database(self._claim_due, host, {host: state.holder})
+        except Exception as exc:  # the sweeper queues them later in any case
+            log.warning("notify top-up failed", host=host, error=str(exc))
+            return
+        finally:
+            self._claiming -= 1
+            state.topping_up = False
+        if not batch.claims:
+            state.quiet_until = time.monotonic() + rules.BUSY_WAIT
+        self._distribute(batch)
 
     async def _pace(self, host: str) -> None:
         """Wait for this host's turn under the per-host rate, if there is one."""
@@ -149,29 +325,81 @@ class Stream:
         if start > now:
             await asyncio.sleep(start - now)
 
-    async def _flush_every(
-        self, outcomes: _Outcomes, statuses: dict[int, str | None], done: asyncio.Event
-    ) -> None:
-        """Record what came back every FLUSH_SECONDS, and once more when ``done``. The database
-        work runs in a thread, so the POSTs go on meanwhile (none of them is waited for in it)."""
-        while True:
-            finished = done.is_set()
-            if not finished:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(done.wait(), FLUSH_SECONDS)
-            results, release = outcomes.take()
-            if results or release:
-                moved = await asyncio.to_thread(self._record, results, release)
-                statuses.update(zip((c.delivery_id for c, _ in results), moved, strict=True))
-            if finished:
-                return
+    def _settle(self, delivery_id: int, status: str | None, *, attempted: bool = True) -> None:
+        job = self._jobs.pop(delivery_id, None)
+        if job is not None:
+            job.settle(delivery_id, status, attempted=attempted)
+
+    async def _flush_every(self) -> None:
+        """Flush every FLUSH_SECONDS; once closing, until every host's slots are freed."""
+        pruned = time.monotonic()
+        while not (self._closing and not self._hosts and not self._claiming
+                   and not self._release):
+            await asyncio.sleep(FLUSH_SECONDS)
+            await self._flush()
+            if time.monotonic() - pruned > 1.0:
+                pruned = time.monotonic()
+                await self._sender.prune()
+        await self._sender.aclose()
+
+    async def _flush(self) -> None:
+        """Record the outcomes that came back, give back what was not sent, and free the slots
+        of the hosts whose lanes are all done; unless a claim is under way (it may have renewed
+        those slots: they are freed by a later flush if still unused)."""
+        results, self._results = self._results, []
+        unsent, self._unsent = self._unsent, []
+        release, self._release = self._release, []
+        if not self._claiming:
+            for host, state in list(self._hosts.items()):
+                if not state.running and not state.queue:
+                    release.append((host, state.holder))
+                    del self._hosts[host]
+        if not (results or unsent or release):
+            return
+        try:
+            moved = await self._in_database(self._record, results, unsent, release)
+        except BaseException as exc:
+            # The deliveries stay ``sending`` until their lease runs out and the sweeper takes
+            # them back.
+            log.warning("notify outcomes not recorded", count=len(results), error=str(exc))
+            if not self._closing:  # by their holder tokens: the next flush frees them
+                self._release += release
+            for taken, _ in results:
+                job = self._jobs.pop(taken.delivery_id, None)
+                if job is not None:
+                    job.fail(exc)
+            return
+        for (taken, _), status in zip(results, moved, strict=True):
+            self._settle(taken.delivery_id, status)
+        for taken in unsent:
+            self._settle(taken.delivery_id, None, attempted=False)
 
     def _record(
-        self, results: list[tuple[Claim, AttemptResult]], release: list[tuple[str, str]]
+        self, results: list[tuple[Claim, AttemptResult]], unsent: list[Claim],
+        release: list[tuple[str, str]],
     ) -> list[str | None]:
         with session_scope(self._database_url) as session:
-            return record(session, results, now=_now(), policy=self._policy, draw=_draw,
+            now = _now()
+            give_back(session, unsent, now)
+            return record(session, results, now=now, policy=self._policy, draw=_draw,
                           release=release)
+
+    async def _drain(self) -> None:
+        self._closing = True
+        for waiting in self._waiting.values():
+            for delivery_id in waiting:
+                self._settle(delivery_id, None, attempted=False)
+        self._waiting.clear()
+        while not self._flusher.done():
+            await asyncio.sleep(FLUSH_SECONDS)
+
+
+def _answer(job: Job, task: asyncio.Task[None]) -> None:
+    """Whatever became of a claim (a bug, a cancellation), the caller waiting for it is told."""
+    if task.cancelled():
+        job.fail(RuntimeError("the claim was cancelled"))
+    elif (exc := task.exception()) is not None:
+        job.fail(exc)
 
 
 def _now() -> datetime:
