@@ -21,7 +21,7 @@ from shared.settings import Settings, get_settings
 
 def blueprints() -> tuple[Blueprint, ...]:
     """Every Flask route's blueprint; importing their modules declares their operations
-    (api/openapi.py)."""
+    (api/operations.py)."""
     from api import deliveries, fourme, health, mail, metrics, openapi, requests, status
 
     return tuple(module.bp for module in (

@@ -17,7 +17,7 @@ from pydantic import Field
 
 from api.auth import requires_key
 from api.errors import error_json
-from api.openapi import KEY_OR_BEARER, Answer, Message, Operation, Transid, route
+from api.operations import KEY_OR_BEARER, Answer, Message, Operation, Transid, route
 from api.query import Choice, Query, Whole
 from shared.db.engine import session_scope
 from shared.ids import well_formed

@@ -7,7 +7,7 @@ from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
 from api.body import read_limited
 from api.errors import reply_json
-from api.openapi import Answer, Header, Operation, route
+from api.operations import Answer, Header, Operation, route
 from api.query import Query
 from shared import metrics
 from shared.intake.fourme.schemas import FourMeError, FourMeEventParameters, FourMeQueued

@@ -6,7 +6,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, json
 from sqlalchemy import text
 
-from api.openapi import Answer, Operation, route
+from api.operations import Answer, Operation, route
 from shared.db.engine import get_engine
 from shared.intake.waiters import WaitSlots
 from shared.messaging.publish import Publisher

@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from api.auth import requires_key
 from api.errors import error_json
-from api.openapi import KEY_OR_BEARER, Answer, Header, Message, Operation, Transid, route
+from api.operations import KEY_OR_BEARER, Answer, Header, Message, Operation, Transid, route
 from api.query import Query, Text
 from api.requests import RequestId
 from shared import metrics

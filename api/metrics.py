@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app
 
-from api.openapi import Answer, Operation, route
+from api.operations import Answer, Operation, route
 from shared import metrics
 from shared.settings import Settings
 

@@ -1,138 +1,37 @@
-"""``GET /openapi.json``, generated from the declarations the routes are served and validated by.
+"""``GET /openapi.json``, generated from the routes' declarations (api/operations.py).
 
-Each route declares an :class:`Operation`: its path parameters, query parameters and bodies as
-pydantic models, its headers, its security, and its answers. :func:`route` registers the Flask
-rule from that declaration (an integer path parameter's converter takes its maximum from the
-model) and the view reads its query string with ``OPERATION.args()``, through the same model;
-:func:`document` builds the OpenAPI document from the same declarations. A maximum, a type or
-a required parameter therefore has one source; CI runs schemathesis over the document
-(tests/test_openapi.py) to show that the service answers as it says.
+CI runs schemathesis over the document (tests/test_openapi.py) to show that the service answers
+as it says.
 
-Decision: a registry of our own (this module) instead of spectree or flask-openapi3. Both
+Decision: a registry of our own (api/operations.py) instead of spectree or flask-openapi3. Both
 validate with pydantic and generate the document, but each wraps the view with its own
 validation and answers a refusal in its own shape (422 with pydantic's error list), where ours
 are a 400 ``{"message"}`` naming the parameter and the 4me shape on the 4me routes; neither
 knows the Webex intake, which is plain WSGI ahead of Flask (api/webex.py), nor its XML body;
 flask-openapi3 replaces ``Flask`` and ``Blueprint`` with its own classes. What we need of them is
-pydantic's JSON schema, which pydantic gives; the rest is this module.
+pydantic's JSON schema, which pydantic gives; the rest is the registry.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any, Generic, get_args, get_origin
+from typing import Any, get_args, get_origin
 
 from flask import Blueprint, Response, json
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
-from typing_extensions import TypeVar
 
-from api.query import BLANK, Query, parse_query
+# Importing the routes' modules declares their operations (api/operations.py).
+from api import deliveries, fourme, health, mail, metrics, requests, status, webex  # noqa: F401
+from api.operations import OPERATIONS, SECURITY, Answer, Header, Operation, route
+from api.query import BLANK
 from shared.notify.payload import Notification
 
 bp = Blueprint("openapi", __name__)
 
-# An operation without a query string reads none: Query, the empty model.
-Q = TypeVar("Q", bound=Query, default=Query)
-View = TypeVar("View", bound=Callable[..., Response])
 _REF = "#/components/schemas/{model}"
-_PARAMETER = re.compile(r"\{(\w+)\}")
-SECURITY = {
-    "key": {"type": "apiKey", "in": "header", "name": "key",
-            "description": "An API key of the account (the Webex Connect `key` header)."},
-    "bearer": {"type": "http", "scheme": "bearer",
-               "description": "The same API key as a bearer token (4me's way)."},
-}
-# Either scheme: the routes that read with a key (api/auth.py).
-KEY_OR_BEARER = ("key", "bearer")
 
-
-class Message(BaseModel):
-    """An error outside the intakes' own shapes (api/errors.py)."""
-
-    message: str
-
-
-class Transid(BaseModel):
-    """The path of a transaction's routes."""
-
-    transid: str = Field(description="As the intake answered it.")
-
-
-@dataclass(frozen=True)
-class Header:
-    name: str
-    description: str
-    required: bool = False
-    schema: Mapping[str, Any] = field(default_factory=lambda: {"type": "string"})
-
-
-@dataclass(frozen=True)
-class Answer:
-    """One documented answer: its body (a model, ``list[Model]``, or a JSON schema) by media
-    type, and the names of the headers it carries."""
-
-    description: str
-    body: Any = None
-    media: str = "application/json"
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Operation(Generic[Q]):
-    """What one route takes and answers; the single source of its validation and its schema."""
-
-    method: str
-    path: str
-    summary: str
-    responses: Mapping[int | str, Answer]
-    description: str = ""
-    security: tuple[str, ...] = ()
-    query: type[Q] | None = None
-    params: type[BaseModel] | None = None
-    headers: tuple[Header, ...] = ()
-    body: Mapping[str, Any] = field(default_factory=dict)
-    body_required: bool = False
-
-    def args(self) -> Q:
-        """The request's query string, validated by the declared model (400 when refused)."""
-        assert self.query is not None, f"{self.method} {self.path} declares no query"
-        return parse_query(self.query)
-
-    def rule(self) -> str:
-        """The Flask rule: ``{id}`` becomes ``<int(max=...):id>`` for an integer parameter."""
-        properties = self.params.model_json_schema()["properties"] if self.params else {}
-
-        def converter(match: re.Match[str]) -> str:
-            name = match.group(1)
-            schema = properties[name]
-            if schema.get("type") == "integer":
-                assert schema.get("minimum") == 0, "the int converter takes no sign"
-                return f"<int(max={schema['maximum']}):{name}>"
-            return f"<{name}>"
-
-        return _PARAMETER.sub(converter, self.path)
-
-
-# Every route's operation, as its module is imported (the Webex intake's is api/webex.WEBEX).
-OPERATIONS: list[Operation[Any]] = []
-
-
-def route(blueprint: Blueprint, operation: Operation[Any]) -> Callable[[View], View]:
-    """Serve the decorated view at the operation's path and document it."""
-
-    def register(view: View) -> View:
-        blueprint.add_url_rule(operation.rule(), view_func=view, methods=[operation.method])
-        OPERATIONS.append(operation)
-        return view
-
-    return register
-
-
-# -- the document ---------------------------------------------------------------------------------
 
 class _Models:
     """The models the document refers to, gathered while its operations are rendered."""
@@ -210,8 +109,8 @@ def _operation(operation: Operation[Any], models: _Models) -> dict[str, Any]:
         rendered["requestBody"] = {"required": operation.body_required, "content": {
             media: {"schema": models.schema(body, "validation")}
             for media, body in operation.body.items()}}
-    rendered["responses"] = {str(status): _answer(answer, models)
-                             for status, answer in operation.responses.items()}
+    rendered["responses"] = {str(code): _answer(answer, models)
+                             for code, answer in operation.responses.items()}
     return rendered
 
 
@@ -242,10 +141,6 @@ def textual(schema: Mapping[str, Any], defs: Mapping[str, Any]) -> dict[str, Any
 
 @lru_cache(maxsize=1)
 def document() -> dict[str, Any]:
-    # Importing the routes' modules declares their operations, as for create_app.
-    from api import blueprints, webex
-
-    blueprints()
     models = _Models()
     paths: dict[str, dict[str, Any]] = {}
     for operation in (webex.WEBEX, *OPERATIONS):

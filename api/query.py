@@ -1,7 +1,7 @@
 """Query parameters as pydantic models, through the parsers event fields go through
 (shared/requests/fields.py).
 
-A route declares its model (api/openapi.py) and reads its parameters with :func:`parse_query`;
+A route declares its model (api/operations.py) and reads its parameters with :func:`parse_query`;
 the same model is the parameters' schema in ``/openapi.json``, so a maximum or a type cannot
 differ between the two. A value the parsers refuse is a 400 naming the parameter (api/errors.py
 answers :class:`BadQuery`), never a 500 from the database: a NUL in a text filter fails

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 
 from api.auth import requires_key
 from api.errors import error_json
-from api.openapi import KEY_OR_BEARER, Answer, Header, Operation, route
+from api.operations import KEY_OR_BEARER, Answer, Header, Operation, route
 from api.query import Choice, Query, Since, Text, Whole
 from shared.db.engine import session_scope
 from shared.intake.fourme.schemas import FourMeError

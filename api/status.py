@@ -6,7 +6,7 @@ from flask import Blueprint, Response, current_app, json
 
 from api.auth import requires_key
 from api.errors import error_json
-from api.openapi import KEY_OR_BEARER, Answer, Message, Operation, Transid, route
+from api.operations import KEY_OR_BEARER, Answer, Message, Operation, Transid, route
 from shared.db.engine import session_scope
 from shared.ids import issued_at, issued_for, well_formed
 from shared.records.keys import KeyInfo

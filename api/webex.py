@@ -18,8 +18,8 @@ from http import HTTPStatus
 from typing import Any
 
 from api.body import read_limited
-from api.openapi import Answer as Documented
-from api.openapi import Operation
+from api.operations import Answer as Documented
+from api.operations import Operation
 from shared import metrics
 from shared.codes import Code, IntakeError
 from shared.intake.webex.schemas import WebexEventRequest, WebexResponse
@@ -40,7 +40,7 @@ def _codes(status: int, description: str, headers: dict[str, str] | None = None)
     return Documented(f"{description}: {codes}", WebexResponse, headers=headers or {})
 
 
-# Not served by Flask, so documented here rather than through api.openapi.route.
+# Not served by Flask, so documented here rather than through api.operations.route.
 WEBEX = Operation(
     "POST", PATH, "Webex Connect Custom Event v1",
     description=(
