@@ -14,8 +14,8 @@ from shared.db.engine import session_scope
 from shared.db.models import Note, NotificationDelivery, Request, Transaction
 from shared.records.directory import Directory
 from shared.transactions.failures import process_isolating
-from shared.transactions.processing import process_batches, record_failure
 from shared.transactions.schemas import EventBatch
+from shared.transactions.service import process_batches, record_failure
 from shared.transactions.views import transaction_view
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

@@ -35,8 +35,8 @@ from shared.messaging import EVENTS_PROCESS
 from shared.records.directory import Directory
 from shared.settings import get_settings
 from shared.transactions.failures import process_isolating
-from shared.transactions.processing import process_batches, record_failure
 from shared.transactions.schemas import EventBatch
+from shared.transactions.service import process_batches, record_failure
 from worker.app import app
 from worker.notify import queue_deliveries
 

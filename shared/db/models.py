@@ -242,7 +242,8 @@ class Transaction(Base):
     received_at: Mapped[datetime]
     status: Mapped[str] = mapped_column(String(16))
     # {"action": "created|updated|unchanged", "request_id": ..., "reason": ...}
-    outcome: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # None is NULL, not a JSON null, on every backend.
+    outcome: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[datetime | None]
