@@ -1,4 +1,5 @@
-"""Processing queued events: once each, in batches, with name resolution and event matching.
+"""Processing queued events: once each, in batches, with name resolution and event matching;
+and the worker's job around it, with its failure policy (shared/transactions/failures.py).
 
 A worker hands over the batches of many messages at once; they are processed in one database
 transaction with set-based statements (shared/transactions/store.py), which is what lets one
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from itertools import groupby
 from typing import Any
 
@@ -24,6 +25,8 @@ from sqlalchemy.orm import Session
 
 from shared import observe
 from shared.codes import Code
+from shared.db.engine import session_scope
+from shared.logs import get_logger
 from shared.notify.payload import new_delivery
 from shared.records.directory import Directory, PersonRef, Scope
 from shared.requests.defaults import Draft, build_draft
@@ -31,8 +34,10 @@ from shared.requests.fields import FieldErrors, check_fields
 from shared.requests.matching import REASONS, UPDATABLE, MatchKind, changes, match_key, note_hash
 from shared.requests.shaping import Shaping, shaping_of
 from shared.transactions import store
-from shared.transactions.failures import failure_code, reason
+from shared.transactions.failures import Backoff, failure_code, process_isolating, reason
 from shared.transactions.schemas import EventBatch, QueuedEvent
+
+log = get_logger(__name__)
 
 
 class EventFailed(Exception):
@@ -346,3 +351,36 @@ def record_failure(
         item.failure = failure
     return _finish(session, work, now)
 
+
+def process_job(
+    batches: Sequence[EventBatch], directory: Directory, backoff: Backoff,
+    database_url: str | None = None,
+) -> list[int] | None:
+    """Process the batches a worker took together; returns the ids of the deliveries to queue.
+
+    Every event ends ``completed``, ``expired`` or ``failed``: the batches are one run, and when
+    it fails, the failing events are found and each recorded ``failed`` once while the others
+    complete (shared/transactions/failures.py). Each run and each record commits on its own
+    before this returns, so the deliveries may be queued at once.
+
+    None when the database is unreachable: ``backoff`` has paused, and the caller gives the
+    messages back to the queue. An outage spends no retry budget, however long it lasts; what
+    committed before it is found taken when the messages come back.
+    """
+    def run(part: Sequence[EventBatch]) -> list[int]:
+        with session_scope(database_url) as session:
+            return process_batches(session, part, datetime.now(UTC), directory)
+
+    def record(single: EventBatch, error: BaseException) -> list[int]:
+        with session_scope(database_url) as session:
+            return record_failure(session, single, error, datetime.now(UTC))
+
+    try:
+        ids = process_isolating(batches, run, record)
+    except Exception as exc:  # only an outage gets out of process_isolating
+        log.warning("database unreachable, job back to the queue after a pause",
+                    events=sum(len(batch.events) for batch in batches), error=reason(exc))
+        backoff.pause()
+        return None
+    backoff.reset()
+    return ids
