@@ -15,7 +15,6 @@ checks that the statements on the hot path and the read API use an index at that
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -165,19 +164,20 @@ def hot_statements(now: datetime) -> dict[str, str]:
     from sqlalchemy import ClauseElement, select
     from sqlalchemy.dialects import postgresql
 
+    from shared.db.dialect import json_insert, rows_json
     from shared.db.models import NotificationDelivery, Transaction
     from shared.requests.views import RequestFilter, notes_query, requests_query
-    from shared.transactions.processing import PG_CLAIM, open_requests_query
+    from shared.transactions.store import open_requests_query
 
     def sql(query: ClauseElement) -> str:
         return str(query.compile(dialect=postgresql.psycopg.dialect(),  # type: ignore[no-untyped-call]
                                  compile_kwargs={"literal_binds": True}))
 
-    claim_sql = str(PG_CLAIM)
-    claim_rows = json.dumps([{
-        "transid": "0" * 32, "channel": "webex", "account_id": "wdc", "parameters": "{}",
-        "received_at": now.isoformat(), "status": "processing", "created_at": now.isoformat(),
-    }])
+    row = {"transid": "0" * 32, "channel": "webex", "account_id": "wdc", "parameters": {},
+           "received_at": now, "status": "processing", "created_at": now}
+    # The claim as shared/transactions/store.py makes it.
+    claim_sql = str(json_insert(Transaction, tuple(row), ("transid",), ("transid",)))
+    claim_rows = rows_json(Transaction, [row])
     return {
         "matching (open requests of 3 keys, 24 h)": sql(open_requests_query(
             {"wdc"}, {"a" * 64, "b" * 64, "c" * 64}, now)),

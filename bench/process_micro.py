@@ -112,7 +112,7 @@ def run_scenario(url: str, db: Database | None, scenario: str, args: argparse.Na
                  key_id: int | None) -> Result:
     from shared.db.engine import session_scope
     from shared.records.directory import Directory
-    from shared.transactions.processing import process_batches
+    from shared.transactions.service import process_batches
 
     directory = Directory(300)
     now = datetime.now(UTC)

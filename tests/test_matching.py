@@ -19,8 +19,8 @@ from sqlalchemy import select
 from shared.db.engine import session_scope
 from shared.db.models import ApiKey, Note, Request, Transaction
 from shared.records.directory import Directory
-from shared.transactions.processing import process_batches
 from shared.transactions.schemas import EventBatch
+from shared.transactions.service import process_batches
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 HOWARD, ELLEN, NICK, FRANK = 301, 302, 303, 304

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,9 +12,9 @@ from sqlalchemy import select
 from shared.db.engine import session_scope
 from shared.db.models import Note, NotificationDelivery, Request, Transaction
 from shared.records.directory import Directory
-from shared.transactions.failures import process_isolating
-from shared.transactions.processing import process_batches, record_failure
+from shared.transactions.failures import Backoff
 from shared.transactions.schemas import EventBatch
+from shared.transactions.service import process_batches, process_job, record_failure
 from shared.transactions.views import transaction_view
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -40,16 +39,10 @@ def run(db: str, events: EventBatch, now: datetime = NOW) -> list[int]:
 
 
 def isolating(db: str, batches: list[EventBatch]) -> list[int]:
-    """What the worker does with a job: shared.transactions.failures around the rules."""
-    def run(part: Sequence[EventBatch]) -> list[int]:
-        with session_scope(db) as session:
-            return process_batches(session, part, NOW, Directory(0))
-
-    def record(single: EventBatch, error: BaseException) -> list[int]:
-        with session_scope(db) as session:
-            return record_failure(session, single, error, NOW)
-
-    return process_isolating(batches, run, record)
+    """What the worker does with a job: the rules, and the failure policy around them."""
+    ids = process_job(batches, Directory(0), Backoff(), db)
+    assert ids is not None, "the database is reachable"
+    return ids
 
 
 def transaction(db: str, transid: str) -> Transaction:

@@ -30,8 +30,8 @@ from shared.records.importer import RecordsError, import_records
 from shared.requests.defaults import Draft
 from shared.requests.matching import changes
 from shared.requests.shaping import Shaping, Template
-from shared.transactions.processing import process_batches
 from shared.transactions.schemas import EventBatch
+from shared.transactions.service import process_batches
 from shared.transactions.views import transaction_view
 from tests.conftest import queued_messages, throwaway_database
 

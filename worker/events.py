@@ -10,33 +10,28 @@ event batches (the api's group commit, shared/messaging/queueing.py).
 
 Acknowledgement is ours, because celery-batches' own acknowledges a batch whatever happened to
 it: the messages of a batch are acknowledged only after its events are done (committed, or
-recorded ``failed``); they go back to the queue when the database is unreachable (after a pause
-that grows while it stays down, so an outage costs no retry budget and loses nothing) and when
-the pool process dies mid-batch. Any other error is some event's: the events of the batch are
-halved down to the failing ones, each recorded ``failed`` once with the reason, visible on the
-status endpoint, while the others complete; never silently dropped, never retried forever
-(the policy: shared/transactions/failures.py).
+recorded ``failed``); they go back to the queue when the database is unreachable and when the
+pool process dies mid-batch. What is done with the events, and when the database counts as
+unreachable, is the transactions service's (``process_job`` in shared/transactions/service.py,
+its policy in shared/transactions/failures.py): the task parses, calls it and acknowledges.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from celery_batches import Batches, SimpleRequest, apply_batches_task
 from pydantic import ValidationError
 
 from shared.batching import runs
-from shared.db.engine import session_scope
 from shared.messaging import EVENTS_PROCESS
 from shared.records.directory import Directory
 from shared.settings import get_settings
-from shared.transactions.failures import process_isolating
-from shared.transactions.processing import process_batches, record_failure
+from shared.transactions.failures import Backoff
 from shared.transactions.schemas import EventBatch
+from shared.transactions.service import process_job
 from worker.app import app
 from worker.notify import queue_deliveries
 
@@ -44,25 +39,8 @@ log = logging.getLogger(__name__)
 settings = get_settings()
 # One per pool process: reference records, reloaded after the cache TTL.
 DIRECTORY = Directory(settings.cache_ttl_seconds)
-MAX_PAUSE = 30.0
-_outage = {"pauses": 0}
-
-
-def _pause() -> None:
-    """Back off while the database is down: 0.5 s, 1 s, 2 s ... up to 30 s."""
-    delay = min(MAX_PAUSE, 0.5 * 2 ** _outage["pauses"])
-    _outage["pauses"] += 1
-    time.sleep(delay)
-
-
-def _run(batches: Sequence[EventBatch]) -> list[int]:
-    with session_scope() as session:
-        return process_batches(session, batches, datetime.now(UTC), DIRECTORY)
-
-
-def _record(batch: EventBatch, error: BaseException) -> list[int]:
-    with session_scope() as session:
-        return record_failure(session, batch, error, datetime.now(UTC))
+# One per pool process too: how long the database has been found unreachable.
+BACKOFF = Backoff()
 
 
 def events_in(request: Any) -> int:
@@ -155,13 +133,9 @@ def process(requests: list[SimpleRequest]) -> bool:
         except (ValidationError, TypeError):
             # Not a message our api wrote; nothing in it can be recorded. Dropped, loudly.
             log.error("events.process: unreadable message %s dropped", request.id)
-    try:
-        delivery_ids = process_isolating(batches, _run, _record) if batches else []
-    except Exception as exc:  # only an outage gets out of process_isolating
-        log.warning("database unreachable, batch of %d requeued: %s", len(requests), exc)
-        _pause()
+    delivery_ids = process_job(batches, DIRECTORY, BACKOFF) if batches else []
+    if delivery_ids is None:
         return False
-    _outage["pauses"] = 0
     # Queued only now that the rows they read have committed.
     queue_deliveries(delivery_ids)
     return True

@@ -54,6 +54,9 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+# In a JSON column's ``info``: its values may hold any text, a NUL too, which PostgreSQL's
+# set-based writes must then pass differently (shared/db/dialect.py).
+ANY_TEXT = "any_text"
 # BIGINT on PostgreSQL, but INTEGER on SQLite so that it stays the rowid and autoincrements.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -236,13 +239,15 @@ class Transaction(Base):
     key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"))
     evtid: Mapped[str | None] = mapped_column(String(128))
     correlationid: Mapped[str | None] = mapped_column(String(64))
-    parameters: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The event's own values: any text, a NUL too (shared/db/dialect.py, ANY_TEXT).
+    parameters: Mapped[dict[str, Any]] = mapped_column(default=dict, info={ANY_TEXT: True})
     notifyurl: Mapped[str | None] = mapped_column(Text)
     expiry: Mapped[datetime | None]
     received_at: Mapped[datetime]
     status: Mapped[str] = mapped_column(String(16))
     # {"action": "created|updated|unchanged", "request_id": ..., "reason": ...}
-    outcome: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # None is NULL, not a JSON null, on every backend.
+    outcome: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[datetime | None]

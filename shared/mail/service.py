@@ -61,8 +61,8 @@ from shared.messaging import MAIL_PROCESS, MAIL_QUEUE
 from shared.messaging.publish import Publisher, PublishError, task_message
 from shared.records.directory import Directory, PersonRef, Scope
 from shared.settings import Settings
-from shared.transactions.processing import process_batches, record_failure
 from shared.transactions.schemas import EventBatch, QueuedEvent
+from shared.transactions.service import process_batches, record_failure
 
 log = get_logger(__name__)
 THREAD_REASON = "reply to a message of the request (In-Reply-To/References)"

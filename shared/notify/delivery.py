@@ -46,10 +46,10 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Table, and_, bindparam, delete, func, insert, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from shared import metrics
+from shared.db import dialect
 from shared.db.models import Account, NotificationAttempt, NotificationDelivery, NotifyDisabledUrl
 from shared.logs import get_logger
 from shared.notify import rules, slots
@@ -312,9 +312,8 @@ def _error_text(result: AttemptResult) -> str | None:
 
 def _disable_url(session: Session, claim: Claim, status_code: int | None, now: datetime) -> None:
     account_id = session.scalar(select(ND.account_id).where(ND.id == claim.delivery_id))
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     session.execute(
-        insert(NotifyDisabledUrl)
+        dialect.insert(session, NotifyDisabledUrl)
         .values(account_id=account_id, url_hash=url_hash(claim.url), url=claim.url,
                 status_code=status_code, delivery_id=claim.delivery_id, disabled_at=now)
         .on_conflict_do_nothing(index_elements=["account_id", "url_hash"])

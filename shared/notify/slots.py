@@ -15,9 +15,9 @@ from collections.abc import Collection
 from datetime import datetime
 
 from sqlalchemy import and_, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from shared.db import dialect
 from shared.db.models import NotifyHostSlot
 
 
@@ -34,10 +34,8 @@ def acquire(
     """
     taken = _take(session, host, holder, now=now, until=until, limit=limit, wanted=wanted)
     if taken < wanted:
-        insert = (postgresql.insert if session.get_bind().dialect.name == "postgresql"
-                  else sqlite.insert)
         made = session.execute(
-            insert(NotifyHostSlot)
+            dialect.insert(session, NotifyHostSlot)
             .values([{"host": host, "slot": slot} for slot in range(limit)])
             .on_conflict_do_nothing(index_elements=["host", "slot"])
             .returning(NotifyHostSlot.slot)

@@ -16,7 +16,7 @@ with that status would. The team stays as it is: a matched request already has o
 
 The key is hashed into ``requests.match_key``. Correctness under concurrency comes from the
 caller: on PostgreSQL it takes a transaction-scoped advisory lock per key before looking
-(shared/transactions/processing.py); SQLite serialises writers.
+(shared/transactions/store.py); SQLite serialises writers.
 """
 
 from __future__ import annotations

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import case, delete, select, tuple_
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from shared.db import dialect
 from shared.db.models import (
     Account,
     NotificationAttempt,
@@ -73,7 +73,7 @@ def purge_batch(
     transids = [transid for _, transid in found]
     deliveries = select(ND.transid, ND.id, ND.status, ND.updated_at).where(
         ND.transid.in_(transids))
-    if _is_postgres(session):
+    if dialect.is_postgres(session):
         deliveries = deliveries.with_for_update()
     owed = {transid: (delivery_id, status, updated)
             for transid, delivery_id, status, updated in session.execute(deliveries)}
@@ -92,8 +92,7 @@ def purge_batch(
 
 
 def _raise_mark(session: Session, removed_before: datetime, now: datetime) -> None:
-    insert = postgresql.insert if _is_postgres(session) else sqlite.insert
-    statement = insert(RetentionMark).values(
+    statement = dialect.insert(session, RetentionMark).values(
         log=TRANSACTION_LOG, removed_before=removed_before, updated_at=now)
     # Only forward: a purge with a longer horizon after a shorter one removes nothing new.
     session.execute(statement.on_conflict_do_update(
@@ -108,7 +107,3 @@ def _raise_mark(session: Session, removed_before: datetime, now: datetime) -> No
 
 def _count(result: object) -> int:
     return int(result.rowcount)  # type: ignore[attr-defined]
-
-
-def _is_postgres(session: Session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"

@@ -5,7 +5,8 @@ that run fails, what happens next depends on the error (DESIGN 6, "Never stuck")
 
 - an **outage** (the database unreachable or too slow: ``OperationalError``, ``InterfaceError``,
   an invalidated connection, a pool timeout) is no event's fault: it is raised, every message
-  goes back to the queue and is retried, without a budget, as long as the outage lasts;
+  goes back to the queue after a pause that grows while it lasts (:class:`Backoff`) and is
+  retried, without a budget, as long as the outage lasts;
 - any other error is some event's. The run is cut in halves, each half run (and committed) on
   its own, down to single events; an event that still fails alone is recorded ``failed`` with
   the reason, once, and every other event of the run completes. A **data** error (the database
@@ -21,6 +22,7 @@ than its message requeued forever.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from enum import StrEnum
 
@@ -64,6 +66,30 @@ def reason(exc: BaseException) -> str:
     its parameters (which hold the rows of every event in the run)."""
     cause = exc.orig if isinstance(exc, StatementError) and exc.orig is not None else exc
     return f"{type(cause).__name__}: {cause}"[:MAX_REASON]
+
+
+class Backoff:
+    """The pause after a run found the database unreachable, before its messages go back to the
+    queue: 0.5 s, 1 s, 2 s ... up to 30 s while the outage lasts, from 0.5 s again once a run
+    reached the database. Without it a worker would take its messages and give them back as fast
+    as the broker hands them out, for as long as the outage lasts."""
+
+    FIRST = 0.5
+    MOST = 30.0
+
+    def __init__(self, sleep: Callable[[float], None] = time.sleep) -> None:
+        self._sleep = sleep
+        self._outages = 0
+
+    def pause(self) -> None:
+        """Wait the next pause of this outage."""
+        delay = min(self.MOST, self.FIRST * 2 ** self._outages)
+        self._outages += 1
+        self._sleep(delay)
+
+    def reset(self) -> None:
+        """The database answered: the next outage starts with the shortest pause."""
+        self._outages = 0
 
 
 def process_isolating(batches: Sequence[EventBatch], run: Run, record: Record) -> list[int]:

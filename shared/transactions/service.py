@@ -1,61 +1,43 @@
-"""Processing queued events: once each, in batches, with name resolution and event matching.
+"""Processing queued events: once each, in batches, with name resolution and event matching;
+and the worker's job around it, with its failure policy (shared/transactions/failures.py).
 
 A worker hands over the batches of many messages at once; they are processed in one database
-transaction with set-based statements, which is what lets one worker keep up with thousands of
-events a second (DESIGN 2, "Throughput design").
+transaction with set-based statements (shared/transactions/store.py), which is what lets one
+worker keep up with thousands of events a second (DESIGN 2, "Throughput design"). A run claims
+the transaction rows first and acts only on those it inserted, so a message delivered twice, or
+twice at once, finds its events taken (DESIGN 4.5).
 
-Once, whatever the number of deliveries (DESIGN 4.5): the transaction rows are inserted first
-with ``ON CONFLICT DO NOTHING``, and only the rows this run inserted are acted on; a message
-delivered twice, or twice at once, finds its events taken. On PostgreSQL the second inserter
-waits on the first one's row locks, then skips.
-
-Matching under concurrency (DESIGN 4.4): before looking for a request to match, the run takes a
-transaction-scoped advisory lock on every match key of the batch (sorted, so two runs never wait
-on each other in a circle). The lock is held until commit, so a storm spread over many worker
-processes finds, for each key, either nothing (and one run creates the request) or the request
-that run committed. SQLite needs no lock: the claiming INSERT already made this run the only
-writer until it commits.
-
-No ORM objects on the way (they cost more CPU than the work itself): rows are plain values,
-written set-based. On PostgreSQL each table gets one statement over a JSON array of its rows
-(``json_populate_recordset``); new requests' ids come back with their match keys (``RETURNING``),
-as a run creates at most one request a key. SQLite, the embedded default and not the throughput
-target, takes the same rows as executemany.
+Matching under concurrency (DESIGN 4.4): before looking for a request to match, the run locks
+every match key of the batch until commit (``store.lock_match_keys``). The rules applied to one
+event (:func:`_apply`) touch no database: they read and change this run's view of the requests,
+which is written set-based at the end.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from itertools import groupby
 from typing import Any
 
-from sqlalchemy import Select, TextClause, insert, select, text, update
-from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
 from shared import observe
 from shared.codes import Code
-from shared.db.models import EventDefinition, Note, NotificationDelivery, Request, Transaction
+from shared.db.engine import session_scope
+from shared.logs import get_logger
 from shared.notify.payload import new_delivery
 from shared.records.directory import Directory, PersonRef, Scope
 from shared.requests.defaults import Draft, build_draft
 from shared.requests.fields import FieldErrors, check_fields
-from shared.requests.matching import (
-    CLOSED_STATUSES,
-    REASONS,
-    UPDATABLE,
-    WINDOW,
-    MatchKind,
-    changes,
-    match_key,
-    note_hash,
-)
+from shared.requests.matching import REASONS, UPDATABLE, MatchKind, changes, match_key, note_hash
 from shared.requests.shaping import Shaping, shaping_of
-from shared.transactions.failures import failure_code, reason
+from shared.transactions import store
+from shared.transactions.failures import Backoff, failure_code, process_isolating, reason
 from shared.transactions.schemas import EventBatch, QueuedEvent
+
+log = get_logger(__name__)
 
 
 class EventFailed(Exception):
@@ -108,112 +90,24 @@ class _Work:
             self.outcome = {**self.outcome, "request_id": self.request.id}
 
     def finished_row(self, now: datetime) -> dict[str, Any]:
-        row: dict[str, Any] = {"transid": self.event.transid, "status": self.status,
-                               "completed_at": now}
-        # Left out rather than None: SQLite would store a JSON null, not NULL, for the outcome.
-        if self.status == "completed":
-            row["outcome"] = self.outcome
-        if self.failure is not None:
-            row["error"] = str(self.failure)
-        return row
-
-
-def _is_postgres(session: Session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
-
-
-def _json(rows: list[dict[str, Any]]) -> str:
-    # An aware datetime's isoformat costs about a microsecond and most rows share theirs (the
-    # run's ``now``, a batch's received_at): each is rendered once. Equal instants may share
-    # one text, as they are one timestamptz.
-    rendered: dict[datetime, str] = {}
-
-    def value(item: object) -> str:
-        # Naive datetimes are refused, as the UTC columns refuse them.
-        if not isinstance(item, datetime) or item.tzinfo is None:
-            raise TypeError(f"no JSON form for {item!r}")
-        text = rendered.get(item)
-        if text is None:
-            text = rendered[item] = item.isoformat()
-        return text
-
-    return json.dumps(rows, default=value, separators=(",", ":"))
-
-
-def _pg_insert(table: str, columns: Iterable[str], tail: str = "") -> TextClause:
-    """``INSERT`` of the rows given as the JSON array ``:rows``, in one statement."""
-    names = ", ".join(f'"{name}"' for name in columns)
-    # The table and column names are ours; the values are the parameter.
-    return text(
-        f"INSERT INTO {table} ({names}) SELECT {names} FROM json_populate_recordset("  # noqa: S608
-        f"CAST(NULL AS {table}), CAST(:rows AS json)) {tail}"
-    )
-
-
-def _insert(
-    session: Session, model: type[Request | Note | NotificationDelivery],
-    rows: list[dict[str, Any]], returning: tuple[str, ...] = (),
-) -> list[tuple[Any, ...]]:
-    """Insert the rows (all with the same keys); returns the ``returning`` columns of each."""
-    if _is_postgres(session):
-        tail = f"RETURNING {', '.join(returning)}" if returning else ""
-        result = session.execute(
-            _pg_insert(model.__tablename__, rows[0], tail), {"rows": _json(rows)}
-        )
-    elif returning:
-        result = session.execute(insert(model).returning(
-            *(getattr(model, name) for name in returning), sort_by_parameter_order=True
-        ), rows)
-    else:
-        result = session.execute(insert(model), rows)
-    return [tuple(row) for row in result] if returning else []
-
-
-_PG_FINISH = text(
-    "UPDATE transactions AS t SET status = r.status, outcome = r.outcome, error = r.error, "
-    "completed_at = r.completed_at FROM json_populate_recordset(CAST(NULL AS transactions), "
-    "CAST(:rows AS json)) AS r WHERE t.transid = r.transid"
-)
-
-
-# The event parameters travel as JSON text inside the JSON: de-escaped, a \u0000 in a value
-# would fail the statement, and the claim must not fail (a failed batch is recorded through it).
-PG_CLAIM = text(
-    "INSERT INTO transactions (transid, channel, account_id, key_id, evtid, correlationid, "
-    "parameters, notifyurl, expiry, received_at, status, created_at) "
-    "SELECT transid, channel, account_id, key_id, evtid, correlationid, "
-    "CAST(parameters AS json), notifyurl, expiry, received_at, status, created_at "
-    "FROM json_to_recordset(CAST(:rows AS json)) AS r(transid text, channel text, "
-    "account_id text, key_id bigint, evtid text, correlationid text, parameters text, "
-    "notifyurl text, expiry timestamptz, received_at timestamptz, status text, "
-    "created_at timestamptz) "
-    "ON CONFLICT (transid) DO NOTHING RETURNING transid"
-)
+        return {"transid": self.event.transid, "status": self.status,
+                "outcome": self.outcome if self.status == "completed" else None,
+                "error": None if self.failure is None else str(self.failure),
+                "completed_at": now}
 
 
 def _claim(session: Session, batches: Sequence[EventBatch], now: datetime) -> set[str]:
     """Insert the transaction rows; returns the transids this run owns."""
-    postgres = _is_postgres(session)
-    rows = [
+    return store.claim(session, [
         {
             "transid": event.transid, "channel": batch.channel, "account_id": batch.account_id,
             "key_id": batch.key_id, "evtid": event.evtid, "correlationid": event.correlationid,
-            "parameters": json.dumps(event.parameters) if postgres else event.parameters,
-            "notifyurl": batch.notifyurl or event.notifyurl, "expiry": batch.expiry,
-            "received_at": batch.received_at, "status": "processing", "created_at": now,
+            "parameters": event.parameters, "notifyurl": batch.notifyurl or event.notifyurl,
+            "expiry": batch.expiry, "received_at": batch.received_at, "status": "processing",
+            "created_at": now,
         }
         for batch in batches for event in batch.events
-    ]
-    if postgres:
-        return set(session.scalars(PG_CLAIM, {"rows": _json(rows)}))
-    # Rows as parameters (executemany), not .values(rows): the statement stays the same for
-    # every batch, so it is compiled once.
-    return set(session.scalars(
-        sqlite.insert(Transaction)
-        .on_conflict_do_nothing(index_elements=["transid"])
-        .returning(Transaction.transid),
-        rows,
-    ))
+    ])
 
 
 def _owned_work(batches: Sequence[EventBatch], owned: set[str]) -> list[_Work]:
@@ -240,9 +134,7 @@ class _Context:
         """The definition's rules; raises EventFailed when it is gone or cannot work."""
         key = (account_id, evtid)
         if key not in self._definitions:
-            row = self.session.scalars(select(EventDefinition).where(
-                EventDefinition.account_id == account_id, EventDefinition.evtid == evtid,
-            )).first()
+            row = store.definition(self.session, account_id, evtid)
             try:
                 self._definitions[key] = shaping_of(row) if row is not None else EventFailed(
                     Code.INVALID_VALUES, f"event definition {evtid!r} is gone")
@@ -307,34 +199,6 @@ def _live(context: _Context, work: list[_Work], now: datetime) -> list[_Work]:
     return live
 
 
-def _lock_keys(session: Session, keys: set[str]) -> None:
-    if not keys or not _is_postgres(session):
-        return
-    # 64-bit lock ids from the (already random) hex digests, taken in a fixed order.
-    ids = sorted({int(key[:15], 16) for key in keys})
-    session.execute(
-        text("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:ids AS bigint[])) AS k"),
-        {"ids": ids},
-    )
-
-
-def open_requests_query(accounts: set[str], keys: set[str], now: datetime) -> Select[Any]:
-    """The open requests created within the window on any of the keys, newest first.
-
-    A key already names its account; the accounts are there for the index, which leads with
-    them (ix_requests_match): without them a full database is read from end to end.
-    """
-    return (
-        select(Request.id, Request.match_key, *(getattr(Request, name) for name in UPDATABLE))
-        .where(
-            Request.account_id.in_(accounts),
-            Request.match_key.in_(keys),
-            Request.status.not_in(CLOSED_STATUSES),
-            Request.created_at >= now - WINDOW,
-        ).order_by(Request.created_at.desc(), Request.id.desc())
-    )
-
-
 def _open_requests(
     session: Session, accounts: set[str], keys: set[str], now: datetime
 ) -> dict[str, _Request]:
@@ -342,16 +206,14 @@ def _open_requests(
     if not keys:
         return {}
     found: dict[str, _Request] = {}
-    candidates = session.execute(open_requests_query(accounts, keys, now))
-    for request_id, key, *values in candidates:
+    by_id: dict[int, _Request] = {}
+    for request_id, key, *values in store.open_requests(session, accounts, keys, now):
         if key is not None and key not in found:
-            found[key] = _Request(request_id, dict(zip(UPDATABLE, values, strict=True)))
+            found[key] = by_id[request_id] = _Request(
+                request_id, dict(zip(UPDATABLE, values, strict=True)))
     if not found:
         return found
-    by_id = {request.id: request for request in found.values()}
-    for request_id, digest in session.execute(
-        select(Note.request_id, Note.text_hash).where(Note.request_id.in_(by_id))
-    ):
+    for request_id, digest in store.note_hashes(session, by_id):
         by_id[request_id].notes.add(digest)
     return found
 
@@ -376,30 +238,27 @@ def _write(
     created = {request.current["match_key"]: request for request in requests if request.created}
     if created:  # one created request a match key
         rows = [request.current for request in created.values()]
-        for request_id, key in _insert(session, Request, rows, ("id", "match_key")):
+        for request_id, key in store.insert_requests(session, rows):
             created[key].id = request_id
     touched = [{"id": request.id, **request.changed, "updated_at": now}
                for request in requests if request.touched]
-    if touched:  # by primary key, grouped by the set of columns changed
-        session.execute(update(Request), touched)
+    if touched:
+        store.update_requests(session, touched)
     notes = [
         {"request_id": request.id, "text": body, "text_hash": digest, "internal": internal,
          "transid": transid, "created_at": now}
         for request, body, digest, internal, transid in new_notes
     ]
     if notes:
-        _insert(session, Note, notes)
+        store.insert_notes(session, notes)
 
 
 def _finish(session: Session, work: list[_Work], now: datetime) -> list[int]:
     """End the transaction rows, insert their deliveries; returns the delivery ids."""
     for item in work:
         item.end()
-    rows = [item.finished_row(now) for item in work]
-    if rows and _is_postgres(session):
-        session.execute(_PG_FINISH, {"rows": _json(rows)})
-    elif rows:
-        session.execute(update(Transaction), rows)
+    if work:
+        store.finish(session, [item.finished_row(now) for item in work])
     deliveries = [
         new_delivery(
             transid=item.event.transid, account_id=item.batch.account_id,
@@ -409,8 +268,7 @@ def _finish(session: Session, work: list[_Work], now: datetime) -> list[int]:
         )
         for item in work if item.notifyurl
     ]
-    ids = [id_ for id_, in _insert(session, NotificationDelivery, deliveries, ("id",))
-           ] if deliveries else []
+    ids = store.insert_deliveries(session, deliveries) if deliveries else []
     # The work is in batch order, so each batch's events are together.
     for _, items in groupby(work, key=lambda item: id(item.batch)):
         done = list(items)
@@ -429,7 +287,7 @@ def process_batches(
     work = _owned_work(batches, owned)
     live = _live(_Context(session, directory), work, now)
     keys = {item.key for item in live if item.key}
-    _lock_keys(session, keys)
+    store.lock_match_keys(session, keys)
     accounts = {item.draft.account_id for item in live if item.key and item.draft}
     requests = _open_requests(session, accounts, keys, now)
     new_notes: list[_NewNote] = []
@@ -478,25 +336,6 @@ def _apply(
     item.outcome = {"action": action, "match": kind, "reason": REASONS[kind], **unresolved}
 
 
-def _storable(text: str) -> str:
-    # PostgreSQL text holds no NUL, and a lone surrogate cannot be encoded at all.
-    return text.replace("\x00", "").encode("utf-8", "replace").decode()
-
-
-def _recordable(batch: EventBatch) -> EventBatch:
-    """The batch with its text made storable whatever it holds, cut to its columns' lengths."""
-    def text(value: str | None, limit: int | None = None) -> str | None:
-        return None if value is None else _storable(value)[:limit]
-
-    events = [event.model_copy(update={
-        "evtid": text(event.evtid, Transaction.evtid.type.length),
-        "correlationid": text(event.correlationid, Transaction.correlationid.type.length),
-        "parameters": {_storable(name): text(value) for name, value in event.parameters.items()},
-        "notifyurl": text(event.notifyurl),
-    }) for event in batch.events]
-    return batch.model_copy(update={"notifyurl": text(batch.notifyurl), "events": events})
-
-
 def record_failure(
     session: Session, batch: EventBatch, error: BaseException, now: datetime
 ) -> list[int]:
@@ -505,9 +344,43 @@ def record_failure(
     Whatever made the events fail, their text cannot fail this too: it is stored sanitised
     (no NUL, no lone surrogate, no longer than its column), so a failure is recorded once.
     """
-    batch = _recordable(batch)
+    batch = store.recordable(batch)
     work = _owned_work([batch], _claim(session, [batch], now))
-    failure = EventFailed(failure_code(error), _storable(reason(error)))
+    failure = EventFailed(failure_code(error), store.storable(reason(error)))
     for item in work:
         item.failure = failure
     return _finish(session, work, now)
+
+
+def process_job(
+    batches: Sequence[EventBatch], directory: Directory, backoff: Backoff,
+    database_url: str | None = None,
+) -> list[int] | None:
+    """Process the batches a worker took together; returns the ids of the deliveries to queue.
+
+    Every event ends ``completed``, ``expired`` or ``failed``: the batches are one run, and when
+    it fails, the failing events are found and each recorded ``failed`` once while the others
+    complete (shared/transactions/failures.py). Each run and each record commits on its own
+    before this returns, so the deliveries may be queued at once.
+
+    None when the database is unreachable: ``backoff`` has paused, and the caller gives the
+    messages back to the queue. An outage spends no retry budget, however long it lasts; what
+    committed before it is found taken when the messages come back.
+    """
+    def run(part: Sequence[EventBatch]) -> list[int]:
+        with session_scope(database_url) as session:
+            return process_batches(session, part, datetime.now(UTC), directory)
+
+    def record(single: EventBatch, error: BaseException) -> list[int]:
+        with session_scope(database_url) as session:
+            return record_failure(session, single, error, datetime.now(UTC))
+
+    try:
+        ids = process_isolating(batches, run, record)
+    except Exception as exc:  # only an outage gets out of process_isolating
+        log.warning("database unreachable, job back to the queue after a pause",
+                    events=sum(len(batch.events) for batch in batches), error=reason(exc))
+        backoff.pause()
+        return None
+    backoff.reset()
+    return ids

@@ -1,0 +1,172 @@
+"""What PostgreSQL and SQLite do differently in the statements that write, in one place.
+
+PostgreSQL is the throughput target (DESIGN 2, "Throughput design"): many rows go as one
+statement over a JSON array of them (``json_to_recordset``), whose columns are named and typed
+from the table's metadata, so a column added to a model needs no edit here or in a store. SQLite,
+the embedded default, takes the same rows as executemany: a statement that stays the same for
+every batch, so it is compiled once.
+
+PostgreSQL de-escapes every string of the array, and a ``\\u0000`` fails the statement (and with
+it every row of the run). So the value of a JSON column marked ``ANY_TEXT`` (shared/db/models.py:
+it may hold a NUL) travels as its JSON text, cast back in the statement; the other JSON columns'
+values, built by us from checked text, travel nested, which costs less.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Sequence
+from datetime import datetime
+from functools import cache
+from typing import Any, cast
+
+from sqlalchemy import JSON, Table, TextClause, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from shared.db.models import ANY_TEXT, Base
+
+_PG = postgresql.dialect()  # type: ignore[no-untyped-call]
+_quote = _PG.identifier_preparer.quote
+# One encoder for every value: json.dumps with options makes a new one each call.
+_compact = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def is_postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def insert(session: Session, model: type[Base]) -> postgresql.Insert | sqlite.Insert:
+    """The dialect's ``INSERT`` of ``model``: the one with the ``ON CONFLICT`` clauses."""
+    return (postgresql.insert if is_postgres(session) else sqlite.insert)(model)
+
+
+def lock(session: Session, ids: Collection[int]) -> None:
+    """Take a transaction-scoped advisory lock on each of the 64-bit ``ids``, in their order, so
+    that two transactions taking several never wait on each other in a circle.
+
+    SQLite needs none, provided the transaction has written already: its first write made it the
+    only writer until it commits.
+    """
+    if ids and is_postgres(session):
+        session.execute(
+            text("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:ids AS bigint[])) AS k"),
+            {"ids": list(ids)},
+        )
+
+
+def insert_rows(
+    session: Session, model: type[Base], rows: Sequence[dict[str, Any]], *,
+    returning: tuple[str, ...] = (), skip_conflicts_on: tuple[str, ...] = (),
+) -> list[tuple[Any, ...]]:
+    """Insert the rows (all with the same keys) in one statement; returns the ``returning``
+    columns of each row inserted, in no particular order. A row that conflicts with one stored
+    on the ``skip_conflicts_on`` columns is skipped (``ON CONFLICT DO NOTHING``)."""
+    if is_postgres(session):
+        statement = json_insert(model, tuple(rows[0]), returning, skip_conflicts_on)
+        result = session.execute(statement, {"rows": rows_json(model, rows)})
+        return [tuple(row) for row in result] if returning else []
+    lite = sqlite.insert(model)
+    if skip_conflicts_on:
+        lite = lite.on_conflict_do_nothing(index_elements=list(skip_conflicts_on))
+    if not returning:
+        session.execute(lite, rows)
+        return []
+    columns = _table(model).c
+    return [tuple(row) for row in session.execute(
+        lite.returning(*(columns[name] for name in returning)), rows)]
+
+
+def update_rows(session: Session, model: type[Base], rows: Sequence[dict[str, Any]]) -> None:
+    """Update the stored rows named by each row's primary key with its other values; every row
+    gives the same columns."""
+    if is_postgres(session):
+        session.execute(json_update(model, tuple(rows[0])), {"rows": rows_json(model, rows)})
+    else:  # by primary key, as executemany
+        session.execute(update(model), rows)
+
+
+@cache
+def json_insert(
+    model: type[Base], names: tuple[str, ...], returning: tuple[str, ...] = (),
+    skip_conflicts_on: tuple[str, ...] = (),
+) -> TextClause:
+    """PostgreSQL's ``INSERT`` of the rows given as the JSON array ``:rows`` (:func:`rows_json`)
+    into the columns ``names``."""
+    table = _table(model)
+    columns = ", ".join(_quote(name) for name in names)
+    selected = ", ".join(_value(table, name) for name in names)
+    conflict = (f" ON CONFLICT ({', '.join(map(_quote, skip_conflicts_on))}) DO NOTHING"
+                if skip_conflicts_on else "")
+    tail = f" RETURNING {', '.join(map(_quote, returning))}" if returning else ""
+    # The table and column names are the metadata's; the values are the parameter.
+    return text(
+        f"INSERT INTO {_quote(table.name)} ({columns}) "  # noqa: S608
+        f"SELECT {selected} FROM {_recordset(table, names)}{conflict}{tail}"
+    )
+
+
+@cache
+def json_update(model: type[Base], names: tuple[str, ...]) -> TextClause:
+    """PostgreSQL's ``UPDATE`` of the rows given as the JSON array ``:rows``, found by their
+    primary key, setting the other columns of ``names``."""
+    table = _table(model)
+    keys = [column.name for column in table.primary_key.columns]
+    values = [name for name in names if name not in keys]
+    assignments = ", ".join(f"{_quote(name)} = {_value(table, name)}" for name in values)
+    found = " AND ".join(f"t.{_quote(name)} = r.{_quote(name)}" for name in keys)
+    return text(
+        f"UPDATE {_quote(table.name)} AS t SET {assignments} "  # noqa: S608
+        f"FROM {_recordset(table, names)} WHERE {found}"
+    )
+
+
+def rows_json(model: type[Base], rows: Sequence[dict[str, Any]]) -> str:
+    """The rows as the JSON array the statements of :func:`json_insert` and :func:`json_update`
+    take: ``ANY_TEXT`` columns' values as their JSON text (None stays NULL)."""
+    table = _table(model)
+    texts = [name for name in rows[0] if _as_text(table, name)]
+    if texts:
+        rows = [row | {name: None if row[name] is None else _compact(row[name])
+                       for name in texts} for row in rows]
+    # An aware datetime's isoformat costs about a microsecond and most rows share theirs (the
+    # run's ``now``, a batch's received_at): each is rendered once. Equal instants may share
+    # one text, as they are one timestamptz.
+    rendered: dict[datetime, str] = {}
+
+    def value(item: object) -> str:
+        # Naive datetimes are refused, as the UTC columns refuse them.
+        if not isinstance(item, datetime) or item.tzinfo is None:
+            raise TypeError(f"no JSON form for {item!r}")
+        found = rendered.get(item)
+        if found is None:
+            found = rendered[item] = item.isoformat()
+        return found
+
+    return json.dumps(rows, default=value, separators=(",", ":"))
+
+
+def _table(model: type[Base]) -> Table:
+    return cast("Table", model.__table__)
+
+
+def _recordset(table: Table, names: Sequence[str]) -> str:
+    """``:rows`` as the relation ``r`` with the columns ``names``, typed as the table's (an
+    ``ANY_TEXT`` column as text: the module docstring)."""
+    columns = ", ".join(
+        f"{_quote(name)} {'TEXT' if _as_text(table, name) else table.c[name].type.compile(_PG)}"
+        for name in names
+    )
+    return f"json_to_recordset(CAST(:rows AS json)) AS r({columns})"
+
+
+def _value(table: Table, name: str) -> str:
+    """Column ``name`` of ``r``, as the table's type."""
+    if _as_text(table, name):
+        return f"CAST(r.{_quote(name)} AS {table.c[name].type.compile(_PG)})"
+    return f"r.{_quote(name)}"
+
+
+def _as_text(table: Table, name: str) -> bool:
+    column = table.c[name]
+    return isinstance(column.type, JSON) and bool(column.info.get(ANY_TEXT))

@@ -1,0 +1,144 @@
+"""A worker's job through the transactions service (``process_job``), without a broker, on
+SQLite and on PostgreSQL: what becomes of its events when the database is unreachable, and
+when one event cannot be processed.
+
+The worker-level counterparts, with a real worker and broker: tests/resilience/
+test_database_outage.py and test_poison.py.
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from shared.db.engine import session_scope
+from shared.db.models import Account, NotificationDelivery, Request, Transaction
+from shared.records.directory import AccountRecords, Directory
+from shared.transactions.failures import Backoff
+from shared.transactions.schemas import EventBatch
+from shared.transactions.service import process_job
+
+HOOK = "https://example.com/hook"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db(request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue(f"{request.param}_url"))
+
+
+@pytest.fixture
+def unreachable(db: str, tmp_path: Path) -> Iterator[str]:
+    """The database's URL as a worker cut off from it sees it: a SQLite file that cannot be
+    opened (a directory), a PostgreSQL port that refuses connections (bound, never listening)."""
+    if db.startswith("sqlite"):
+        yield f"sqlite:///{tmp_path}"
+        return
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        yield db.replace(":5432/", f":{closed.getsockname()[1]}/")
+
+
+def batch(*events: dict[str, Any], **fields: Any) -> EventBatch:
+    return EventBatch.model_validate({
+        "channel": "4me", "account_id": "wdc", "received_at": datetime.now(UTC),
+        "events": [{"transid": uuid.uuid4().hex, **event} for event in events], **fields,
+    })
+
+
+def good(source_id: str, number: int) -> dict[str, Any]:
+    return {"parameters": {"subject": f"{source_id} {number}", "source": "nagios",
+                           "sourceID": f"{source_id}-{number}"}}
+
+
+def statuses(db: str, batches: list[EventBatch]) -> list[str | None]:
+    with session_scope(db) as session:
+        found = dict(session.execute(select(Transaction.transid, Transaction.status).where(
+            Transaction.transid.in_([e.transid for b in batches for e in b.events]))).all())
+    return [found.get(event.transid) for b in batches for event in b.events]
+
+
+def test_an_outage_gives_the_job_back_after_a_growing_pause_and_fails_nothing(
+    db: str, unreachable: str
+) -> None:
+    pauses: list[float] = []
+    backoff = Backoff(sleep=pauses.append)
+    source_id = uuid.uuid4().hex
+    job = [batch(good(source_id, 1), good(source_id, 2)), batch(good(source_id, 3))]
+    # However long the outage, the job only goes back to the queue: no retry budget runs out.
+    for _ in range(9):
+        assert process_job(job, Directory(0), backoff, unreachable) is None
+    assert pauses == [0.5, 1, 2, 4, 8, 16, 30, 30, 30]
+    assert statuses(db, job) == [None, None, None]
+
+    # The database is back: the redelivered job completes, and the next outage starts over.
+    assert process_job(job, Directory(0), backoff, db) == []
+    assert statuses(db, job) == ["completed", "completed", "completed"]
+    assert process_job(job, Directory(0), backoff, unreachable) is None
+    assert pauses[-1] == 0.5
+
+
+class BrokenDirectory(Directory):
+    """Reference records that raise an error of ours (a bug) for one account."""
+
+    def __init__(self, broken: str) -> None:
+        super().__init__(0)
+        self.broken = broken
+
+    def account(self, session: Any, account_id: str) -> AccountRecords | None:
+        if account_id == self.broken:
+            raise RuntimeError("the directory lost its records")
+        return super().account(session, account_id)
+
+
+@pytest.fixture
+def broken_account(db: str) -> str:
+    account_id = f"broken-{uuid.uuid4().hex[:8]}"
+    with session_scope(db) as session:
+        session.add(Account(id=account_id, name="Broken"))
+    return account_id
+
+
+@pytest.mark.parametrize("fault", ["data", "bug"])
+def test_a_failing_event_fails_alone_once_and_its_neighbours_complete(
+    db: str, broken_account: str, fault: str
+) -> None:
+    # A lone surrogate cannot be stored by either database; the directory's error is ours.
+    poison = (batch({"correlationid": "a\ud800b", **good("p", 0)}, notifyurl=HOOK)
+              if fault == "data" else batch(good("p", 0), account_id=broken_account,
+                                            notifyurl=HOOK))
+    pauses: list[float] = []
+    backoff = Backoff(sleep=pauses.append)
+    source_id = uuid.uuid4().hex
+    job = [batch(*(good(source_id, n) for n in range(1, 6))), poison,
+           batch(*(good(source_id, n) for n in range(6, 9)))]
+    ids = process_job(job, BrokenDirectory(broken_account), backoff, db)
+
+    assert statuses(db, job) == ["completed"] * 5 + ["failed"] + ["completed"] * 3
+    with session_scope(db) as session:
+        failed = session.get(Transaction, poison.events[0].transid)
+        assert failed is not None
+        (payload,) = session.scalars(select(NotificationDelivery.payload).where(
+            NotificationDelivery.id.in_(ids or [])))
+        made = session.scalars(select(Request.source_id).where(
+            Request.source_id.like(f"{source_id}-%"))).all()
+    assert (payload["status"], payload["code"]) == (
+        "failed", "7004" if fault == "data" else "7005")
+    # The reason is the encoder's or the database's message, not the statement of the run.
+    assert "surrogate" in (failed.error or "") if fault == "data" else (
+        failed.error == "RuntimeError: the directory lost its records")
+    assert len(made) == 8
+    assert pauses == []
+
+    # Delivered again, the job changes nothing: the failure was recorded once.
+    assert process_job(job, BrokenDirectory(broken_account), backoff, db) == []
+    with session_scope(db) as session:
+        again = session.get(Transaction, poison.events[0].transid)
+        assert again is not None
+    assert (again.status, again.completed_at) == ("failed", failed.completed_at)
