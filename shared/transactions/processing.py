@@ -45,12 +45,13 @@ from shared.requests.defaults import Draft, build_draft
 from shared.requests.fields import FieldErrors, check_fields
 from shared.requests.matching import (
     CLOSED_STATUSES,
-    REASONS,
     UPDATABLE,
     WINDOW,
     MatchKind,
+    adds_note,
     changes,
     match_key,
+    match_reason,
     note_hash,
 )
 from shared.requests.shaping import Shaping, shaping_of
@@ -286,7 +287,7 @@ def _prepare(context: _Context, work: _Work) -> None:
     scope = context.scope(work.batch.account_id)
     work.draft = build_draft(
         fields, scope, context.sender(scope, work.batch), work.batch.channel,
-        subject_fallback=work.event.evtid or "Event",
+        subject_fallback=work.event.evtid or "Event", mail=work.event.mail,
     )
     work.kind, work.key = match_key(work.draft)
 
@@ -465,7 +466,7 @@ def _apply(
         if not body:
             continue
         digest = note_hash(body)
-        if digest in request.notes:
+        if not adds_note(draft, kind, digest, request.notes):
             continue
         request.notes.add(digest)
         new_notes.append((request, body, digest, internal, item.event.transid))
@@ -475,7 +476,8 @@ def _apply(
         request.changed.update(changed)
         request.touched = True
     action = "updated" if changed or added_note else "unchanged"
-    item.outcome = {"action": action, "match": kind, "reason": REASONS[kind], **unresolved}
+    item.outcome = {"action": action, "match": kind, "reason": match_reason(draft, kind),
+                    **unresolved}
 
 
 def _storable(text: str) -> str:
