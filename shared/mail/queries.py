@@ -11,7 +11,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.db.models import Account, MailAttachment, MailMessage, Request, Team
+from shared.db.models import Account, MailAttachment, MailMessage, Request, Team, Transaction
 from shared.mail.rules import DirectoryRecipient, Recipient, UnknownRecipient
 from shared.mail.schemas import EmailPolicy
 
@@ -51,9 +51,12 @@ def email_policy(session: Session, account_id: str) -> EmailPolicy:
     return EmailPolicy.model_validate(stored or {})
 
 
-def existing_transid(session: Session, account_id: str, message_id: str) -> str | None:
-    return session.scalars(select(MailMessage.transid).where(
+def stored(session: Session, account_id: str, message_id: str
+           ) -> tuple[int, str, str] | None:
+    """The id, transid and status of the account's stored message with this Message-ID."""
+    row = session.execute(select(MailMessage.id, MailMessage.transid, MailMessage.status).where(
         MailMessage.account_id == account_id, MailMessage.message_id == message_id)).first()
+    return (row.id, row.transid, row.status) if row is not None else None
 
 
 def pending(session: Session, before: datetime, limit: int) -> list[int]:
@@ -80,6 +83,11 @@ def threaded_request(session: Session, account_id: str, message_ids: Sequence[st
             MailMessage.account_id == account_id, MailMessage.message_id.in_(message_ids),
             MailMessage.request_id.is_not(None))
         .order_by(MailMessage.received_at.desc()).limit(1)).first()
+
+
+def transactions(session: Session, transids: Sequence[str]) -> dict[str, Transaction]:
+    return {row.transid: row for row in session.scalars(
+        select(Transaction).where(Transaction.transid.in_(transids)))}
 
 
 def requests_by_source(session: Session, account_id: str, source: str, source_id: str,

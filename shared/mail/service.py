@@ -34,6 +34,7 @@ the same database transaction (and a new request goes through the events' own
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -42,15 +43,18 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from shared import metrics, observe
+from shared.cache import TTLCache
 from shared.db.engine import session_scope
-from shared.db.models import MailMessage, Transaction
+from shared.db.models import MailMessage
 from shared.ids import make_transid
 from shared.logs import get_logger
 from shared.mail import outbound, queries, store
 from shared.mail.mime import Limits, ParsedMail, Quarantined, message_id_of, parse
 from shared.mail.queries import Destination
 from shared.mail.rules import (
+    BadRecipient,
     MailParameters,
+    Recipient,
     UnknownRecipient,
     acting_sender,
     apply_parameters,
@@ -120,10 +124,15 @@ def queue(publisher: Publisher, mail_id: int) -> None:
 class MailIntake:
     """Shared by the SMTP listener and ``POST /v1/mail``."""
 
-    def __init__(self, publisher: Publisher, secret: bytes, max_bytes: int) -> None:
+    def __init__(self, publisher: Publisher, secret: bytes, max_bytes: int,
+                 cache_ttl: float = 0.0) -> None:
         self._publisher = publisher
         self._secret = secret
         self.max_bytes = max_bytes
+        # What an address is, refusals included: RCPT of every message asks, and a flood of
+        # mail for unknown addresses must not become a flood of queries.
+        self._destinations: TTLCache[Recipient, Destination | tuple[type[BadRecipient], str]] \
+            = TTLCache(self._look_up, cache_ttl)
 
     def check_size(self, size: int) -> None:
         if size > self.max_bytes:
@@ -135,8 +144,19 @@ class MailIntake:
         recipient = parse_recipient(address)
         if account_id is not None and recipient.account_id != account_id:
             raise UnknownRecipient(f"{address[:100]} is not an address of {account_id}")
+        found = self._destinations.get(recipient)
+        if isinstance(found, Destination):
+            return found
+        refusal, reason = found
+        raise refusal(reason)
+
+    @staticmethod
+    def _look_up(recipient: Recipient) -> Destination | tuple[type[BadRecipient], str]:
         with session_scope() as session:
-            return queries.destination(session, recipient)
+            try:
+                return queries.destination(session, recipient)
+            except BadRecipient as exc:  # kept as its kind and text: raised anew each time
+                return type(exc), str(exc)
 
     def accept(self, raw: bytes, destination: Destination, peer: str, now: datetime) -> str:
         """Store ``raw`` for ``destination``, then queue it; returns its transid.
@@ -185,10 +205,17 @@ def _sender(session: Session, directory: Directory, account_id: str, *, address:
     return person
 
 
+def _may_reply(parsed: ParsedMail, given: MailParameters) -> bool:
+    return bool(parsed.thread_ids or given.fields.get("sourceID")
+                or subject_request_ids(parsed.subject))
+
+
 def _reply_target(session: Session, account_id: str, parsed: ParsedMail, *,
                   given: MailParameters, sender: PersonRef, now: datetime,
                   feedback_days: int) -> tuple[int, str] | None:
     """The request this mail is a reply to, and why; None when it is none's."""
+    if not _may_reply(parsed, given):
+        return None
     candidates: list[tuple[int, str]] = []
     threaded = queries.threaded_request(session, account_id, parsed.thread_ids)
     if threaded is not None:
@@ -234,31 +261,51 @@ def _add_reply(session: Session, row: MailMessage, *, parsed: ParsedMail, body: 
                       [(row.transid, "completed", outcome)])
 
 
-def _new_request(session: Session, row: MailMessage, *, parsed: ParsedMail, body: str,
-                 given: MailParameters, sender: PersonRef, directory: Directory,
-                 ignored: dict[str, str], attachment_dir: Path | None, now: datetime) -> None:
-    fields = request_fields(parsed, body, given, row.team_id)
-    batch = EventBatch(channel="mail", account_id=row.account_id, received_at=row.received_at,
-                       sender_id=sender.id, events=[QueuedEvent(
-                           transid=row.transid, parameters={**fields, **given.kept},
-                           mail=MailFacts(body=body, attachments=bool(parsed.attachments)))])
-    process_batches(session, [batch], now, directory)
-    transaction = session.get(Transaction, row.transid)
-    outcome = transaction.outcome if transaction is not None else None
-    request_id = outcome.get("request_id") if outcome else None
-    if transaction is None or not outcome or request_id is None:
-        _finish(session, row, "processed")
-        return
-    if ignored or given.ignored:
-        transaction.outcome = {**outcome, "ignored": {**ignored, **given.ignored}}
-    if outcome["action"] == "created" and given.custom_fields:
-        store.set_custom_fields(session, request_id, given.custom_fields)
-    if given.markdown or given.time_spent is not None:
-        store.describe_notes(session, row.transid, markdown=given.markdown,
-                             time_spent=given.time_spent)
-    if outcome["action"] != "unchanged":  # a note was added: the attachments are below it
-        store.save_attachments(session, row, request_id, parsed.attachments, attachment_dir)
-    _finish(session, row, "processed", request_id)
+@dataclass(frozen=True)
+class _NewRequest:
+    """A mail that becomes a new request (or a note through event matching)."""
+
+    row: MailMessage
+    parsed: ParsedMail
+    body: str
+    given: MailParameters
+    sender: PersonRef
+    ignored: dict[str, str]
+
+    def batch(self) -> EventBatch:
+        fields = request_fields(self.parsed, self.body, self.given, self.row.team_id)
+        return EventBatch(
+            channel="mail", account_id=self.row.account_id, received_at=self.row.received_at,
+            sender_id=self.sender.id, events=[QueuedEvent(
+                transid=self.row.transid, parameters={**fields, **self.given.kept},
+                mail=MailFacts(body=self.body, attachments=bool(self.parsed.attachments)))])
+
+
+def _new_requests(session: Session, items: list[_NewRequest], now: datetime,
+                  directory: Directory, attachment_dir: Path | None) -> None:
+    """Through the events' processing, all in one run (its set-based statements once for all:
+    a mail's own share is its parsing and its rows)."""
+    process_batches(session, [item.batch() for item in items], now, directory)
+    transactions = queries.transactions(session, [item.row.transid for item in items])
+    for item in items:
+        row, given = item.row, item.given
+        transaction = transactions.get(row.transid)
+        outcome = transaction.outcome if transaction is not None else None
+        request_id = outcome.get("request_id") if outcome else None
+        if transaction is None or not outcome or request_id is None:
+            _finish(session, row, "processed")
+            continue
+        if item.ignored or given.ignored:
+            transaction.outcome = {**outcome, "ignored": {**item.ignored, **given.ignored}}
+        if outcome["action"] == "created" and given.custom_fields:
+            store.set_custom_fields(session, request_id, given.custom_fields)
+        if given.markdown or given.time_spent is not None:
+            store.describe_notes(session, row.transid, markdown=given.markdown,
+                                 time_spent=given.time_spent)
+        if outcome["action"] != "unchanged":  # a note was added: the attachments are below it
+            store.save_attachments(session, row, request_id, item.parsed.attachments,
+                                   attachment_dir)
+        _finish(session, row, "processed", request_id)
 
 
 def _mail_batch(row: MailMessage) -> EventBatch:
@@ -281,16 +328,16 @@ def _reject(session: Session, row: MailMessage, parsed: ParsedMail, config: Mail
     record_failure(session, _mail_batch(row), MailRejected(reason), now)
 
 
-def process_mail(session: Session, mail_id: int, now: datetime, directory: Directory,
-                 config: MailConfig | None = None) -> None:
-    """Act on the stored message ``mail_id`` once (module docstring)."""
-    config = config or MailConfig()
-    row = store.take(session, mail_id)
-    if row is None:
-        return
+def _act(session: Session, row: MailMessage, now: datetime, directory: Directory, *,
+         config: MailConfig, policies: dict[str, EmailPolicy],
+         settle: Callable[[], None]) -> _NewRequest | None:
+    """End the mail as quarantined, rejected or a reply's note; or say the request to make.
+    ``settle`` makes the requests said so far, before a mail that may reply to one of them."""
     try:
         parsed = parse(row.raw, config.limits)
-        policy = _policy(session, row.account_id)
+        if row.account_id not in policies:
+            policies[row.account_id] = _policy(session, row.account_id)
+        policy = policies[row.account_id]
         parameters, body = split_parameters(parsed.text)
         parameters, from_parameter = split_from(parameters)
         address, override_ignored = acting_sender(parsed, policy, config.authserv_ids,
@@ -301,11 +348,13 @@ def process_mail(session: Session, mail_id: int, now: datetime, directory: Direc
     except (Quarantined, MailRejected, LookupError) as exc:
         _finish(session, row, "quarantined" if isinstance(exc, Quarantined) else "rejected")
         record_failure(session, _mail_batch(row), exc, now)
-        return
+        return None
     ignored = {"X-4me-From" if parsed.override_from else "#from": override_ignored} \
         if override_ignored else {}
     given = apply_parameters(parameters, sender.roles, row.account_id,
                              lambda name: directory.account(session, name) is not None)
+    if policy.replies_as_notes and _may_reply(parsed, given):
+        settle()
     target = _reply_target(session, row.account_id, parsed, given=given, sender=sender, now=now,
                            feedback_days=policy.feedback_days) \
         if policy.replies_as_notes else None
@@ -315,9 +364,41 @@ def process_mail(session: Session, mail_id: int, now: datetime, directory: Direc
     elif not policy.create_requests:
         _reject(session, row, parsed, config, now)
     else:
-        _new_request(session, row, parsed=parsed, body=body, given=given, sender=sender,
-                     directory=directory, ignored=ignored,
-                     attachment_dir=config.attachment_dir, now=now)
+        return _NewRequest(row, parsed, body, given, sender, ignored)
+    return None
+
+
+def process_mail(session: Session, mail_id: int, now: datetime, directory: Directory,
+                 config: MailConfig | None = None, *, along: int = 0) -> None:
+    """Act on the stored message ``mail_id`` once (module docstring), and on up to ``along``
+    other stored messages no worker holds, oldest first, in the same transaction (also when
+    ``mail_id`` was done already: the backlog is drained by every task that runs).
+
+    Taking others along is what lets a worker keep up with a stream of mail: their new
+    requests go through one run of the events' processing (made before any later mail that may
+    reply to one of them looks for it, so a run acts as one mail after another would). Each of
+    them still has its own
+    ``mail.process`` message, which finds it done; and if this transaction fails, each is
+    processed again by its own message (the caller retries ``mail_id`` alone).
+    """
+    config = config or MailConfig()
+    row = store.take(session, mail_id)
+    rows = ([row] if row is not None else []) + (
+        store.take_along(session, mail_id, along) if along else [])
+    policies: dict[str, EmailPolicy] = {}
+    new: list[_NewRequest] = []
+
+    def settle() -> None:
+        if new:
+            _new_requests(session, new, now, directory, config.attachment_dir)
+            new.clear()
+
+    for item in rows:
+        found = _act(session, item, now, directory, config=config, policies=policies,
+                     settle=settle)
+        if found is not None:
+            new.append(found)
+    settle()
 
 
 def fail_mail(session: Session, mail_id: int, error: BaseException, now: datetime) -> None:

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from shared.db.models import MailAttachment, MailMessage, Note, Person, Request, Transaction
 from shared.mail.mime import Attachment
-from shared.mail.queries import Destination, attachment_path, existing_transid
+from shared.mail.queries import Destination, attachment_path, stored
 from shared.requests.matching import note_hash
 
 
@@ -25,29 +25,30 @@ def save(
     session: Session, *, transid: str, destination: Destination, message_id: str | None,
     raw: bytes, peer: str, now: datetime,
 ) -> tuple[int | None, str]:
-    """Store the message; returns its row id and transid. A message already stored for this
-    account (same Message-ID: the sender did not see our answer and sent it again) is not
-    stored twice: then the id is None and the transid the first copy's."""
-    if message_id is not None:
-        known = existing_transid(session, destination.account_id, message_id)
-        if known is not None:
-            return None, known
-    row = MailMessage(
+    """Store the message; returns the id of a row to queue and the message's transid.
+
+    A message already stored for this account (same Message-ID: the sender did not see our
+    answer and sends it again, or sends it twice at once) is not stored twice: its transid is
+    the first copy's, and its id is given only while no worker has processed it (the first
+    intake may have died between its commit and its publish: the retry queues it, instead of
+    leaving it to the sweep). One statement for a new message (no look before the insert).
+    """
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" \
+        else sqlite.insert
+    mail_id = session.scalar(insert(MailMessage).values(
         transid=transid, account_id=destination.account_id, recipient=destination.address,
         team_id=destination.team_id, message_id=message_id, raw=raw, peer=peer[:64],
         received_at=now, status="received",
-    )
-    try:
-        with session.begin_nested():
-            session.add(row)
-    except IntegrityError:
-        # The same message arriving twice at the same moment: the first one stored wins.
-        assert message_id is not None
-        known = existing_transid(session, destination.account_id, message_id)
-        if known is None:
-            raise
-        return None, known
-    return row.id, transid
+    ).on_conflict_do_nothing().returning(MailMessage.id))
+    if mail_id is not None:
+        return mail_id, transid
+    # Only the Message-ID can be taken: a transid is new for every message.
+    known = stored(session, destination.account_id, message_id) \
+        if message_id is not None else None
+    if known is None:
+        raise RuntimeError(f"mail {transid} conflicts with no stored message")
+    known_id, known_transid, status = known
+    return (known_id if status == "received" else None), known_transid
 
 
 def take(session: Session, mail_id: int) -> MailMessage | None:
@@ -55,6 +56,15 @@ def take(session: Session, mail_id: int) -> MailMessage | None:
     row = session.scalars(
         select(MailMessage).where(MailMessage.id == mail_id).with_for_update()).first()
     return row if row is not None and row.status == "received" else None
+
+
+def take_along(session: Session, mail_id: int, limit: int) -> list[MailMessage]:
+    """Up to ``limit`` other messages no worker has processed, oldest first, locked until
+    commit; those another worker holds are skipped, not waited for."""
+    return list(session.scalars(
+        select(MailMessage).where(MailMessage.status == "received", MailMessage.id != mail_id)
+        .order_by(MailMessage.received_at, MailMessage.id).limit(limit)
+        .with_for_update(skip_locked=True)))
 
 
 def finish(row: MailMessage, status: str, request_id: int | None = None) -> None:
