@@ -20,6 +20,7 @@ from shared.db.engine import session_scope
 from shared.db.models import Account, MailMessage, Note, Person, Request, Transaction
 from shared.ids import make_transid
 from shared.mail import store
+from shared.mail.mime import message_id_of
 from shared.mail.queries import Destination
 from shared.mail.service import MailConfig, process_mail
 from shared.records.directory import Directory
@@ -53,8 +54,6 @@ def message(body: str, *, sender: str = "howard.tanner@widget.com", subject: str
 def deliver(db: str, raw: bytes, destination: Destination = WDC, now: datetime = NOW,
             times: int = 1, config: MailConfig | None = None) -> dict[str, Any]:
     """Store ``raw`` as intake does, process it ``times`` times; the transaction's row."""
-    from shared.mail.mime import message_id_of
-
     with session_scope(db) as session:
         mail_id, transid = store.save(
             session, transid=make_transid(b"test-secret", "wdc"), destination=destination,
@@ -342,3 +341,30 @@ def test_the_email_policy_is_imported_and_exported_with_the_account(db: str) -> 
         exported = {item["id"]: item for item in export_records(session)["accounts"]}
     assert exported[account]["mail_policy"] == {"create_requests": False, "feedback_days": 7}
     assert exported["wdc"]["mail_policy"] == {}
+
+
+def test_mail_taken_along_acts_as_one_mail_after_another(db: str) -> None:
+    """One task's run: a new request, a reply to it, and a copy event matching folds into it,
+    all stored before any is processed."""
+    subject = f"Along {uuid.uuid4().hex[:8]}"
+    first, first_id = message("The VPN is down.", sender="ellen.brown@widget.com",
+                              subject=subject)
+    reply, _ = message("Still down.", sender="ellen.brown@widget.com", subject=f"Re: {subject}",
+                       In_Reply_To=f"<{first_id}>")
+    copy, _ = message("The VPN is down.", sender="ellen.brown@widget.com", subject=subject)
+    stored = []
+    with session_scope(db) as session:
+        for raw in (first, reply, copy):
+            stored.append(store.save(session, transid=make_transid(b"test-secret", "wdc"),
+                                     destination=WDC, message_id=message_id_of(raw), raw=raw,
+                                     peer="test", now=NOW))
+    with session_scope(db) as session:
+        process_mail(session, stored[0][0], NOW, Directory(0), along=10)
+    with session_scope(db) as session:
+        outcomes = [session.get(Transaction, transid).outcome for _, transid in stored]  # type: ignore[union-attr]
+    request_id = outcomes[0]["request_id"]
+    assert [(outcome["action"], outcome["request_id"]) for outcome in outcomes] == [
+        ("created", request_id), ("updated", request_id), ("unchanged", request_id)]
+    assert "In-Reply-To" in outcomes[1]["reason"]
+    assert outcomes[2]["match"] == "subject"
+    assert notes(db, request_id) == [("The VPN is down.", False), ("Still down.", False)]
