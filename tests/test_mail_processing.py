@@ -358,10 +358,17 @@ def test_mail_taken_along_acts_as_one_mail_after_another(db: str) -> None:
             stored.append(store.save(session, transid=make_transid(b"test-secret", "wdc"),
                                      destination=WDC, message_id=message_id_of(raw), raw=raw,
                                      peer="test", now=NOW))
+    first_mail = stored[0][0]
+    assert first_mail is not None
     with session_scope(db) as session:
-        process_mail(session, stored[0][0], NOW, Directory(0), along=10)
+        process_mail(session, first_mail, NOW, Directory(0), along=10)
+    outcomes: list[dict[str, Any]] = []
     with session_scope(db) as session:
-        outcomes = [session.get(Transaction, transid).outcome for _, transid in stored]  # type: ignore[union-attr]
+        for _, transid in stored:
+            row = session.get(Transaction, transid)
+            assert row is not None
+            assert row.outcome is not None
+            outcomes.append(row.outcome)
     request_id = outcomes[0]["request_id"]
     assert [(outcome["action"], outcome["request_id"]) for outcome in outcomes] == [
         ("created", request_id), ("updated", request_id), ("unchanged", request_id)]

@@ -360,35 +360,31 @@ def test_the_from_example_acts_for_someone_else(
     with session_scope(desk.database) as session:
         import_records(session, WEBFORM)
     policy(allow_from=True, from_secret="SECRET")
-    # The seed's example, as written (a unique subject: event matching would fold it).
-    example = mail("I would like to request a demo of your product.",
-                   subject=unique("Request for product demo"),
-                   sender="demo-request-webform@example.com",
-                   X_4me_From="beatrice.baldwin@example.com", X_4me_Auth="SECRET",
-                   Authentication_Results=DMARC_PASS)
-    made = desk.request(desk.send(example)["outcome"]["request_id"])
-    assert (made["requested_for"]["name"], made["requested_by"]["name"],
-            made["created_by"]["name"]) == ("Beatrice Baldwin",) * 3
+
+    def webform(body: str, auth: str, **headers: str) -> tuple[dict[str, Any], str]:
+        """The web form's mail (a unique subject: event matching would fold them); the
+        transaction's outcome and whom the request it made is for."""
+        outcome = desk.send(mail(
+            body, subject=unique("Request for product demo"),
+            sender="demo-request-webform@example.com", X_4me_Auth=auth,
+            Authentication_Results=DMARC_PASS, **headers))["outcome"]
+        made = desk.request(outcome["request_id"])
+        assert made["requested_by"] == made["created_by"] == made["requested_for"]
+        return outcome, made["requested_for"]["name"]
+
+    # The seed's example, as written.
+    assert webform("I would like to request a demo of your product.", "SECRET",
+                   X_4me_From="beatrice.baldwin@example.com")[1] == "Beatrice Baldwin"
     # The same as a #from parameter in the body; the secret still in X-4me-Auth.
-    parameter = mail("#from: beatrice.baldwin@example.com\n\nA second demo, please.",
-                     subject=unique("Request for product demo"),
-                     sender="demo-request-webform@example.com", X_4me_Auth="SECRET",
-                     Authentication_Results=DMARC_PASS)
-    done = desk.send(parameter)
-    assert desk.request(done["outcome"]["request_id"])["requested_for"]["name"] == \
-        "Beatrice Baldwin"
-    assert [note["text"] for note in desk.notes(done["outcome"]["request_id"])] == [
+    outcome, acts_for = webform("#from: beatrice.baldwin@example.com\n\nA second demo, please.",
+                                "SECRET")
+    assert acts_for == "Beatrice Baldwin"
+    assert [note["text"] for note in desk.notes(outcome["request_id"])] == [
         "A second demo, please."]
     # A wrong secret: the web form itself asks, and the transaction says why.
-    wrong = mail("#from: beatrice.baldwin@example.com\n\nA third demo.",
-                 subject=unique("Request for product demo"),
-                 sender="demo-request-webform@example.com", X_4me_Auth="GUESS",
-                 Authentication_Results=DMARC_PASS)
-    done = desk.send(wrong)
-    assert desk.request(done["outcome"]["request_id"])["requested_for"]["name"] == \
-        "Demo Request Webform"
-    assert done["outcome"]["ignored"] == {
-        "#from": "X-4me-Auth does not match the Email Policy's secret"}
+    outcome, acts_for = webform("#from: beatrice.baldwin@example.com\n\nA third demo.", "GUESS")
+    assert acts_for == "Demo Request Webform"
+    assert outcome["ignored"] == {"#from": "X-4me-Auth does not match the Email Policy's secret"}
 
 
 def test_rejected_mail_gets_the_email_rejected_reply_through_the_relay(
