@@ -17,7 +17,15 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import select
 
 from shared.db.engine import session_scope
-from shared.db.models import Account, MailMessage, Note, Person, Request, Transaction
+from shared.db.models import (
+    Account,
+    MailAttachment,
+    MailMessage,
+    Note,
+    Person,
+    Request,
+    Transaction,
+)
 from shared.ids import make_transid
 from shared.mail import store
 from shared.mail.mime import message_id_of
@@ -106,6 +114,33 @@ def test_team_address_and_other_email_of_the_sender(db: str) -> None:
     made = request(db, done["outcome"]["request_id"])
     assert made.team_id == 102
     assert made.requested_for_id == 303  # Nick Wheeler, by one of his other addresses
+
+
+def test_a_person_of_the_directory_account_may_send(db: str) -> None:
+    with session_scope(db) as session:
+        session.merge(Person(id=398, account_id="widget", name="Walter Widget",
+                             primary_email="walter@widget.com", roles={}))
+    done = deliver(db, message("Hello from the directory.", sender="walter@widget.com")[0])
+    assert request(db, done["outcome"]["request_id"]).requested_for_id == 398
+
+
+def test_inline_images_are_kept_and_listed_on_the_note(db: str) -> None:
+    mail = EmailMessage()
+    mail["From"] = "ellen.brown@widget.com"
+    mail["Subject"] = f"Screenshot {uuid.uuid4().hex[:8]}"
+    mail["Message-ID"] = f"<{uuid.uuid4().hex}@widget.com>"
+    mail.set_content("See the picture.")
+    mail.add_related(b"\x89PNG fake", maintype="image", subtype="png", cid="<shot1>",
+                     disposition="inline")
+    done = deliver(db, bytes(mail))
+    request_id = done["outcome"]["request_id"]
+    assert notes(db, request_id) == [
+        ("See the picture.\n\nAttachments: shot1 (image/png, 9 bytes)", False)]
+    with session_scope(db) as session:
+        kept = session.scalars(select(MailAttachment).where(
+            MailAttachment.request_id == request_id)).all()
+        assert [(item.filename, item.inline, item.content) for item in kept] == [
+            ("shot1", True, b"\x89PNG fake")]
 
 
 def test_specialist_parameters_and_what_is_ignored(db: str) -> None:
