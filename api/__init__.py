@@ -68,7 +68,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         find_transaction=find_transaction, find_request=find_request, waiters=waiters,
     )
     # The 4me Mail API's HTTP door: the same publisher; the raw message goes to the database.
-    app.extensions["eventdesk.mail"] = MailIntake(publisher, secret, settings.mail_max_bytes)
+    app.extensions["eventdesk.mail"] = MailIntake(publisher, secret, settings.mail_max_bytes,
+                                                   settings.cache_ttl_seconds)
     for blueprint in blueprints():
         app.register_blueprint(blueprint)
     errors.register(app)

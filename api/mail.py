@@ -26,12 +26,13 @@ from shared import metrics
 from shared.db.engine import session_scope
 from shared.logs import get_logger
 from shared.mail import queries
-from shared.mail.mime import MAX_ATTACHMENTS, Quarantined, attachment
+from shared.mail.mime import MAX_ATTACHMENTS
 from shared.mail.rules import BadRecipient
 from shared.mail.schemas import AttachmentView, MailQueued
 from shared.mail.service import MailIntake, TooLarge
 from shared.mail.views import attachment_views
 from shared.records.keys import KeyInfo
+from shared.settings import get_settings
 
 bp = Blueprint("mail", __name__)
 log = get_logger(__name__)
@@ -120,9 +121,8 @@ def attachments(key: KeyInfo, id: int) -> Response:
     with session_scope() as session:
         if not queries.requests_of(session, key.account_id, [id]):
             return error_json(404, "no such request")
-        mails = queries.mails_of_request(session, key.account_id, id)
-    views = attachment_views(mails)
-    return Response(json.dumps([view.model_dump() for view in views]), 200,
+        rows = queries.attachments_of_request(session, key.account_id, id)
+    return Response(json.dumps([view.model_dump() for view in attachment_views(rows)]), 200,
                     mimetype="application/json")
 
 
@@ -130,11 +130,8 @@ def attachments(key: KeyInfo, id: int) -> Response:
 @requires_key()
 def download(key: KeyInfo, transid: str, index: int) -> Response:
     with session_scope() as session:
-        raw = queries.raw_of(session, key.account_id, transid)
-    try:
-        found = attachment(raw, index) if raw is not None else None
-    except Quarantined:
-        found = None
+        found = queries.attachment(session, key.account_id, transid, index,
+                                   get_settings().mail_attachment_dir)
     if found is None:
         return error_json(404, "no such attachment")
     item, content = found

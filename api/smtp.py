@@ -190,7 +190,7 @@ def serve(host: str, port: int) -> None:
     intake = MailIntake(
         make_publisher(settings.resolved_broker_url(), settings.resolved_redis_url(),
                        settings.rate_limit_per_second, settings.rate_limit_burst),
-        settings.resolved_secret_key(), settings.mail_max_bytes)
+        settings.resolved_secret_key(), settings.mail_max_bytes, settings.cache_ttl_seconds)
     handler = MailHandler(intake, parse_networks(settings.smtp_allow_networks),
                           settings.smtp_peer_messages_per_minute)
     context = tls_context(settings)

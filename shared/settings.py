@@ -142,6 +142,9 @@ class Settings(BaseSettings):
     smtp_metrics_port: int = Field(default=9809, ge=0, le=65535)
     mail_reply_from: str = ""
     mail_authserv_ids: str = ""
+    # Where the attachments a worker keeps of a mail go: files named by their SHA-256 in this
+    # directory (shared by the workers and the api); none: in the database.
+    mail_attachment_dir: Path | None = None
 
     # Logs and metrics (DESIGN 7). The worker's main process serves /metrics on this port
     # (0: no exporter); the api serves it on its own port.

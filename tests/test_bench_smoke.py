@@ -227,3 +227,23 @@ def test_notify_bench_delivers_every_notification(capsys: pytest.CaptureFixture[
         assert run["cpu_us_per_delivery"]["receiver"] >= 0
     assert ours["cpu_us_per_delivery"]["worker"] > 0
     assert bare["cpu_us_per_delivery"]["bare"] > 0
+
+
+def test_mail_bench_processes_every_message(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import mail
+
+    status = mail.main(["--messages", "40", "--connections", "4", "--runs", "1",
+                        "--stall-timeout", "20", "--redis-url", REDIS_URL, "--json"])
+    out = capsys.readouterr().out
+
+    assert status == 0, out
+    report = json.loads(out)
+    sink, ours = report["runs"]
+    print(sink, ours)  # shown when an assertion fails
+    assert (sink["target"], ours["target"]) == ("sink", "eventdesk")
+    for run in (sink, ours):
+        assert (run["messages"], run["refused"], run["unprocessed"]) == (40, 0, 0)
+        assert run["messages_per_s"] > 0
+    assert ours["cpu_us_per_message"]["worker"] > 0
+    assert sink["cpu_us_per_message"]["sink"] > 0
+    assert report["ratio"] > 0

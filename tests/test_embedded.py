@@ -179,3 +179,32 @@ def test_two_api_instances_have_control_sockets_of_their_own(tmp_path: Path) -> 
     finally:
         second.stop()
         first.stop()
+
+
+def test_demo_takes_the_mail_one_liners_of_docs_mail(tmp_path: Path) -> None:
+    """docs/mail.md's two one-liners, as written but for the port: a request, then a note."""
+    smtp_port = free_port()
+    lines = [line for line in (REPO / "docs" / "mail.md").read_text().splitlines()
+             if line.startswith("python3 -c ") and "smtplib" in line]
+    assert len(lines) == 2
+    running = Service(tmp_path, "--smtp-port", str(smtp_port))
+    try:
+        wait_until(running.up, 60, 0.3)
+        for line in lines:
+            subprocess.run(line.replace("2525", str(smtp_port)), shell=True, check=True,
+                           timeout=30)
+        database = running.folder / ".eventdesk" / "eventdesk.sqlite"
+
+        def noted() -> Any:
+            with sqlite3.connect(database) as connection:
+                rows = connection.execute(
+                    "SELECT r.impact, r.source, r.source_id, n.text FROM requests r JOIN notes n "
+                    "ON n.request_id = r.id WHERE r.source_id = 'demo-1@widget.com' "
+                    "ORDER BY n.id").fetchall()
+            return rows if len(rows) == 2 else None
+
+        assert wait_until(noted, 30, 0.2) == [
+            ("high", "Email", "demo-1@widget.com", "The printer on floor 3 is on fire."),
+            ("high", "Email", "demo-1@widget.com", "It is out now.")]
+    finally:
+        running.stop()

@@ -451,7 +451,7 @@ def test_request_is_4me_shaped(client: FlaskClient, sqlite_url: str) -> None:
         "problem": {"id": 501}, "workflow": {"id": 601},
         "created_at": "2026-11-23T09:37:03Z", "updated_at": "2026-11-23T09:37:03Z",
         "desired_completion_at": None, "downtime_start_at": None, "downtime_end_at": None,
-        "waiting_until": "2026-12-01T08:00:00Z",
+        "waiting_until": "2026-12-01T08:00:00Z", "custom_fields": None,
     }
     # The Webex key header works too, and X-4me-Account is optional here.
     assert get(client, f"/v1/requests/{request_id}", {"key": "demo-key"}).status_code == 200

@@ -56,9 +56,15 @@ def test_accepted_stored_then_queued(client: FlaskClient, broker: str, sqlite_ur
     assert mail_queue(broker) == [[mail_id]]
     view = client.get(f"/v1/transactions/{transid}", headers={"key": "demo-key"}).get_json()
     assert view["status"] == "queued"
-    # The gateway sends it again (it missed our answer): the same transaction, nothing new.
+    # The gateway sends it again (it missed our answer): the same transaction, nothing stored
+    # anew; queued again while no worker has processed it (the first intake may have died
+    # between its commit and its publish), and not once it is processed.
     assert post(client, RAW % b"1") == (202, body)
-    assert mail_queue(broker) == [[mail_id]]
+    assert mail_queue(broker) == [[mail_id], [mail_id]]
+    with session_scope(sqlite_url) as session:
+        process_mail(session, mail_id, datetime.now(UTC), Directory(0))
+    assert post(client, RAW % b"1") == (202, body)
+    assert mail_queue(broker) == [[mail_id], [mail_id]]
 
 
 def test_team_address_in_a_header(client: FlaskClient, sqlite_url: str) -> None:

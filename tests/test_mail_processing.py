@@ -17,9 +17,18 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import select
 
 from shared.db.engine import session_scope
-from shared.db.models import Account, MailMessage, Note, Person, Request, Transaction
+from shared.db.models import (
+    Account,
+    MailAttachment,
+    MailMessage,
+    Note,
+    Person,
+    Request,
+    Transaction,
+)
 from shared.ids import make_transid
 from shared.mail import store
+from shared.mail.mime import message_id_of
 from shared.mail.queries import Destination
 from shared.mail.service import MailConfig, process_mail
 from shared.records.directory import Directory
@@ -53,8 +62,6 @@ def message(body: str, *, sender: str = "howard.tanner@widget.com", subject: str
 def deliver(db: str, raw: bytes, destination: Destination = WDC, now: datetime = NOW,
             times: int = 1, config: MailConfig | None = None) -> dict[str, Any]:
     """Store ``raw`` as intake does, process it ``times`` times; the transaction's row."""
-    from shared.mail.mime import message_id_of
-
     with session_scope(db) as session:
         mail_id, transid = store.save(
             session, transid=make_transid(b"test-secret", "wdc"), destination=destination,
@@ -107,6 +114,33 @@ def test_team_address_and_other_email_of_the_sender(db: str) -> None:
     made = request(db, done["outcome"]["request_id"])
     assert made.team_id == 102
     assert made.requested_for_id == 303  # Nick Wheeler, by one of his other addresses
+
+
+def test_a_person_of_the_directory_account_may_send(db: str) -> None:
+    with session_scope(db) as session:
+        session.merge(Person(id=398, account_id="widget", name="Walter Widget",
+                             primary_email="walter@widget.com", roles={}))
+    done = deliver(db, message("Hello from the directory.", sender="walter@widget.com")[0])
+    assert request(db, done["outcome"]["request_id"]).requested_for_id == 398
+
+
+def test_inline_images_are_kept_and_listed_on_the_note(db: str) -> None:
+    mail = EmailMessage()
+    mail["From"] = "ellen.brown@widget.com"
+    mail["Subject"] = f"Screenshot {uuid.uuid4().hex[:8]}"
+    mail["Message-ID"] = f"<{uuid.uuid4().hex}@widget.com>"
+    mail.set_content("See the picture.")
+    mail.add_related(b"\x89PNG fake", maintype="image", subtype="png", cid="<shot1>",
+                     disposition="inline")
+    done = deliver(db, bytes(mail))
+    request_id = done["outcome"]["request_id"]
+    assert notes(db, request_id) == [
+        ("See the picture.\n\nAttachments: shot1 (image/png, 9 bytes)", False)]
+    with session_scope(db) as session:
+        kept = session.scalars(select(MailAttachment).where(
+            MailAttachment.request_id == request_id)).all()
+        assert [(item.filename, item.inline, item.content) for item in kept] == [
+            ("shot1", True, b"\x89PNG fake")]
 
 
 def test_specialist_parameters_and_what_is_ignored(db: str) -> None:
@@ -342,3 +376,37 @@ def test_the_email_policy_is_imported_and_exported_with_the_account(db: str) -> 
         exported = {item["id"]: item for item in export_records(session)["accounts"]}
     assert exported[account]["mail_policy"] == {"create_requests": False, "feedback_days": 7}
     assert exported["wdc"]["mail_policy"] == {}
+
+
+def test_mail_taken_along_acts_as_one_mail_after_another(db: str) -> None:
+    """One task's run: a new request, a reply to it, and a copy event matching folds into it,
+    all stored before any is processed."""
+    subject = f"Along {uuid.uuid4().hex[:8]}"
+    first, first_id = message("The VPN is down.", sender="ellen.brown@widget.com",
+                              subject=subject)
+    reply, _ = message("Still down.", sender="ellen.brown@widget.com", subject=f"Re: {subject}",
+                       In_Reply_To=f"<{first_id}>")
+    copy, _ = message("The VPN is down.", sender="ellen.brown@widget.com", subject=subject)
+    stored = []
+    with session_scope(db) as session:
+        for raw in (first, reply, copy):
+            stored.append(store.save(session, transid=make_transid(b"test-secret", "wdc"),
+                                     destination=WDC, message_id=message_id_of(raw), raw=raw,
+                                     peer="test", now=NOW))
+    first_mail = stored[0][0]
+    assert first_mail is not None
+    with session_scope(db) as session:
+        process_mail(session, first_mail, NOW, Directory(0), along=10)
+    outcomes: list[dict[str, Any]] = []
+    with session_scope(db) as session:
+        for _, transid in stored:
+            row = session.get(Transaction, transid)
+            assert row is not None
+            assert row.outcome is not None
+            outcomes.append(row.outcome)
+    request_id = outcomes[0]["request_id"]
+    assert [(outcome["action"], outcome["request_id"]) for outcome in outcomes] == [
+        ("created", request_id), ("updated", request_id), ("unchanged", request_id)]
+    assert "In-Reply-To" in outcomes[1]["reason"]
+    assert outcomes[2]["match"] == "subject"
+    assert notes(db, request_id) == [("The VPN is down.", False), ("Still down.", False)]

@@ -35,13 +35,14 @@ DEMO_SECRET = "whsec_ZGVtby1zaWduaW5nLXNlY3JldC0wMTIzNDU2Nzg5YWI="
 
 
 class Stack:
-    def __init__(self, broker: str, database: str, log: Path) -> None:
+    def __init__(self, broker: str, database: str, log: Path, **settings: str) -> None:
         self.broker, self.database = broker, database
         self.worker = Worker({
             "EVENTDESK_BROKER_URL": broker, "EVENTDESK_DATABASE_URL": database,
             "EVENTDESK_SECRET_KEY": "test-secret", "EVENTDESK_NOTIFY_TIMEOUT_SECONDS": "5",
             # The receivers are on localhost, which the SSRF guard refuses unless allowed.
             "EVENTDESK_NOTIFY_ALLOW_NETWORKS": "127.0.0.0/8",
+            **{f"EVENTDESK_{name.upper()}": value for name, value in settings.items()},
         }, log)
 
 

@@ -1,7 +1,11 @@
 """``mail.process`` (one stored message, shared/mail/service.py) and ``mail.sweep`` (beat).
 
-A database outage is retried with a growing pause; any other error ends that message ``failed``
-with the reason, once: a message is never requeued forever. The sweep queues again every message
+Each task takes up to ALONG other stored messages along (shared/mail/service.py's
+``process_mail``), so a stream of mail is processed in runs, not one transaction a message. A
+database outage is retried with a growing pause; any other error is first assumed to be one of
+the messages taken along: the task's own message is processed again alone, and only an error
+then ends it ``failed`` with the reason, once (the others are processed by their own tasks). A
+message is never requeued forever. The sweep queues again every message
 still ``received`` after REQUEUE_AFTER: the ``mail.process`` message of an intake that died
 between its commit and its publish, or that the broker refused. Processing is idempotent, so a
 message queued twice is processed once.
@@ -29,20 +33,26 @@ CONFIG = MailConfig.from_settings(get_settings())
 # Longer than a mail waits in a healthy queue, so the sweep rarely queues one twice.
 REQUEUE_AFTER = timedelta(minutes=5)
 SWEEP_LIMIT = 1000
+# Other stored messages a task takes along: enough to make a run of a burst, few enough that a
+# run stays a short transaction.
+ALONG = 50
 
 
 @app.task(name=MAIL_PROCESS, bind=True, acks_late=True, max_retries=None)
 def process(self: Any, mail_id: int) -> None:
     now = datetime.now(UTC)
-    try:
-        with session_scope() as session:
-            process_mail(session, int(mail_id), now, DIRECTORY, CONFIG)
-    except Exception as exc:
-        if classify(exc) is Fault.OUTAGE:
-            raise self.retry(exc=exc, countdown=min(30, 2 ** self.request.retries)) from exc
-        log.error("%s: mail %s failed: %s", MAIL_PROCESS, mail_id, reason(exc), exc_info=exc)
-        with session_scope() as session:
-            fail_mail(session, int(mail_id), exc, now)
+    for along in (ALONG, 0):
+        try:
+            with session_scope() as session:
+                process_mail(session, int(mail_id), now, DIRECTORY, CONFIG, along=along)
+            return
+        except Exception as exc:
+            if classify(exc) is Fault.OUTAGE:
+                raise self.retry(exc=exc, countdown=min(30, 2 ** self.request.retries)) from exc
+            error = exc
+    log.error("%s: mail %s failed: %s", MAIL_PROCESS, mail_id, reason(error), exc_info=error)
+    with session_scope() as session:
+        fail_mail(session, int(mail_id), error, now)
 
 
 @app.task(name=MAIL_SWEEP)

@@ -307,6 +307,9 @@ class Note(Base):
     # SHA-256 of the text: "is this note new on the request?" without comparing long texts.
     text_hash: Mapped[str] = mapped_column(String(64))
     internal: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The text uses Text Formatting (the Mail API's #markdown); else it is plain text.
+    markdown: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    time_spent: Mapped[int | None] = mapped_column(Integer)  # minutes (#time_spent)
     transid: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -428,3 +431,27 @@ class MailMessage(Base):
     status: Mapped[str] = mapped_column(String(16), default="received")
     # The request this mail created or added a note to: replies to it thread onto that request.
     request_id: Mapped[int | None] = mapped_column(ForeignKey("requests.id"))
+
+
+class MailAttachment(Base):
+    """An attachment or inline image a worker kept of a mail (at most 20 a mail), apart from
+    the raw message: its content here, or in a file named by its SHA-256 under
+    ``EVENTDESK_MAIL_ATTACHMENT_DIR`` (``content`` null)."""
+
+    __tablename__ = "mail_attachments"
+    __table_args__ = (
+        UniqueConstraint("mail_id", "position", name="uq_mail_attachments_position"),
+        Index("ix_mail_attachments_request", "account_id", "request_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    mail_id: Mapped[int] = mapped_column(ForeignKey("mail_messages.id"))
+    position: Mapped[int] = mapped_column(Integer)  # its index among the mail's kept ones
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    request_id: Mapped[int | None] = mapped_column(ForeignKey("requests.id"))
+    filename: Mapped[str] = mapped_column(String(255))
+    content_type: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(Integer)
+    inline: Mapped[bool] = mapped_column(Boolean)
+    sha256: Mapped[str] = mapped_column(String(64))
+    content: Mapped[bytes | None] = mapped_column(LargeBinary)

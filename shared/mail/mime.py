@@ -11,7 +11,7 @@ reason; nothing in a message is executed or fetched.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage, Message
 from email.parser import BytesHeaderParser
@@ -40,6 +40,7 @@ class Attachment:
     content_type: str
     size: int
     inline: bool
+    content: bytes = field(default=b"", repr=False)  # decoded
 
 
 @dataclass(frozen=True)
@@ -154,41 +155,21 @@ def _attachment(part: Message) -> Attachment | None:
     if disposition != "attachment" and not filename and not inline_image:
         return None
     payload = part.get_payload(decode=True)
+    content = payload if isinstance(payload, bytes) else b""
     return Attachment(
         filename=(filename or part.get("Content-ID", "") or "unnamed").strip("<> ")[:255],
-        content_type=part.get_content_type(), size=len(payload) if payload else 0,
-        inline=disposition == "inline",
+        content_type=part.get_content_type()[:255], size=len(content),
+        inline=disposition == "inline", content=content,
     )
 
 
-def _attachments(leaves: list[Message], body: Message | None) -> list[tuple[Attachment, Message]]:
+def _attachments(leaves: list[Message], body: Message | None) -> list[Attachment]:
     found = []
     for part in leaves:
         item = _attachment(part) if part is not body else None
         if item is not None:
-            found.append((item, part))
+            found.append(item)
     return found
-
-
-def attachment(raw: bytes, index: int, limits: Limits | None = None
-               ) -> tuple[Attachment, bytes] | None:
-    """The ``index``-th attachment the Mail API kept of a stored message, and its content."""
-    limits = limits or Limits()
-    _check_raw(raw, limits)
-    try:
-        message = message_from_bytes(raw, policy=policy.default)
-        assert isinstance(message, EmailMessage)
-        _, body = _body_text(message)
-        kept = _attachments(_walk(message, limits), body)[:MAX_ATTACHMENTS]
-        if not 0 <= index < len(kept):
-            return None
-        item, part = kept[index]
-        payload = part.get_payload(decode=True)
-    except Quarantined:
-        raise
-    except Exception as exc:  # as in parse(): the message's fault
-        raise Quarantined(f"unreadable message: {type(exc).__name__}") from exc
-    return item, payload if isinstance(payload, bytes) else b""
 
 
 def _message_id(value: object) -> str | None:
@@ -220,25 +201,20 @@ def _automatic(message: EmailMessage) -> bool:
     return submitted != "no" or precedence in ("bulk", "junk", "list")
 
 
-def _address(value: object) -> str | None:
-    addresses = [address for _, address in getaddresses([str(value)]) if address]
-    return addresses[0].strip().lower() if len(addresses) == 1 else None
+def single_address(*values: object) -> str | None:
+    """The one address (addr-spec, lower case) the header values name; None for none or many:
+    a list of authors names no one sender to act for."""
+    addresses = [address for _, address in getaddresses([str(value) for value in values])
+                 if address]
+    if len(addresses) != 1 or addresses[0].count("@") != 1:
+        return None
+    return addresses[0].strip().lower()
 
 
 def _display_name(message: EmailMessage) -> str:
     names = [name for name, _ in getaddresses([str(value) for value in
                                                message.get_all("From") or []])]
     return " ".join(names[0].split())[:255] if len(names) == 1 else ""
-
-
-def _sender(message: EmailMessage) -> str | None:
-    values = message.get_all("From") or []
-    addresses = [address for _, address in getaddresses([str(value) for value in values])
-                 if address]
-    # One From address only: a list of authors names no one sender to act for.
-    if len(addresses) != 1 or addresses[0].count("@") != 1:
-        return None
-    return addresses[0].strip().lower()
 
 
 def message_id_of(raw: bytes) -> str | None:
@@ -259,12 +235,12 @@ def parse(raw: bytes, limits: Limits | None = None) -> ParsedMail:
         assert isinstance(message, EmailMessage)
         leaves = _walk(message, limits)
         text, body = _body_text(message)
-        found = _attachments(leaves, body)
+        attachments = _attachments(leaves, body)
         subject = str(message.get("Subject", "") or "")
         thread = [*_MESSAGE_ID.findall(str(message.get("In-Reply-To", "") or "")),
                   *reversed(_MESSAGE_ID.findall(str(message.get("References", "") or "")))]
         message_id = _message_id(message.get("Message-ID"))
-        sender = _sender(message)
+        sender = single_address(*(message.get_all("From") or []))
         override = message.get("X-4me-From")
         override_auth = message.get("X-4me-Auth")
         dmarc_passes = _dmarc_passes(message)
@@ -274,13 +250,12 @@ def parse(raw: bytes, limits: Limits | None = None) -> ParsedMail:
         raise
     except Exception as exc:  # the parser's and decoders' errors are many; each one is this mail's
         raise Quarantined(f"unreadable message: {type(exc).__name__}") from exc
-    attachments = [item for item, _ in found]
     return ParsedMail(
         message_id=message_id, subject=" ".join(subject.split()), sender=sender,
         thread_ids=tuple(dict.fromkeys(thread))[:_MAX_THREAD_IDS], text=text,
         attachments=tuple(attachments[:MAX_ATTACHMENTS]),
         attachments_omitted=max(0, len(attachments) - MAX_ATTACHMENTS),
-        override_from=_address(override) if override is not None else None,
+        override_from=single_address(override) if override is not None else None,
         override_auth=str(override_auth).strip() if override_auth is not None else None,
         dmarc_passes=dmarc_passes, automatic=automatic, sender_name=sender_name,
     )

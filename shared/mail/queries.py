@@ -1,15 +1,17 @@
-"""Reads of the Mail API: which account (and team) an address is, and what a reply is to."""
+"""Reads of the Mail API: which account (and team) an address is, what a reply is to, and the
+attachments kept of a request's mail."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.db.models import Account, MailMessage, Request, Team
+from shared.db.models import Account, MailAttachment, MailMessage, Request, Team, Transaction
 from shared.mail.rules import DirectoryRecipient, Recipient, UnknownRecipient
 from shared.mail.schemas import EmailPolicy
 
@@ -49,9 +51,12 @@ def email_policy(session: Session, account_id: str) -> EmailPolicy:
     return EmailPolicy.model_validate(stored or {})
 
 
-def existing_transid(session: Session, account_id: str, message_id: str) -> str | None:
-    return session.scalars(select(MailMessage.transid).where(
+def stored(session: Session, account_id: str, message_id: str
+           ) -> tuple[int, str, str] | None:
+    """The id, transid and status of the account's stored message with this Message-ID."""
+    row = session.execute(select(MailMessage.id, MailMessage.transid, MailMessage.status).where(
         MailMessage.account_id == account_id, MailMessage.message_id == message_id)).first()
+    return (row.id, row.transid, row.status) if row is not None else None
 
 
 def pending(session: Session, before: datetime, limit: int) -> list[int]:
@@ -80,6 +85,20 @@ def threaded_request(session: Session, account_id: str, message_ids: Sequence[st
         .order_by(MailMessage.received_at.desc()).limit(1)).first()
 
 
+def transactions(session: Session, transids: Sequence[str]) -> dict[str, Transaction]:
+    return {row.transid: row for row in session.scalars(
+        select(Transaction).where(Transaction.transid.in_(transids)))}
+
+
+def requests_by_source(session: Session, account_id: str, source: str, source_id: str,
+                       limit: int = 5) -> list[int]:
+    """The account's requests with this source and sourceID, newest first."""
+    return list(session.scalars(
+        select(Request.id).where(Request.account_id == account_id, Request.source == source,
+                                 Request.source_id == source_id)
+        .order_by(Request.created_at.desc(), Request.id.desc()).limit(limit)))
+
+
 def requests_of(session: Session, account_id: str, ids: Sequence[int]) -> list[RequestFacts]:
     """The requests of the account with these ids, in the order asked."""
     rows = {row.id: row for row in session.execute(
@@ -91,17 +110,51 @@ def requests_of(session: Session, account_id: str, ids: Sequence[int]) -> list[R
                           rows[id_].requested_for_id)) for id_ in ids if id_ in rows]
 
 
-def mails_of_request(session: Session, account_id: str, request_id: int
-                     ) -> list[tuple[str, bytes]]:
-    """The transid and raw message of each mail that created or added a note to the request."""
-    return [(row.transid, row.raw) for row in session.execute(
-        select(MailMessage.transid, MailMessage.raw).where(
-            MailMessage.account_id == account_id, MailMessage.request_id == request_id)
-        .order_by(MailMessage.received_at, MailMessage.id))]
+def attachment_path(directory: Path, digest: str) -> Path:
+    return directory / digest[:2] / digest
 
 
-def raw_of(session: Session, account_id: str, transid: str) -> bytes | None:
-    """A processed mail's raw message, for the account only."""
-    return session.scalars(select(MailMessage.raw).where(
-        MailMessage.account_id == account_id, MailMessage.transid == transid,
-        MailMessage.status == "processed")).first()
+@dataclass(frozen=True)
+class AttachmentRow:
+    transid: str
+    position: int
+    filename: str
+    content_type: str
+    size: int
+    inline: bool
+
+
+_LISTED = (MailMessage.transid, MailAttachment.position, MailAttachment.filename,
+           MailAttachment.content_type, MailAttachment.size, MailAttachment.inline)
+
+
+def attachments_of_request(session: Session, account_id: str, request_id: int
+                           ) -> list[AttachmentRow]:
+    """The attachments of the mails that created or added a note to the request, in order."""
+    return [AttachmentRow(*row) for row in session.execute(
+        select(*_LISTED).join(MailMessage, MailMessage.id == MailAttachment.mail_id)
+        .where(MailAttachment.account_id == account_id, MailAttachment.request_id == request_id)
+        .order_by(MailMessage.received_at, MailMessage.id, MailAttachment.position))]
+
+
+def attachment(session: Session, account_id: str, transid: str, position: int,
+               directory: Path | None) -> tuple[AttachmentRow, bytes] | None:
+    """An attachment of the account's mail ``transid`` and its content; None when there is no
+    such attachment, or its file is gone."""
+    found = session.execute(
+        select(*_LISTED, MailAttachment.sha256, MailAttachment.content)
+        .join(MailMessage, MailMessage.id == MailAttachment.mail_id)
+        .where(MailMessage.transid == transid, MailAttachment.account_id == account_id,
+               MailAttachment.position == position)).first()
+    if found is None:
+        return None
+    digest, content = found.sha256, found.content
+    if content is None:
+        if directory is None:
+            return None
+        try:
+            content = attachment_path(directory, digest).read_bytes()
+        except FileNotFoundError:
+            return None
+    return AttachmentRow(found.transid, found.position, found.filename, found.content_type,
+                         found.size, found.inline), content

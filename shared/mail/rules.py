@@ -18,10 +18,15 @@
   authserv-id configured) records ``dmarc=pass`` with ``header.from`` the From domain. That MTA
   must strip such headers arriving from outside (RFC 8601 section 5), or they could be forged.
 
+- ``#from: address`` in the body is the parameter form of ``X-4me-From`` (the Email Policy's
+  "Allow email parameter #from"), under the same conditions: the ``X-4me-Auth`` header carries
+  the secret, and the DMARC pass is the From domain's. The header wins when both are given.
+
 Where the seed is silent: ``declined`` as a shortcut is the status (it is also a completion
-reason); a shortcut or parameter given twice, the last one counts; ``time_spent`` and
-``custom_field_<id>`` are kept on the transaction's parameters (requests have no columns for
-them yet); ``internal`` makes the body an internal note.
+reason); a shortcut or parameter given twice, the last one counts; ``internal``, ``markdown``
+and ``time_spent`` describe the note the mail adds (so they apply to a reply's note too, where
+the fields never do); ``custom_field_<id>`` values are kept on a new request as its custom
+fields (at most 255 characters each).
 """
 
 from __future__ import annotations
@@ -33,9 +38,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from shared.mail.mime import ParsedMail
+from shared.mail.mime import ParsedMail, single_address
 from shared.mail.schemas import EmailPolicy
-from shared.requests.fields import CHOICES, TEXT_FIELDS, FieldErrors, check_fields
+from shared.requests.fields import CHOICES, TEXT_FIELDS, FieldErrors, check_fields, parse_int
 
 NO_SUBJECT = "(no subject)"
 SPECIALIST = "specialist"
@@ -58,9 +63,13 @@ for _name in _SHORTCUT_FIELDS:
     for _option in CHOICES[_name]:
         SHORTCUTS.setdefault(_option, _name)
 _PARAMETER = re.compile(r"^#([A-Za-z_][A-Za-z0-9_]*)[ \t]*(?::[ \t]*(.*?))?[ \t]*$")
-_CUSTOM = re.compile(r"^custom_field_\w+$")
 _REQUEST_ID = re.compile(r"(?<!\d)(\d{6,18})(?!\d)")
 _LOCAL_PART = re.compile(r"^[a-z0-9][a-z0-9_+-]*$")
+FROM_PARAMETER = "from"
+CUSTOM_PREFIX = "custom_field_"
+_CUSTOM = re.compile(rf"^{CUSTOM_PREFIX}\w+$")
+MAX_CUSTOM_VALUE = 255
+MAX_TIME_SPENT = 2**31 - 1  # minutes: the column's integer
 
 
 class BadRecipient(ValueError):
@@ -122,6 +131,17 @@ class MailParameters:
     markdown: bool = False
     ignored: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def time_spent(self) -> int | None:
+        value = self.kept.get("time_spent")
+        return int(value) if value else None
+
+    @property
+    def custom_fields(self) -> dict[str, str]:
+        """By custom field id."""
+        return {name.removeprefix(CUSTOM_PREFIX): value or "" for name, value in self.kept.items()
+                if name.startswith(CUSTOM_PREFIX)}
+
 
 def _account_suffix(name: str, value: str, is_account: Callable[[str], bool]) -> str | None:
     prefix, at, suffix = value.rpartition("@")
@@ -147,6 +167,28 @@ def _set_field(result: MailParameters, name: str, value: str, *, roles: Mapping[
         result.ignored[name] = exc.errors[0][1]
 
 
+def _keep_time_spent(result: MailParameters, value: str) -> None:
+    try:
+        parse_int(value, 0, MAX_TIME_SPENT)
+    except ValueError as exc:
+        result.ignored["time_spent"] = f"{exc} (minutes)"
+        return
+    result.kept["time_spent"] = value
+
+
+def split_from(parameters: list[tuple[str, str | None]]
+               ) -> tuple[list[tuple[str, str | None]], str | None]:
+    """The parameters without ``#from``, and the address the last ``#from`` gives."""
+    address = None
+    rest = []
+    for name, value in parameters:
+        if name.lower() == FROM_PARAMETER:
+            address = single_address(value or "")
+        else:
+            rest.append((name, value))
+    return rest, address
+
+
 def apply_parameters(
     parameters: list[tuple[str, str | None]], roles: Mapping[str, Any], account_id: str,
     is_account: Callable[[str], bool],
@@ -167,10 +209,13 @@ def apply_parameters(
             setattr(result, name, value.lower() not in ("false", "no", "0"))
         elif not value and name in SHORTCUTS:
             result.fields[SHORTCUTS[name]] = name
-        elif name == "time_spent" and not value.isdigit():
-            result.ignored[name] = "must be a number of minutes"
-        elif name == "time_spent" or _CUSTOM.match(name):
-            result.kept[name] = value
+        elif name == "time_spent":
+            _keep_time_spent(result, value)
+        elif _CUSTOM.match(name):
+            if len(value) > MAX_CUSTOM_VALUE:
+                result.ignored[name] = f"is longer than {MAX_CUSTOM_VALUE}"
+            else:
+                result.kept[name] = value
         elif name not in FIELD_PARAMETERS:
             result.ignored[name] = "is not a Mail API parameter"
         elif name in _ANALYST_ONLY and not analyst:
@@ -218,11 +263,12 @@ def request_fields(
     return fields
 
 
-def acting_sender(parsed: ParsedMail, policy: EmailPolicy,
-                  trusted: frozenset[str]) -> tuple[str | None, str | None]:
-    """The address the mail acts for, and why its X-4me-From was ignored (None: not given, or
-    honoured)."""
-    if parsed.override_from is None:
+def acting_sender(parsed: ParsedMail, policy: EmailPolicy, trusted: frozenset[str],
+                  from_parameter: str | None = None) -> tuple[str | None, str | None]:
+    """The address the mail acts for, and why its X-4me-From (or ``#from``) was ignored (None:
+    not given, or honoured)."""
+    override = parsed.override_from or from_parameter
+    if override is None:
         return parsed.sender, None
     if not policy.allow_from or not policy.from_secret:
         return parsed.sender, "the Email Policy does not allow #from"
@@ -233,7 +279,7 @@ def acting_sender(parsed: ParsedMail, policy: EmailPolicy,
     if not any(authserv in trusted and found == domain
                for authserv, found in parsed.dmarc_passes):
         return parsed.sender, f"no DMARC pass for {domain or 'the sender'} from a trusted MTA"
-    return parsed.override_from, None
+    return override, None
 
 
 def subject_request_ids(subject: str) -> list[int]:

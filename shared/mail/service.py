@@ -17,34 +17,44 @@ the same database transaction (and a new request goes through the events' own
    or becomes a new person of the account (no roles) when the Email Policy says so;
 3. a reply becomes a note on the request it answers, when the Email Policy allows replies as
    notes: by In-Reply-To/References (to a message that created or added a note to the
-   request), then by a 6+ digit request id in the subject; the request must have been updated
-   within the feedback window (28 days by default) and be the sender's (created, requested by
-   or for them) or the sender a Specialist of the account;
+   request), then by the ``#source``/``#sourceID`` parameters (a Specialist's; the source is
+   ``Email`` when only the sourceID is given), then by a 6+ digit request id in the subject;
+   the request must have been updated within the feedback window (28 days by default) and be
+   the sender's (created, requested by or for them) or the sender a Specialist of the
+   account. The note takes the ``#internal``, ``#markdown`` and ``#time_spent`` of a
+   Specialist; no other parameter changes the request;
 4. when the Email Policy does not allow mail to create requests: ``rejected``, and an 'Email
    Rejected' reply through the relay (shared/mail/outbound.py);
 5. anything else is a new request with the Mail API defaults and the sender's parameters
-   (shared/mail/rules.py), through the events' processing: resolution, templates, defaults and
-   event matching are the 4me Events API's.
+   (shared/mail/rules.py), through the events' processing: resolution, templates and defaults
+   are the 4me Events API's, event matching its Mail API variant (shared/requests/matching.py:
+   an open request of the last 24 hours gets the mail's note instead).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from shared import metrics, observe
+from shared.cache import TTLCache
 from shared.db.engine import session_scope
-from shared.db.models import MailMessage, Transaction
+from shared.db.models import MailMessage
 from shared.ids import make_transid
 from shared.logs import get_logger
 from shared.mail import outbound, queries, store
 from shared.mail.mime import Limits, ParsedMail, Quarantined, message_id_of, parse
 from shared.mail.queries import Destination
 from shared.mail.rules import (
+    BadRecipient,
+    MailParameters,
+    Recipient,
     UnknownRecipient,
     acting_sender,
     apply_parameters,
@@ -52,6 +62,7 @@ from shared.mail.rules import (
     note_text,
     parse_recipient,
     request_fields,
+    split_from,
     split_parameters,
     subject_request_ids,
     within_feedback,
@@ -60,13 +71,16 @@ from shared.mail.schemas import EmailPolicy
 from shared.messaging import MAIL_PROCESS, MAIL_QUEUE
 from shared.messaging.publish import Publisher, PublishError, task_message
 from shared.records.directory import Directory, PersonRef, Scope
+from shared.requests.defaults import DEFAULT_SOURCE
 from shared.settings import Settings
-from shared.transactions.schemas import EventBatch, QueuedEvent
+from shared.transactions.schemas import EventBatch, MailFacts, QueuedEvent
 from shared.transactions.service import process_batches, record_failure
 
 log = get_logger(__name__)
 THREAD_REASON = "reply to a message of the request (In-Reply-To/References)"
+SOURCE_REASON = "the request's source and sourceID"
 SUBJECT_REASON = "request id in the subject"
+NEVER_UPDATES = "parameters never update an existing request"
 
 
 class TooLarge(ValueError):
@@ -85,12 +99,14 @@ class MailConfig:
     relay: str | None = None
     reply_from: str | None = None
     authserv_ids: frozenset[str] = frozenset()
+    attachment_dir: Path | None = None  # none: attachments are kept in the database
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MailConfig:
         return cls(
             limits=Limits(max_bytes=settings.mail_max_bytes), relay=settings.mail_relay or None,
             reply_from=settings.mail_reply_from or None,
+            attachment_dir=settings.mail_attachment_dir,
             authserv_ids=frozenset(item.strip().lower() for item in
                                    settings.mail_authserv_ids.split(",") if item.strip()))
 
@@ -108,10 +124,15 @@ def queue(publisher: Publisher, mail_id: int) -> None:
 class MailIntake:
     """Shared by the SMTP listener and ``POST /v1/mail``."""
 
-    def __init__(self, publisher: Publisher, secret: bytes, max_bytes: int) -> None:
+    def __init__(self, publisher: Publisher, secret: bytes, max_bytes: int,
+                 cache_ttl: float = 0.0) -> None:
         self._publisher = publisher
         self._secret = secret
         self.max_bytes = max_bytes
+        # What an address is, refusals included: RCPT of every message asks, and a flood of
+        # mail for unknown addresses must not become a flood of queries.
+        self._destinations: TTLCache[Recipient, Destination | tuple[type[BadRecipient], str]] \
+            = TTLCache(self._look_up, cache_ttl)
 
     def check_size(self, size: int) -> None:
         if size > self.max_bytes:
@@ -123,8 +144,19 @@ class MailIntake:
         recipient = parse_recipient(address)
         if account_id is not None and recipient.account_id != account_id:
             raise UnknownRecipient(f"{address[:100]} is not an address of {account_id}")
+        found = self._destinations.get(recipient)
+        if isinstance(found, Destination):
+            return found
+        refusal, reason = found
+        raise refusal(reason)
+
+    @staticmethod
+    def _look_up(recipient: Recipient) -> Destination | tuple[type[BadRecipient], str]:
         with session_scope() as session:
-            return queries.destination(session, recipient)
+            try:
+                return queries.destination(session, recipient)
+            except BadRecipient as exc:  # kept as its kind and text: raised anew each time
+                return type(exc), str(exc)
 
     def accept(self, raw: bytes, destination: Destination, peer: str, now: datetime) -> str:
         """Store ``raw`` for ``destination``, then queue it; returns its transid.
@@ -173,13 +205,26 @@ def _sender(session: Session, directory: Directory, account_id: str, *, address:
     return person
 
 
+def _may_reply(parsed: ParsedMail, given: MailParameters) -> bool:
+    return bool(parsed.thread_ids or given.fields.get("sourceID")
+                or subject_request_ids(parsed.subject))
+
+
 def _reply_target(session: Session, account_id: str, parsed: ParsedMail, *,
-                  sender: PersonRef, now: datetime, feedback_days: int) -> tuple[int, str] | None:
+                  given: MailParameters, sender: PersonRef, now: datetime,
+                  feedback_days: int) -> tuple[int, str] | None:
     """The request this mail is a reply to, and why; None when it is none's."""
+    if not _may_reply(parsed, given):
+        return None
     candidates: list[tuple[int, str]] = []
     threaded = queries.threaded_request(session, account_id, parsed.thread_ids)
     if threaded is not None:
         candidates.append((threaded, THREAD_REASON))
+    source_id = given.fields.get("sourceID")
+    if source_id:
+        source = given.fields.get("source") or DEFAULT_SOURCE["mail"]
+        candidates += [(found, SOURCE_REASON) for found in
+                       queries.requests_by_source(session, account_id, source, source_id)]
     candidates += [(found, SUBJECT_REASON) for found in subject_request_ids(parsed.subject)]
     if not candidates:
         return None
@@ -194,14 +239,20 @@ def _reply_target(session: Session, account_id: str, parsed: ParsedMail, *,
 
 
 def _add_reply(session: Session, row: MailMessage, *, parsed: ParsedMail, body: str,
-               target: tuple[int, str], ignored: dict[str, str], now: datetime) -> None:
+               given: MailParameters, target: tuple[int, str], ignored: dict[str, str],
+               attachment_dir: Path | None, now: datetime) -> None:
     request_id, reason = target
     text = note_text(parsed, body)
     if text:
-        store.add_note(session, request_id=request_id, text=text, internal=False,
+        store.add_note(session, request_id=request_id, text=text, internal=given.internal,
+                       markdown=given.markdown, time_spent=given.time_spent,
                        transid=row.transid, now=now)
+        store.save_attachments(session, row, request_id, parsed.attachments, attachment_dir)
     outcome: dict[str, object] = {"action": "updated" if text else "unchanged",
                                   "request_id": request_id, "reason": reason}
+    ignored = {**ignored, **given.ignored}
+    if given.fields or given.custom_fields:
+        ignored["parameters"] = NEVER_UPDATES
     if ignored:
         outcome["ignored"] = ignored
     store.record_completed(session, row, {}, outcome, now)
@@ -210,22 +261,51 @@ def _add_reply(session: Session, row: MailMessage, *, parsed: ParsedMail, body: 
                       [(row.transid, "completed", outcome)])
 
 
-def _new_request(session: Session, row: MailMessage, *, parsed: ParsedMail,
-                 sender: PersonRef, directory: Directory, ignored: dict[str, str],
-                 now: datetime) -> None:
-    parameters, body = split_parameters(parsed.text)
-    given = apply_parameters(parameters, sender.roles, row.account_id,
-                             lambda name: directory.account(session, name) is not None)
-    fields = request_fields(parsed, body, given, row.team_id)
-    batch = EventBatch(channel="mail", account_id=row.account_id, received_at=row.received_at,
-                       sender_id=sender.id, events=[QueuedEvent(
-                           transid=row.transid, parameters={**fields, **given.kept})])
-    process_batches(session, [batch], now, directory)
-    transaction = session.get(Transaction, row.transid)
-    outcome = transaction.outcome if transaction is not None else None
-    if transaction is not None and outcome and (ignored or given.ignored):
-        transaction.outcome = {**outcome, "ignored": {**ignored, **given.ignored}}
-    _finish(session, row, "processed", outcome.get("request_id") if outcome else None)
+@dataclass(frozen=True)
+class _NewRequest:
+    """A mail that becomes a new request (or a note through event matching)."""
+
+    row: MailMessage
+    parsed: ParsedMail
+    body: str
+    given: MailParameters
+    sender: PersonRef
+    ignored: dict[str, str]
+
+    def batch(self) -> EventBatch:
+        fields = request_fields(self.parsed, self.body, self.given, self.row.team_id)
+        return EventBatch(
+            channel="mail", account_id=self.row.account_id, received_at=self.row.received_at,
+            sender_id=self.sender.id, events=[QueuedEvent(
+                transid=self.row.transid, parameters={**fields, **self.given.kept},
+                mail=MailFacts(body=self.body, attachments=bool(self.parsed.attachments)))])
+
+
+def _new_requests(session: Session, items: list[_NewRequest], now: datetime,
+                  directory: Directory, attachment_dir: Path | None) -> None:
+    """Through the events' processing, all in one run (its set-based statements once for all:
+    a mail's own share is its parsing and its rows)."""
+    process_batches(session, [item.batch() for item in items], now, directory)
+    transactions = queries.transactions(session, [item.row.transid for item in items])
+    for item in items:
+        row, given = item.row, item.given
+        transaction = transactions.get(row.transid)
+        outcome = transaction.outcome if transaction is not None else None
+        request_id = outcome.get("request_id") if outcome else None
+        if transaction is None or not outcome or request_id is None:
+            _finish(session, row, "processed")
+            continue
+        if item.ignored or given.ignored:
+            transaction.outcome = {**outcome, "ignored": {**item.ignored, **given.ignored}}
+        if outcome["action"] == "created" and given.custom_fields:
+            store.set_custom_fields(session, request_id, given.custom_fields)
+        if given.markdown or given.time_spent is not None:
+            store.describe_notes(session, row.transid, markdown=given.markdown,
+                                 time_spent=given.time_spent)
+        if outcome["action"] != "unchanged":  # a note was added: the attachments are below it
+            store.save_attachments(session, row, request_id, item.parsed.attachments,
+                                   attachment_dir)
+        _finish(session, row, "processed", request_id)
 
 
 def _mail_batch(row: MailMessage) -> EventBatch:
@@ -248,39 +328,77 @@ def _reject(session: Session, row: MailMessage, parsed: ParsedMail, config: Mail
     record_failure(session, _mail_batch(row), MailRejected(reason), now)
 
 
-def process_mail(session: Session, mail_id: int, now: datetime, directory: Directory,
-                 config: MailConfig | None = None) -> None:
-    """Act on the stored message ``mail_id`` once (module docstring)."""
-    config = config or MailConfig()
-    row = store.take(session, mail_id)
-    if row is None:
-        return
+def _act(session: Session, row: MailMessage, now: datetime, directory: Directory, *,
+         config: MailConfig, policies: dict[str, EmailPolicy],
+         settle: Callable[[], None]) -> _NewRequest | None:
+    """End the mail as quarantined, rejected or a reply's note; or say the request to make.
+    ``settle`` makes the requests said so far, before a mail that may reply to one of them."""
     try:
         parsed = parse(row.raw, config.limits)
-        policy = _policy(session, row.account_id)
-        address, override_ignored = acting_sender(parsed, policy, config.authserv_ids)
+        if row.account_id not in policies:
+            policies[row.account_id] = _policy(session, row.account_id)
+        policy = policies[row.account_id]
+        parameters, body = split_parameters(parsed.text)
+        parameters, from_parameter = split_from(parameters)
+        address, override_ignored = acting_sender(parsed, policy, config.authserv_ids,
+                                                  from_parameter)
         sender = _sender(session, directory, row.account_id, address=address,
                          name=parsed.sender_name if address == parsed.sender else "",
                          create=policy.auto_create_people)
     except (Quarantined, MailRejected, LookupError) as exc:
         _finish(session, row, "quarantined" if isinstance(exc, Quarantined) else "rejected")
         record_failure(session, _mail_batch(row), exc, now)
-        return
-    ignored = {"X-4me-From": override_ignored} if override_ignored else {}
-    parameters, body = split_parameters(parsed.text)
-    target = _reply_target(session, row.account_id, parsed, sender=sender, now=now,
+        return None
+    ignored = {"X-4me-From" if parsed.override_from else "#from": override_ignored} \
+        if override_ignored else {}
+    given = apply_parameters(parameters, sender.roles, row.account_id,
+                             lambda name: directory.account(session, name) is not None)
+    if policy.replies_as_notes and _may_reply(parsed, given):
+        settle()
+    target = _reply_target(session, row.account_id, parsed, given=given, sender=sender, now=now,
                            feedback_days=policy.feedback_days) \
         if policy.replies_as_notes else None
     if target is not None:
-        if parameters:
-            ignored["parameters"] = "parameters never update an existing request"
-        _add_reply(session, row, parsed=parsed, body=body, target=target, ignored=ignored,
-                   now=now)
+        _add_reply(session, row, parsed=parsed, body=body, given=given, target=target,
+                   ignored=ignored, attachment_dir=config.attachment_dir, now=now)
     elif not policy.create_requests:
         _reject(session, row, parsed, config, now)
     else:
-        _new_request(session, row, parsed=parsed, sender=sender, directory=directory,
-                     ignored=ignored, now=now)
+        return _NewRequest(row, parsed, body, given, sender, ignored)
+    return None
+
+
+def process_mail(session: Session, mail_id: int, now: datetime, directory: Directory,
+                 config: MailConfig | None = None, *, along: int = 0) -> None:
+    """Act on the stored message ``mail_id`` once (module docstring), and on up to ``along``
+    other stored messages no worker holds, oldest first, in the same transaction (also when
+    ``mail_id`` was done already: the backlog is drained by every task that runs).
+
+    Taking others along is what lets a worker keep up with a stream of mail: their new
+    requests go through one run of the events' processing (made before any later mail that may
+    reply to one of them looks for it, so a run acts as one mail after another would). Each of
+    them still has its own
+    ``mail.process`` message, which finds it done; and if this transaction fails, each is
+    processed again by its own message (the caller retries ``mail_id`` alone).
+    """
+    config = config or MailConfig()
+    row = store.take(session, mail_id)
+    rows = ([row] if row is not None else []) + (
+        store.take_along(session, mail_id, along) if along else [])
+    policies: dict[str, EmailPolicy] = {}
+    new: list[_NewRequest] = []
+
+    def settle() -> None:
+        if new:
+            _new_requests(session, new, now, directory, config.attachment_dir)
+            new.clear()
+
+    for item in rows:
+        found = _act(session, item, now, directory, config=config, policies=policies,
+                     settle=settle)
+        if found is not None:
+            new.append(found)
+    settle()
 
 
 def fail_mail(session: Session, mail_id: int, error: BaseException, now: datetime) -> None:

@@ -1,17 +1,23 @@
 """Writes of the Mail API: the raw message (the durable point of intake), its processing state,
-and a reply's note."""
+a reply's note, and the attachments kept apart (in the database, or as files in a directory)."""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
+from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from shared.db.models import MailMessage, Note, Person, Request, Transaction
-from shared.mail.queries import Destination, existing_transid
+from shared.db.models import MailAttachment, MailMessage, Note, Person, Request, Transaction
+from shared.mail.mime import Attachment
+from shared.mail.queries import Destination, attachment_path, stored
 from shared.requests.matching import note_hash
 
 
@@ -19,29 +25,30 @@ def save(
     session: Session, *, transid: str, destination: Destination, message_id: str | None,
     raw: bytes, peer: str, now: datetime,
 ) -> tuple[int | None, str]:
-    """Store the message; returns its row id and transid. A message already stored for this
-    account (same Message-ID: the sender did not see our answer and sent it again) is not
-    stored twice: then the id is None and the transid the first copy's."""
-    if message_id is not None:
-        known = existing_transid(session, destination.account_id, message_id)
-        if known is not None:
-            return None, known
-    row = MailMessage(
+    """Store the message; returns the id of a row to queue and the message's transid.
+
+    A message already stored for this account (same Message-ID: the sender did not see our
+    answer and sends it again, or sends it twice at once) is not stored twice: its transid is
+    the first copy's, and its id is given only while no worker has processed it (the first
+    intake may have died between its commit and its publish: the retry queues it, instead of
+    leaving it to the sweep). One statement for a new message (no look before the insert).
+    """
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" \
+        else sqlite.insert
+    mail_id = session.scalar(insert(MailMessage).values(
         transid=transid, account_id=destination.account_id, recipient=destination.address,
         team_id=destination.team_id, message_id=message_id, raw=raw, peer=peer[:64],
         received_at=now, status="received",
-    )
-    try:
-        with session.begin_nested():
-            session.add(row)
-    except IntegrityError:
-        # The same message arriving twice at the same moment: the first one stored wins.
-        assert message_id is not None
-        known = existing_transid(session, destination.account_id, message_id)
-        if known is None:
-            raise
-        return None, known
-    return row.id, transid
+    ).on_conflict_do_nothing().returning(MailMessage.id))
+    if mail_id is not None:
+        return mail_id, transid
+    # Only the Message-ID can be taken: a transid is new for every message.
+    known = stored(session, destination.account_id, message_id) \
+        if message_id is not None else None
+    if known is None:
+        raise RuntimeError(f"mail {transid} conflicts with no stored message")
+    known_id, known_transid, status = known
+    return (known_id if status == "received" else None), known_transid
 
 
 def take(session: Session, mail_id: int) -> MailMessage | None:
@@ -51,16 +58,41 @@ def take(session: Session, mail_id: int) -> MailMessage | None:
     return row if row is not None and row.status == "received" else None
 
 
+def take_along(session: Session, mail_id: int, limit: int) -> list[MailMessage]:
+    """Up to ``limit`` other messages no worker has processed, oldest first, locked until
+    commit; those another worker holds are skipped, not waited for."""
+    return list(session.scalars(
+        select(MailMessage).where(MailMessage.status == "received", MailMessage.id != mail_id)
+        .order_by(MailMessage.received_at, MailMessage.id).limit(limit)
+        .with_for_update(skip_locked=True)))
+
+
 def finish(row: MailMessage, status: str, request_id: int | None = None) -> None:
     row.status = status
     row.request_id = request_id
 
 
-def add_note(session: Session, *, request_id: int, text: str, internal: bool, transid: str,
-             now: datetime) -> None:
+def add_note(session: Session, *, request_id: int, text: str, internal: bool, markdown: bool,
+             time_spent: int | None, transid: str, now: datetime) -> None:
     session.add(Note(request_id=request_id, text=text, text_hash=note_hash(text),
-                     internal=internal, transid=transid, created_at=now))
+                     internal=internal, markdown=markdown, time_spent=time_spent,
+                     transid=transid, created_at=now))
     session.execute(update(Request).where(Request.id == request_id).values(updated_at=now))
+
+
+def describe_notes(session: Session, transid: str, *, markdown: bool,
+                   time_spent: int | None) -> None:
+    """Mark the notes the mail ``transid`` added (through the events' processing) as written
+    with Text Formatting, and with the time spent."""
+    session.execute(update(Note).where(Note.transid == transid)
+                    .values(markdown=markdown, time_spent=time_spent))
+
+
+def set_custom_fields(session: Session, request_id: int, values: dict[str, str]) -> None:
+    """The custom fields of a request the mail created (kept verbatim beside its references)."""
+    request = session.get(Request, request_id)
+    if request is not None:
+        request.references = {**request.references, "custom_fields": values}
 
 
 def record_completed(session: Session, row: MailMessage, parameters: dict[str, Any],
@@ -92,3 +124,38 @@ def create_person(session: Session, *, account_id: str, email: str, name: str) -
                        primary_email=email, other_emails=[], roles={}, team_ids=[]))
     session.flush()
     return person_id
+
+
+def _write_file(directory: Path, digest: str, content: bytes) -> None:
+    """The content at its SHA-256's path, written whole or not at all (a temporary file renamed
+    into place); a file already there is the same content, and stays."""
+    path = attachment_path(directory, digest)
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".part-")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(content)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def save_attachments(session: Session, row: MailMessage, request_id: int,
+                     attachments: Sequence[Attachment], directory: Path | None) -> None:
+    """The attachments the mail carried (at most 20), for the request it created or added a
+    note to. With a directory, each file is on disk before the rows commit: a row never names
+    a file that is not there (a crash between leaves an unnamed file, never a missing one)."""
+    for position, item in enumerate(attachments):
+        digest = hashlib.sha256(item.content).hexdigest()
+        if directory is not None:
+            _write_file(directory, digest, item.content)
+        session.add(MailAttachment(
+            mail_id=row.id, position=position, account_id=row.account_id,
+            request_id=request_id, filename=item.filename, content_type=item.content_type,
+            size=item.size, inline=item.inline, sha256=digest,
+            content=None if directory is not None else item.content))

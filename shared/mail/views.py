@@ -1,11 +1,11 @@
-"""What the attachment endpoints show: the attachments the Mail API kept (at most 20 a mail), read
-again from the stored raw messages (nothing is stored twice)."""
+"""What the attachment endpoints show: the attachments the Mail API kept of a request's mails
+(at most 20 a mail), stored apart from the raw messages (shared/mail/store.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from shared.mail.mime import Limits, Quarantined, parse
+from shared.mail.queries import AttachmentRow
 from shared.mail.schemas import AttachmentView
 
 
@@ -13,16 +13,7 @@ def attachment_url(transid: str, index: int) -> str:
     return f"/v1/mail/{transid}/attachments/{index}"
 
 
-def attachment_views(mails: Sequence[tuple[str, bytes]], limits: Limits | None = None
-                     ) -> list[AttachmentView]:
-    views = []
-    for transid, raw in mails:
-        try:
-            parsed = parse(raw, limits)
-        except Quarantined:  # processed mail was readable; a stricter limit since: nothing shown
-            continue
-        views += [AttachmentView(mail=transid, index=index, filename=item.filename,
-                                 content_type=item.content_type, size=item.size,
-                                 inline=item.inline, url=attachment_url(transid, index))
-                  for index, item in enumerate(parsed.attachments)]
-    return views
+def attachment_views(rows: Sequence[AttachmentRow]) -> list[AttachmentView]:
+    return [AttachmentView(mail=row.transid, index=row.position, filename=row.filename,
+                           content_type=row.content_type, size=row.size, inline=row.inline,
+                           url=attachment_url(row.transid, row.position)) for row in rows]

@@ -24,10 +24,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.records.directory import CIRef, PersonRef, Scope, ServiceInstanceRef, TemplateRef
 from shared.requests.fields import DATETIME_FIELDS, parse_datetime, parse_id
+
+if TYPE_CHECKING:
+    from shared.transactions.schemas import MailFacts
 
 STATUSES_NEEDING_MEMBER = frozenset(
     {"accepted", "in_progress", "waiting_for", "waiting_for_customer", "completed"}
@@ -83,6 +86,8 @@ class Draft:
     unresolved: dict[str, str] = field(default_factory=dict)
     # The fields the event itself set (not defaults): only these may change a matched request.
     explicit: frozenset[str] = frozenset()
+    # A mail's facts: it is matched by the Mail API's variant (shared/requests/matching.py).
+    mail: MailFacts | None = None
 
     def request_values(self) -> dict[str, Any]:
         names = (
@@ -195,10 +200,10 @@ def _default_team(scope: Scope, found: dict[str, Any], sender: PersonRef | None,
 
 def build_draft(
     fields: dict[str, str | None], scope: Scope, sender: PersonRef | None, channel: str,
-    subject_fallback: str | None = None,
+    subject_fallback: str | None = None, *, mail: MailFacts | None = None,
 ) -> Draft:
     """Resolve ``fields`` in ``scope`` and apply the template and the defaults."""
-    draft = Draft(account_id=scope.home.account_id)
+    draft = Draft(account_id=scope.home.account_id, mail=mail)
     draft.explicit = frozenset(name for name, value in fields.items() if value)
     found = _resolve(fields, scope, draft)
     values: dict[str, Any] = {name: value for name, value in fields.items() if value}

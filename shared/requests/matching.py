@@ -14,6 +14,15 @@ the request in a status needing a member (accepted, in_progress, ...) while it h
 the member the event's draft has (the sender, or the workflow manager), as creating a request
 with that status would. The team stays as it is: a matched request already has one.
 
+A mail (``Draft.mail``) is matched by the Mail API's variant (seed ``4me-mail-api.txt``, "Event
+matching"): its CI key holds requested_for too (account, source, requested_for, service instance,
+CI); its subject key holds the mail's body below the parameters as the note (the note written
+also lists the attachments). A matched request is never changed by a mail (parameters never
+update an existing request); its note is added when the mail has attachments, or on the CI key
+when its text is new; on the subject key, whose note is the key's, only with attachments. A
+blank body without attachments adds nothing. Mail keys are hashed apart from the Events API's,
+so an event never matches a mail's request nor the other way round.
+
 The key is hashed into ``requests.match_key``. Correctness under concurrency comes from the
 caller: on PostgreSQL it takes a transaction-scoped advisory lock per key before looking
 (shared/transactions/store.py); SQLite serialises writers.
@@ -36,6 +45,12 @@ REASONS: dict[str, str] = {
     "subject": "open request created within 24 h with the same account, source, subject, note "
                "and requested_for",
 }
+MAIL_REASONS: dict[str, str] = {
+    "ci": "open request created within 24 h with the same account, source, requested_for, "
+          "service instance and CI",
+    "subject": "open request created within 24 h with the same account, source, "
+               "requested_for, subject and note",
+}
 # Request column -> the event fields that set it explicitly.
 UPDATABLE: dict[str, tuple[str, ...]] = {
     "completion_reason": ("completion_reason",),
@@ -55,11 +70,29 @@ def _digest(*parts: object) -> str:
 
 
 def match_key(draft: Draft) -> tuple[MatchKind, str]:
+    mail = draft.mail
     if draft.ci_id is not None:
+        if mail is not None:
+            return "ci", _digest("mail-ci", draft.account_id, draft.source,
+                                 draft.requested_for_id, draft.service_instance_id, draft.ci_id)
         return "ci", _digest("ci", draft.account_id, draft.source, draft.service_instance_id,
                              draft.ci_id)
+    if mail is not None:
+        return "subject", _digest("mail-subject", draft.account_id, draft.source, draft.subject,
+                                  mail.body, draft.requested_for_id)
     return "subject", _digest("subject", draft.account_id, draft.source, draft.subject,
                               draft.note, draft.requested_for_id)
+
+
+def match_reason(draft: Draft, kind: MatchKind) -> str:
+    return (REASONS if draft.mail is None else MAIL_REASONS)[kind]
+
+
+def adds_note(draft: Draft, kind: MatchKind, digest: str, notes: set[str]) -> bool:
+    """Whether a matched request gets the note whose text hash is ``digest`` (module doc)."""
+    if draft.mail is None:
+        return digest not in notes
+    return draft.mail.attachments or (kind == "ci" and digest not in notes)
 
 
 def note_hash(text: str) -> str:
@@ -71,8 +104,11 @@ def can_match(status: str, created_at: datetime, now: datetime) -> bool:
 
 
 def changes(draft: Draft, current: dict[str, Any]) -> dict[str, Any]:
-    """The updatable fields the event sets explicitly and that differ from the request's."""
+    """The updatable fields the event sets explicitly and that differ from the request's (a
+    mail's: none)."""
     found: dict[str, Any] = {}
+    if draft.mail is not None:
+        return found
     for column, sources in UPDATABLE.items():
         if not draft.explicit.intersection(sources):
             continue

@@ -66,6 +66,14 @@ class IdReference(BaseModel):
     id: int
 
 
+class CustomField(BaseModel):
+    """A custom field of a UI extension, as 4me lists them (the Mail API's
+    ``#custom_field_<id>``)."""
+
+    id: str
+    value: str
+
+
 class RequestView(BaseModel):
     """A request, 4me-shaped (``sourceID`` and ``supplier_requestID`` are aliases)."""
 
@@ -99,12 +107,16 @@ class RequestView(BaseModel):
     downtime_start_at: Timestamp = None
     downtime_end_at: Timestamp = None
     waiting_until: Timestamp = None
+    custom_fields: list[CustomField] | None = None
 
 
 class NoteView(BaseModel):
     id: int
     text: str
     internal: bool
+    markdown: bool = Field(default=False, description="The text uses Text Formatting (the Mail "
+                           "API's #markdown); else it is plain text.")
+    time_spent: int | None = Field(default=None, description="Minutes (#time_spent).")
     person: Reference | None = Field(default=None, description="Not recorded: always null.")
     created_at: Timestamp
 
@@ -157,12 +169,20 @@ def request_view(row: Request, names: Names) -> RequestView:
         created_at=row.created_at, updated_at=row.updated_at,
         desired_completion_at=row.desired_completion_at,
         downtime_start_at=row.downtime_start_at, downtime_end_at=row.downtime_end_at,
-        waiting_until=row.waiting_until,
+        waiting_until=row.waiting_until, custom_fields=_custom_fields(row.references),
     )
 
 
+def _custom_fields(references: dict[str, Any] | None) -> list[CustomField] | None:
+    values = (references or {}).get("custom_fields")
+    if not isinstance(values, dict) or not values:
+        return None
+    return [CustomField(id=str(name), value=str(value)) for name, value in values.items()]
+
+
 def note_view(row: Note) -> NoteView:
-    return NoteView(id=row.id, text=row.text, internal=row.internal, created_at=row.created_at)
+    return NoteView(id=row.id, text=row.text, internal=row.internal, markdown=row.markdown,
+                    time_spent=row.time_spent, created_at=row.created_at)
 
 
 def _ids(values: Iterable[int | None]) -> set[int]:

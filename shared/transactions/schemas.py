@@ -5,11 +5,21 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared.notify.schemas import DeliveryView
 
 Status = Literal["queued", "processing", "completed", "expired", "failed"]
+
+
+class MailFacts(BaseModel):
+    """What the Mail API's variant of event matching needs of a mail beyond its fields
+    (shared/requests/matching.py)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    body: str = Field(description="The text below the parameters: the note of the match key.")
+    attachments: bool = False
 
 
 class QueuedEvent(BaseModel):
@@ -20,6 +30,8 @@ class QueuedEvent(BaseModel):
     # The event's default notify URL (its definition's or its key's), set by the intake only
     # when the body gives none: the batch's notifyurl, the body's, wins.
     notifyurl: str | None = None
+    # A mail's: it is matched by the Mail API's rule, not the Events API's.
+    mail: MailFacts | None = None
 
 
 class EventBatch(BaseModel):

@@ -31,7 +31,15 @@ from shared.notify.payload import new_delivery
 from shared.records.directory import Directory, PersonRef, Scope
 from shared.requests.defaults import Draft, build_draft
 from shared.requests.fields import FieldErrors, check_fields
-from shared.requests.matching import REASONS, UPDATABLE, MatchKind, changes, match_key, note_hash
+from shared.requests.matching import (
+    UPDATABLE,
+    MatchKind,
+    adds_note,
+    changes,
+    match_key,
+    match_reason,
+    note_hash,
+)
 from shared.requests.shaping import Shaping, shaping_of
 from shared.transactions import store
 from shared.transactions.failures import Backoff, failure_code, process_isolating, reason
@@ -178,7 +186,7 @@ def _prepare(context: _Context, work: _Work) -> None:
     scope = context.scope(work.batch.account_id)
     work.draft = build_draft(
         fields, scope, context.sender(scope, work.batch), work.batch.channel,
-        subject_fallback=work.event.evtid or "Event",
+        subject_fallback=work.event.evtid or "Event", mail=work.event.mail,
     )
     work.kind, work.key = match_key(work.draft)
 
@@ -323,7 +331,7 @@ def _apply(
         if not body:
             continue
         digest = note_hash(body)
-        if digest in request.notes:
+        if not adds_note(draft, kind, digest, request.notes):
             continue
         request.notes.add(digest)
         new_notes.append((request, body, digest, internal, item.event.transid))
@@ -333,7 +341,8 @@ def _apply(
         request.changed.update(changed)
         request.touched = True
     action = "updated" if changed or added_note else "unchanged"
-    item.outcome = {"action": action, "match": kind, "reason": REASONS[kind], **unresolved}
+    item.outcome = {"action": action, "match": kind, "reason": match_reason(draft, kind),
+                    **unresolved}
 
 
 def record_failure(
