@@ -27,7 +27,7 @@ MAY_IMPORT = {
 CORE = {"settings", "ids", "logs", "codes", "cache", "metrics", "observe", "batching", "probe",
         "db", "messaging"}
 # The domains in layers: a domain imports its own layer's and lower layers' domains, never a
-# higher one's. Layer 1 is what the service knows (records, the request rules, notification
+# higher one's but its wire models (as the core may). Layer 1 is what the service knows (records, the request rules, notification
 # delivery), layer 2 what it does with an event, layer 3 the front doors' rules.
 LAYERS = {"records": 1, "requests": 1, "notify": 1, "transactions": 2, "retention": 2,
           "intake": 3, "mail": 3}
@@ -102,11 +102,12 @@ def test_shared_core_imports_no_domain_but_wire_models() -> None:
     assert wrong == []
 
 
-def test_domains_import_no_higher_layer() -> None:
+def test_domains_import_no_higher_layer_but_its_wire_models() -> None:
     wrong = [(source, target) for source, target in EDGES
              if source.startswith("shared.") and target.startswith("shared.")
              and shared_unit(source) in LAYERS and shared_unit(target) in LAYERS
-             and LAYERS[shared_unit(target)] > LAYERS[shared_unit(source)]]
+             and LAYERS[shared_unit(target)] > LAYERS[shared_unit(source)]
+             and not target.endswith(".schemas")]
     assert wrong == []
 
 
