@@ -27,8 +27,9 @@ MAY_IMPORT = {
 CORE = {"settings", "ids", "logs", "codes", "cache", "metrics", "observe", "batching", "probe",
         "db", "messaging"}
 # The domains in layers: a domain imports its own layer's and lower layers' domains, never a
-# higher one's but its wire models (as the core may). Layer 1 is what the service knows (records, the request rules, notification
-# delivery), layer 2 what it does with an event, layer 3 the front doors' rules.
+# higher one's but its wire models (as the core may). Layer 1 is what the service knows (records,
+# the request rules, notification delivery), layer 2 what it does with an event, layer 3 the
+# front doors' rules.
 LAYERS = {"records": 1, "requests": 1, "notify": 1, "transactions": 2, "retention": 2,
           "intake": 3, "mail": 3}
 # The command line starts every role, so it may use any of shared.
