@@ -1,6 +1,6 @@
 """The documentation's recipes, run as written (issue 10: "README examples are checked by a
-test"): the README's examples of each API, and docs/api.md's one ``curl`` per Webex code, the
-4me seed examples and the Mail API demo.
+test"): the README's examples of each API, and docs/api.md's one ``curl`` per Webex code and
+the 4me seed examples (docs/mail.md's demo: tests/test_embedded.py).
 
 Each runs against ``eventdesk run --demo`` in an empty folder, with ``python3 dev.py`` standing
 for this checkout's ``eventdesk`` and the documented ports for free ones. In the code recipes each
@@ -166,40 +166,5 @@ def test_the_4me_seed_examples_answer_as_documented(tmp_path: Path) -> None:
         waited = [status(curl.replace("-i ", '-i -H "Prefer: wait=10" ')) for curl in curls]
         assert [code for code, _ in waited] == [200, 200, 200], waited
         assert all(body["id"] for _, body in waited)
-    finally:
-        service.stop()
-
-
-def test_the_mail_api_demo_makes_a_request_then_a_note(tmp_path: Path) -> None:
-    """docs/api.md's Mail API demo, as written: a Specialist's mail with ``#high`` becomes a
-    request of impact high, its reply a note on it; the same mail over HTTP is queued."""
-    lines = [line for line in doc_block(API, "With `run --demo` (account `wdc`, mail domain")
-             if not line.startswith("#")]
-    sends, reads, over_http = lines[:2], lines[2:4], lines[4]
-    smtp_port = free_port()
-    service = Service(tmp_path, "--smtp-port", str(smtp_port))
-    try:
-        wait_until(service.up, 60, 0.3)
-
-        def as_here(line: str) -> str:
-            return (line.replace("python3 -c", f"{shlex.quote(sys.executable)} -c")
-                    .replace("2525", str(smtp_port))
-                    .replace("localhost:8000", f"localhost:{service.port}"))
-
-        def requests_by_mail() -> Any:
-            return json.loads(run_sh(as_here(reads[0]), tmp_path))
-
-        def notes() -> Any:
-            found = json.loads(run_sh(as_here(reads[1]), tmp_path))
-            return found if len(found) == 2 else None
-
-        run_sh(as_here(sends[0]), tmp_path)
-        [request] = wait_until(requests_by_mail, 60, 0.2)
-        assert (request["impact"], request["source"], request["sourceID"]) == (
-            "high", "Email", "demo-1@widget.com"), request
-        run_sh(as_here(sends[1]), tmp_path)
-        texts = [note["text"] for note in wait_until(notes, 60, 0.2)]
-        assert texts == ["The printer on floor 3 is on fire.", "It is out now."], texts
-        assert json.loads(run_sh(as_here(over_http), tmp_path))["status"] == "queued"
     finally:
         service.stop()
