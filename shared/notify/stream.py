@@ -281,10 +281,12 @@ class Stream:
         try:
             while state.queue:
                 taken, latest = state.queue.popleft()
+                # The rate's wait comes first: a POST must start within its lease, or the
+                # sweeper may hand the delivery to another worker while it is under way.
+                await self._pace(host)
                 if self._closing or time.monotonic() > latest:
                     self._unsent.append(taken)
                     continue
-                await self._pace(host)
                 headers = signing.headers(taken.secrets, taken.message_id, int(time.time()),
                                           taken.body, hub=taken.hub_signature)
                 result = await self._sender.post(taken.url, taken.body, headers, lane)
