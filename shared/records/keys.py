@@ -69,12 +69,10 @@ def find_key_info(hashed: str) -> KeyInfo | None:
     """The loader behind :class:`Keys`: the active key stored as ``hashed``."""
     try:
         with session_scope() as session:
-            key = session.scalars(
-                select(ApiKey).where(ApiKey.key_hash == hashed, ApiKey.revoked_at.is_(None))
-            ).first()
+            key = _active(session, hashed)
     except SQLAlchemyError as exc:
         raise unavailable(exc) from exc
-    if key is None or not hmac.compare_digest(key.key_hash, hashed):
+    if key is None:
         return None
     return KeyInfo(key_id=key.id, account_id=key.account_id, person_id=key.person_id,
                    notifyurl=key.notifyurl)
@@ -126,7 +124,10 @@ def create_key(
 
 def find_key(session: Session, key: str) -> ApiKey | None:
     """The active (not revoked) key whose plaintext is ``key``, or None."""
-    hashed = hash_key(key)
+    return _active(session, hash_key(key))
+
+
+def _active(session: Session, hashed: str) -> ApiKey | None:
     found = session.scalars(
         select(ApiKey).where(ApiKey.key_hash == hashed, ApiKey.revoked_at.is_(None))
     ).first()
