@@ -50,6 +50,20 @@ def test_plain_message() -> None:
     assert parsed.attachments == ()
 
 
+def test_a_nul_in_encoded_headers_and_filenames_is_dropped() -> None:
+    # PostgreSQL refuses NUL in text: it would fail the mail and every mail processed with it.
+    raw = (b"From: =?utf-8?q?Ho=00ward?= <howard.tanner@widget.com>\r\n"
+           b"Subject: =?utf-8?q?Printer=00_on_fire?=\r\nMessage-ID: <a\x00b@widget.com>\r\n"
+           b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n"
+           b"--B\r\nContent-Type: text/plain\r\n\r\nbody\r\n"
+           b"--B\r\nContent-Type: text/plain\r\n"
+           b"Content-Disposition: attachment; filename*=utf-8''a%00b.txt\r\n\r\nx\r\n--B--\r\n")
+    parsed = parse(raw)
+    assert (parsed.subject, parsed.sender_name) == ("Printer on fire", "Howard")
+    assert parsed.message_id == "ab@widget.com"
+    assert [a.filename for a in parsed.attachments] == ["ab.txt"]
+
+
 def test_display_name_is_never_the_sender() -> None:
     parsed = parse(bytes(mail(From='"howard.tanner@widget.com" <evil@example.org>')))
     assert parsed.sender == "evil@example.org"

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared.notify.http import RESPONSE_KEEP, AttemptResult, Sender
+from shared.notify.http import RESPONSE_KEEP, AttemptResult, Sender, parse
 from shared.notify.ssrf import parse_networks
 
 LOCALHOST = parse_networks("127.0.0.0/8")
@@ -162,3 +162,38 @@ def test_a_header_with_a_line_break_is_never_written(scripted: type[Scripted]) -
     result = asyncio.run(run())
     assert result.error == "LocalProtocolError"
     assert receiver.connections == 0
+
+
+@pytest.mark.parametrize("length", [b"-5", b"+5", b"1_0"])
+def test_a_content_length_that_is_not_digits_is_a_remote_protocol_error(
+    scripted: type[Scripted], length: bytes,
+) -> None:
+    receiver = scripted(b"HTTP/1.1 200 OK\r\ncontent-length: %s\r\n\r\nabcdefghij" % length)
+    (result,) = post_all(receiver.url, 1)
+    assert (result.status_code, result.error) == (None, "RemoteProtocolError")
+
+
+def test_a_huge_chunk_is_not_read_and_its_connection_ended(scripted: type[Scripted]) -> None:
+    # A chunk announced at 4 GB: the sender takes the status and leaves, reading none of it.
+    huge = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nFFFFFFFF\r\n" + b"x" * 1024
+    receiver = scripted(huge, huge)
+    results = post_all(receiver.url, 2)
+    assert [r.status_code for r in results] == [200, 200]
+    assert receiver.connections == 2
+
+
+@pytest.mark.parametrize("size", [b"-5", b"+5", b"0x5", b""])
+def test_a_chunk_size_that_is_not_hex_digits_is_a_remote_protocol_error(
+    scripted: type[Scripted], size: bytes,
+) -> None:
+    receiver = scripted(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n%s\r\nabcde\r\n"
+                        b"0\r\n\r\n" % size)
+    (result,) = post_all(receiver.url, 1)
+    assert (result.status_code, result.error) == (None, "RemoteProtocolError")
+
+
+def test_an_internationalised_url_is_written_as_ascii() -> None:
+    target = parse("http://bücher.example:8080/hooks/ü ber?name=é")
+    assert target.request == (b"POST /hooks/%C3%BC%20ber?name=%C3%A9 HTTP/1.1\r\n"
+                              b"host: xn--bcher-kva.example:8080\r\n")
+    assert (target.host, target.port) == ("bücher.example", 8080)

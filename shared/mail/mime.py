@@ -157,7 +157,8 @@ def _attachment(part: Message) -> Attachment | None:
     payload = part.get_payload(decode=True)
     content = payload if isinstance(payload, bytes) else b""
     return Attachment(
-        filename=(filename or part.get("Content-ID", "") or "unnamed").strip("<> ")[:255],
+        filename=(_plain(filename) or _plain(part.get("Content-ID")) or "unnamed"
+                  ).strip("<> ")[:255],
         content_type=part.get_content_type()[:255], size=len(content),
         inline=disposition == "inline", content=content,
     )
@@ -172,11 +173,17 @@ def _attachments(leaves: list[Message], body: Message | None) -> list[Attachment
     return found
 
 
+def _plain(value: object) -> str:
+    """A header's (or a filename's) text without NUL: an encoded word can carry one, and
+    PostgreSQL refuses it in text, which would fail every mail of the run."""
+    return str(value or "").replace("\x00", "")
+
+
 def _message_id(value: object) -> str | None:
-    found = _MESSAGE_ID.search(str(value or ""))
+    found = _MESSAGE_ID.search(_plain(value))
     if found:
         return found.group(1)
-    text = str(value or "").strip()
+    text = _plain(value).strip()
     return text[:250] or None
 
 
@@ -212,8 +219,8 @@ def single_address(*values: object) -> str | None:
 
 
 def _display_name(message: EmailMessage) -> str:
-    names = [name for name, _ in getaddresses([str(value) for value in
-                                               message.get_all("From") or []])]
+    names = [_plain(name) for name, _ in getaddresses([str(value) for value in
+                                                       message.get_all("From") or []])]
     return " ".join(names[0].split())[:255] if len(names) == 1 else ""
 
 
@@ -236,9 +243,9 @@ def parse(raw: bytes, limits: Limits | None = None) -> ParsedMail:
         leaves = _walk(message, limits)
         text, body = _body_text(message)
         attachments = _attachments(leaves, body)
-        subject = str(message.get("Subject", "") or "")
-        thread = [*_MESSAGE_ID.findall(str(message.get("In-Reply-To", "") or "")),
-                  *reversed(_MESSAGE_ID.findall(str(message.get("References", "") or "")))]
+        subject = _plain(message.get("Subject"))
+        thread = [*_MESSAGE_ID.findall(_plain(message.get("In-Reply-To"))),
+                  *reversed(_MESSAGE_ID.findall(_plain(message.get("References"))))]
         message_id = _message_id(message.get("Message-ID"))
         sender = single_address(*(message.get_all("From") or []))
         override = message.get("X-4me-From")

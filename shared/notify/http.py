@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from ipaddress import ip_address
 from types import TracebackType
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -167,8 +167,14 @@ class Target:
     request: bytes  # the request line and the Host header
 
 
+# What a path and query keep as they are: the URL's own delimiters and escapes (RFC 3986).
+_PATH_SAFE = "/?#[]@!$&'()*+,;=:%-._~"
+
+
 def parse(url: str) -> Target:
-    """The URL's parts; the scheme must be http or https, and the request writable as is."""
+    """The URL's parts; the scheme must be http or https. What intake accepts is written as
+    ASCII: an internationalised host name in IDNA, other characters of the path and query
+    percent-encoded as UTF-8."""
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -179,8 +185,12 @@ def parse(url: str) -> Target:
     if not parts.hostname:
         raise InvalidURL(f"{url[:100]}: no host")
     default = 443 if parts.scheme == "https" else 80
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    path = quote((parts.path or "/") + (f"?{parts.query}" if parts.query else ""), _PATH_SAFE)
+    try:
+        name = parts.hostname.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        raise InvalidURL(f"{url[:100]}: the host is no IDNA name") from exc
+    host = f"[{name}]" if ":" in name else name
     if port not in (None, default):
         host += f":{port}"
     _check_writable(path, host)
@@ -283,10 +293,10 @@ class _Connection(asyncio.Protocol):
         elif b"chunked" in headers.get(b"transfer-encoding", b"").lower():
             body, ended = await self._chunked(read_timeout)
         elif b"content-length" in headers:
-            try:
-                length = int(headers[b"content-length"])
-            except ValueError:
-                raise RemoteProtocolError("a content-length that is not a number") from None
+            text = headers[b"content-length"]
+            if not (text.isdigit() and len(text) < 19):  # int() would take -5, +5 and 1_0
+                raise RemoteProtocolError("a content-length that is not a number")
+            length = int(text)
             body, ended = await self._sized(length, read_timeout)
         else:  # delimited by the end of the connection
             body, ended = await self._until_close(read_timeout), False
@@ -332,31 +342,35 @@ class _Connection(asyncio.Protocol):
             await self._more(read_timeout)
         return bytes(self._buffer[:RESPONSE_KEEP])
 
+    async def _line(self, read_timeout: float) -> int:
+        """Where the buffer's first line ends (its CRLF), reading until it does."""
+        while (end := self._buffer.find(b"\r\n")) < 0:
+            if len(self._buffer) > MAX_HEAD:
+                raise RemoteProtocolError("a line of a chunked body longer than 64 KB")
+            await self._more(read_timeout)
+        return end
+
     async def _chunked(self, read_timeout: float) -> tuple[bytes, bool]:
         """A chunked body, up to its end if it is short; its first bytes."""
         body = bytearray()
         while True:
-            while (end := self._buffer.find(b"\r\n")) < 0:
-                await self._more(read_timeout)
-            try:
-                size = int(bytes(self._buffer[:end]).split(b";")[0], 16)
-            except ValueError:
-                raise RemoteProtocolError("a chunk size that is not a number") from None
+            end = await self._line(read_timeout)
+            text = bytes(self._buffer[:end]).split(b";")[0].strip()
+            if not text or len(text) > 16 or text.strip(b"0123456789abcdefABCDEF"):
+                raise RemoteProtocolError("a chunk size that is not a number")
+            size = int(text, 16)
             del self._buffer[:end + 2]
+            if size > DRAIN_LIMIT - len(body):  # too long to read to its end: the head only
+                return bytes(body), False
             if size == 0:
-                while (end := self._buffer.find(b"\r\n")) != 0:  # the trailers, until a blank
-                    if end > 0:
-                        del self._buffer[:end + 2]
-                    else:
-                        await self._more(read_timeout)
+                while (end := await self._line(read_timeout)) != 0:  # the trailers, to a blank
+                    del self._buffer[:end + 2]
                 del self._buffer[:2]
                 return bytes(body), True
             while len(self._buffer) < size + 2:
                 await self._more(read_timeout)
             body += self._buffer[:size]
             del self._buffer[:size + 2]
-            if len(body) > DRAIN_LIMIT:
-                return bytes(body), False
 
 
 async def _connect(

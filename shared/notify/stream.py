@@ -44,7 +44,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, TypeVar
 
-from shared.db.engine import session_scope
+from shared.db.engine import database_unreachable, session_scope
 from shared.logs import get_logger
 from shared.notify import rules, signing
 from shared.notify.delivery import Batch, Claim, claim, claim_due, give_back, record
@@ -68,11 +68,14 @@ class _Host:
     holder: str
     lanes: int
     queue: deque[tuple[Claim, float]] = field(default_factory=deque)  # and its latest start
-    free: set[int] = field(default_factory=set)  # lane numbers not running (a connection each)
-    running: int = 0
+    busy: set[int] = field(default_factory=set)  # lane numbers running (a connection each)
     topping_up: bool = False
     # No look for the host's deferred deliveries before then: the last one found none.
     quiet_until: float = 0.0
+
+    @property
+    def running(self) -> int:
+        return len(self.busy)
 
 
 class Job:
@@ -126,6 +129,10 @@ class Stream:
         # Slots of hosts whose sessions ended, to free (host, holder token).
         self._release: list[tuple[str, str]] = []
         self._claiming = 0  # claims under way: no slots are freed meanwhile (see _flush)
+        # One claim at a time from its look at the slots held to its distribution: two claims
+        # for a host not yet held would each take slots under a token of its own, and the
+        # second token's would never be freed.
+        self._claim_lock = asyncio.Lock()
         self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
         # Deliveries deferred for want of a slot, by host: when each is given up on.
@@ -175,10 +182,17 @@ class Stream:
     # --- in the loop
 
     def _start(self, job: Job, delivery_ids: list[int]) -> None:
+        fresh = []
         for delivery_id in delivery_ids:
-            self._jobs[delivery_id] = job
+            if delivery_id in self._jobs:  # named by an earlier message and still in hand
+                job.settle(delivery_id, None, attempted=False)
+            else:
+                self._jobs[delivery_id] = job
+                fresh.append(delivery_id)
+        if not fresh:
+            return
         give_up = time.monotonic() + self._policy.sweep_interval
-        task = self._spawn(self._take(delivery_ids, give_up, job))
+        task = self._spawn(self._take(fresh, give_up, job))
         task.add_done_callback(functools.partial(_answer, job))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
@@ -198,20 +212,22 @@ class Stream:
     async def _take(self, delivery_ids: list[int], give_up: float, job: Job | None = None) -> None:
         """Claim ``delivery_ids`` (``job``'s, when they are handed over); those deferred for want
         of a slot wait (_wait_for_slots)."""
-        held = {host: state.holder for host, state in self._hosts.items()}
-        self._claiming += 1
-        try:
-            batch = await self._in_database(self._claim, delivery_ids, held)
-        except BaseException as exc:  # the jobs' callers learn it (a database outage)
-            mapped = (self._jobs.pop(i, None) for i in delivery_ids)
-            for failed in {found for found in (job, *mapped) if found is not None}:
-                failed.fail(exc)
-            return
-        finally:
-            self._claiming -= 1
-        if job is not None and not job.claimed.done():
-            job.claimed.set_result(None)
-        self._distribute(batch)
+        async with self._claim_lock:
+            held = {host: state.holder for host, state in self._hosts.items()}
+            started = time.monotonic()
+            self._claiming += 1
+            try:
+                batch = await self._in_database(self._claim, delivery_ids, held)
+            except BaseException as exc:  # the jobs' callers learn it (a database outage)
+                mapped = (self._jobs.pop(i, None) for i in delivery_ids)
+                for failed in {found for found in (job, *mapped) if found is not None}:
+                    failed.fail(exc)
+                return
+            finally:
+                self._claiming -= 1
+            if job is not None and not job.claimed.done():
+                job.claimed.set_result(None)
+            self._distribute(batch, started)
         taken = {c.delivery_id for c in batch.claims}
         deferred = {i for ids in batch.deferred.values() for i in ids}
         for delivery_id in delivery_ids:
@@ -259,9 +275,11 @@ class Stream:
             return claim_due(session, [host], _now(), self._policy, _draw(), limit=TOP_UP,
                              held=held)
 
-    def _distribute(self, batch: Batch) -> None:
-        """The batch's claims to their hosts' queues, and lanes to POST them."""
-        latest = time.monotonic() + self._policy.lease - self._policy.deadline
+    def _distribute(self, batch: Batch, started: float) -> None:
+        """The batch's claims to their hosts' queues, and lanes to POST them. ``started``: a
+        monotonic time before the claim set its leases, so a POST's latest start is early
+        enough for its lease however long the claim took."""
+        latest = started + self._policy.lease - self._policy.deadline
         for taken in batch.claims:
             state = self._hosts.get(taken.host)
             if state is None:
@@ -269,12 +287,12 @@ class Stream:
             state.queue.append((taken, latest))
         for host, lanes in batch.lanes.items():
             state = self._hosts[host]
-            state.free |= set(range(state.lanes, lanes))
             state.lanes = lanes
             while state.running < min(lanes, len(state.queue)):
-                lane = min(state.free)
-                state.free.discard(lane)
-                state.running += 1
+                # A lane number still running is never given out again, even when the host's
+                # lanes shrank and grew meanwhile: a lane is a connection of its own.
+                lane = min(set(range(lanes)) - state.busy)
+                state.busy.add(lane)
                 self._spawn(self._lane(host, state, lane))
 
     async def _lane(self, host: str, state: _Host, lane: int) -> None:
@@ -287,16 +305,20 @@ class Stream:
                 if self._closing or time.monotonic() > latest:
                     self._unsent.append(taken)
                     continue
-                headers = signing.headers(taken.secrets, taken.message_id, int(time.time()),
-                                          taken.body, hub=taken.hub_signature)
-                result = await self._sender.post(taken.url, taken.body, headers, lane)
+                try:
+                    headers = signing.headers(taken.secrets, taken.message_id, int(time.time()),
+                                              taken.body, hub=taken.hub_signature)
+                    result = await self._sender.post(taken.url, taken.body, headers, lane)
+                except Exception as exc:  # a bug: the claim goes back, the lane goes on
+                    log.error("notify lane failed", host=host, error=repr(exc))
+                    self._unsent.append(taken)
+                    continue
                 # Only now: the flusher may have swapped the list while the POST was awaited.
                 self._results.append((taken, result))
                 if not state.queue and not self._closing:
                     await self._top_up(host, state)
         finally:
-            state.running -= 1
-            state.free.add(lane)
+            state.busy.discard(lane)
 
     async def _top_up(self, host: str, state: _Host) -> None:
         """The host's due deliveries that other processes deferred (this stream holds its
@@ -304,18 +326,22 @@ class Stream:
         if state.topping_up or time.monotonic() < state.quiet_until:
             return
         state.topping_up = True
-        self._claiming += 1
         try:
-            batch = await self._in_database(self._claim_due, host, {host: state.holder})
-        except Exception as exc:  # the sweeper queues them later in any case
-            log.warning("notify top-up failed", host=host, error=str(exc))
-            return
+            async with self._claim_lock:
+                started = time.monotonic()
+                self._claiming += 1
+                try:
+                    batch = await self._in_database(self._claim_due, host, {host: state.holder})
+                except Exception as exc:  # the sweeper queues them later in any case
+                    log.warning("notify top-up failed", host=host, error=str(exc))
+                    return
+                finally:
+                    self._claiming -= 1
+                if not batch.claims:
+                    state.quiet_until = time.monotonic() + rules.BUSY_WAIT
+                self._distribute(batch, started)
         finally:
-            self._claiming -= 1
             state.topping_up = False
-        if not batch.claims:
-            state.quiet_until = time.monotonic() + rules.BUSY_WAIT
-        self._distribute(batch)
 
     async def _pace(self, host: str) -> None:
         """Wait for this host's turn under the per-host rate, if there is one."""
@@ -361,12 +387,18 @@ class Stream:
         try:
             moved = await self._in_database(self._record, results, unsent, release)
         except BaseException as exc:
-            # The deliveries stay ``sending`` until their lease runs out and the sweeper takes
-            # them back.
             log.warning("notify outcomes not recorded", count=len(results), error=str(exc))
-            if not self._closing:  # by their holder tokens: the next flush frees them
-                self._release += release
-            for taken, _ in results:
+            if not self._closing:
+                self._release += release  # by their holder tokens: the next flush frees them
+                if database_unreachable(exc):
+                    # The next flush tries again: a short outage costs no second POST (a lease
+                    # that ran out meanwhile is found lost then).
+                    self._results[:0] = results
+                    self._unsent[:0] = unsent
+                    return
+            # Stopping, or not an outage (it would fail again): the deliveries stay ``sending``
+            # until their leases run out and the sweeper takes them back.
+            for taken in [taken for taken, _ in results] + unsent:
                 job = self._jobs.pop(taken.delivery_id, None)
                 if job is not None:
                     job.fail(exc)
