@@ -1,12 +1,12 @@
 """``events.process``: turn queued events into requests, many messages per database transaction.
 
-A plain one-task-per-message worker drains about 800 messages a second on two cores (DESIGN 2),
-so the task is a celery-batches task: the worker's consumer buffers up to
-``EVENTDESK_WORKER_BATCH_SIZE`` messages (or what arrived within
+A plain one-task-per-message worker drains far fewer messages a second than the intake takes
+(DESIGN 2; bench/README.md, the no-op worker's rate), so the task is a celery-batches task: the
+worker's consumer buffers up to ``EVENTDESK_WORKER_BATCH_SIZE`` messages (or what arrived within
 ``EVENTDESK_WORKER_BATCH_WAIT_SECONDS``) and hands them to its pool processes in jobs of up to
-``EVENTDESK_WORKER_BATCH_EVENTS`` events, each processed in one database transaction: a burst
-of large messages keeps every pool process busy instead of one. A message holds one or more
-event batches (the api's group commit, shared/messaging/queueing.py).
+``EVENTDESK_WORKER_BATCH_EVENTS`` events, each processed in one database transaction: a burst of
+large messages keeps every pool process busy instead of one. A message holds one or more event
+batches (the api's group commit, shared/messaging/queueing.py).
 
 Acknowledgement is ours, because celery-batches' own acknowledges a batch whatever happened to
 it: the messages of a batch are acknowledged only after its events are done (committed, or

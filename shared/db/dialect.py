@@ -129,8 +129,8 @@ def rows_json(model: type[Base], rows: Sequence[dict[str, Any]]) -> str:
     if texts:
         rows = [row | {name: None if row[name] is None else _compact(row[name])
                        for name in texts} for row in rows]
-    # An aware datetime's isoformat costs about a microsecond and most rows share theirs (the
-    # run's ``now``, a batch's received_at): each is rendered once. Equal instants may share
+    # An aware datetime's isoformat is not free and most rows share theirs (the run's ``now``,
+    # a batch's received_at): each is rendered once. Equal instants may share
     # one text, as they are one timestamptz.
     rendered: dict[datetime, str] = {}
 

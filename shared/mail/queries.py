@@ -11,6 +11,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shared.db.lookup import LookupUnavailable
 from shared.db.models import Account, MailAttachment, MailMessage, Request, Team, Transaction
 from shared.mail.rules import DirectoryRecipient, Recipient, UnknownRecipient
 from shared.mail.schemas import EmailPolicy
@@ -140,7 +141,7 @@ def attachments_of_request(session: Session, account_id: str, request_id: int
 def attachment(session: Session, account_id: str, transid: str, position: int,
                directory: Path | None) -> tuple[AttachmentRow, bytes] | None:
     """An attachment of the account's mail ``transid`` and its content; None when there is no
-    such attachment, or its file is gone."""
+    such attachment, or its file is gone; LookupUnavailable when its file cannot be read."""
     found = session.execute(
         select(*_LISTED, MailAttachment.sha256, MailAttachment.content)
         .join(MailMessage, MailMessage.id == MailAttachment.mail_id)
@@ -156,5 +157,7 @@ def attachment(session: Session, account_id: str, transid: str, position: int,
             content = attachment_path(directory, digest).read_bytes()
         except FileNotFoundError:
             return None
+        except OSError as exc:  # unreadable (permissions, the disk): the api answers 503
+            raise LookupUnavailable(f"attachment file unreadable: {exc}") from exc
     return AttachmentRow(found.transid, found.position, found.filename, found.content_type,
                          found.size, found.inline), content

@@ -11,10 +11,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from shared.db import dialect
 from shared.db.models import MailAttachment, MailMessage, Note, Person, Request, Transaction
 from shared.mail.mime import Attachment
 from shared.mail.queries import Destination, attachment_path, stored
@@ -33,9 +33,7 @@ def save(
     intake may have died between its commit and its publish: the retry queues it, instead of
     leaving it to the sweep). One statement for a new message (no look before the insert).
     """
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" \
-        else sqlite.insert
-    mail_id = session.scalar(insert(MailMessage).values(
+    mail_id = session.scalar(dialect.insert(session, MailMessage).values(
         transid=transid, account_id=destination.account_id, recipient=destination.address,
         team_id=destination.team_id, message_id=message_id, raw=raw, peer=peer[:64],
         received_at=now, status="received",
@@ -113,8 +111,7 @@ def create_person(session: Session, *, account_id: str, email: str, name: str) -
     """A person of the account for a sender no one has the address of (Email Policy); its id
     is above every person's. Returns the id (an existing person's, when a concurrent mail from
     the same sender created it first)."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PERSON_ID_LOCK})
+    dialect.lock(session, [_PERSON_ID_LOCK])
     existing = session.scalars(select(Person.id).where(
         Person.account_id == account_id, func.lower(Person.primary_email) == email)).first()
     if existing is not None:
@@ -140,6 +137,12 @@ def _write_file(directory: Path, digest: str, content: bytes) -> None:
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
+        # The rename itself is durable only once its directory is: before the row commits.
+        directory_handle = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory_handle)
+        finally:
+            os.close(directory_handle)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise

@@ -2,11 +2,11 @@
 
 Every front door queues through one :class:`EventQueue` per api process. A broker message costs
 the worker far more than the events in it (its consumer handles each message apart, and a plain
-Celery worker drains only about 800 messages a second here), so batches that threads of one
-process queue at the same moment go out as one message: the first thread to arrive publishes
-what is waiting, and those that arrive meanwhile wait for its push to finish, then the next of
-them publishes everything that gathered. No thread waits for a timer, so a lone request pays
-nothing, and under load the groups grow by themselves.
+Celery worker drains far fewer messages than the intake takes: bench/README.md), so batches that
+threads of one process queue at the same moment go out as one message: the first thread to arrive
+publishes what is waiting, and those that arrive meanwhile wait for its push to finish, then the
+next of them publishes everything that gathered. No thread waits for a timer, so a lone request
+pays nothing, and under load the groups grow by themselves.
 
 Durability is unchanged: each caller returns (and its events are answered "queued") only after
 the broker has taken the message that holds its batch. The message's task arguments are the

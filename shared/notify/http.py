@@ -4,8 +4,8 @@
 hundreds of POSTs are in flight at once without a thread each. HTTP/1.1 is spoken by this module
 itself, on an asyncio protocol (:class:`_Connection`): a notify POST needs a small part of it
 (one request at a time on a connection, the status, two headers and the first 1 KB of the
-answer), and the general clients cost several times the rest of a delivery in CPU (httpcore's
-h11 state machine and anyio's layers were a third of a worker's CPU a delivery).
+answer), and the general clients cost more CPU than the rest of a delivery (httpcore's h11
+state machine and anyio's layers: bench/README.md, "bench/notify.py").
 
 The guard sits where a connection is made (:func:`_connect`): the host is resolved once, every
 address it resolves to is checked (``shared/notify/ssrf.py``), and the connection is made to one

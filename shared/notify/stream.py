@@ -382,6 +382,9 @@ class Stream:
                 if not state.running and not state.queue:
                     release.append((host, state.holder))
                     del self._hosts[host]
+                    # Its turn under the rate, once past, is no longer needed to space POSTs.
+                    if self._next_start.get(host, 0.0) <= time.monotonic():
+                        self._next_start.pop(host, None)
         if not (results or unsent or release):
             return
         try:

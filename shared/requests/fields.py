@@ -84,7 +84,7 @@ def check_text(value: str) -> str:
     other control characters are no text a request or a notification needs; refusing them all
     at the door keeps SQLite and PostgreSQL deployments answering alike. Returns ``value``.
     """
-    # isprintable() is true for most text and costs a third of the search (intake hot path).
+    # isprintable() is true for most text and costs less than the search (intake hot path).
     if not value.isprintable() and _CONTROL.search(value):
         raise ValueError(CONTROL_MESSAGE)
     return value

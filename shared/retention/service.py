@@ -11,8 +11,8 @@ from shared.retention import store
 from shared.retention.rules import Horizon
 from shared.settings import Settings
 
-# Rows of the transactions table a batch looks at: about 0.1 s a batch on PostgreSQL, short
-# enough that a replay waiting on a delivery's row lock, or SQLite's other writers, hardly notice.
+# Rows of the transactions table a batch looks at: a batch short enough that a replay waiting on
+# a delivery's row lock, or SQLite's other writers, hardly notice (bench/README.md, "The purge").
 BATCH = 1000
 
 
