@@ -1141,3 +1141,39 @@ def test_a_stopping_stream_records_what_it_sent_and_gives_back_the_rest(
     with session_scope(db) as session:
         assert session.scalars(select(NotifyHostSlot).where(
             NotifyHostSlot.holder.is_not(None))).all() == []
+
+
+def test_a_lane_whose_post_raises_gives_its_claim_back_and_sends_the_rest(
+    db: str, receivers: Callable[..., Receiver], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    receiver = receivers()
+    policy = dataclasses.replace(POLICY, host_concurrency=1)
+    made = [make_delivery(db, receiver.url) for _ in range(3)]
+    ids = [delivery_id for _, delivery_id in made]
+    broken = get_delivery(db, ids[0]).message_id
+    sign = signing.headers
+
+    def headers(secrets: Any, message_id: str, *args: Any, **kwargs: Any) -> dict[str, str]:
+        if message_id == broken:
+            raise RuntimeError("a bug in signing")
+        return sign(secrets, message_id, *args, **kwargs)
+
+    monkeypatch.setattr(signing, "headers", headers)
+    # One lane for the host: the failing claim must not stop it, nor the run wait forever.
+    assert run(db, ids, policy) == {ids[1]: "delivered", ids[2]: "delivered"}
+    row = get_delivery(db, ids[0])
+    assert (row.status, row.attempts, row.lease_token) == ("pending", 0, None)
+    assert len(receiver.received) == 2
+
+
+def test_a_delivery_named_twice_is_sent_once_and_no_one_waits_forever(
+    db: str, receivers: Callable[..., Receiver],
+) -> None:
+    receiver = receivers(default=Answer(204, delay=0.2))
+    first, second = (make_delivery(db, receiver.url)[1] for _ in range(2))
+    with Stream(POLICY, database_url=db) as deliverer:
+        job = deliverer.submit([first, first, second])
+        again = deliverer.submit([first])  # a second message naming it while it is in hand
+        assert again.done.result(timeout=5) == {}
+        assert job.done.result(timeout=5) == {first: "delivered", second: "delivered"}
+    assert len(receiver.received) == 2

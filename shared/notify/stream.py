@@ -183,7 +183,7 @@ class Stream:
 
     def _start(self, job: Job, delivery_ids: list[int]) -> None:
         fresh = []
-        for delivery_id in delivery_ids:
+        for delivery_id in dict.fromkeys(delivery_ids):
             if delivery_id in self._jobs:  # named by an earlier message and still in hand
                 job.settle(delivery_id, None, attempted=False)
             else:
