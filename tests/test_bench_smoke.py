@@ -10,8 +10,9 @@ from __future__ import annotations
 import fcntl
 import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -26,6 +27,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.redis]
 REDIS_URL = f"redis://127.0.0.1:{REDIS_PORT}/15"
 
 
+def run_bench(main: Callable[[list[str]], int], args: list[str],
+              capsys: pytest.CaptureFixture[str]) -> Any:
+    """Run a bench's ``main`` with ``--json``; its report, once it exited 0."""
+    status = main([*args, "--json"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    return json.loads(out)
+
+
 @pytest.fixture(autouse=True)
 def _one_bench_at_a_time() -> Iterator[None]:
     with (Path(tempfile.gettempdir()) / "eventdesk-bench-smoke.lock").open("w") as lock:
@@ -34,14 +44,10 @@ def _one_bench_at_a_time() -> Iterator[None]:
 
 
 def test_baseline_intake_bench_reports_positive_figures(capsys: pytest.CaptureFixture[str]) -> None:
-    status = intake.main([
+    report = run_bench(intake.main, [
         "--apps", "baseline", "--loadgen", "python", "--duration", "0.5", "--warmup", "0",
-        "--connections", "2", "--repeat", "1", "--redis-url", REDIS_URL, "--json",
-    ])
-    out = capsys.readouterr().out
-
-    assert status == 0, out
-    report = json.loads(out)
+        "--connections", "2", "--repeat", "1", "--redis-url", REDIS_URL,
+    ], capsys)
     assert report["generator"] == "python"
     assert report["failed"] == ""
     assert "--workers" in report["gunicorn"]
@@ -113,15 +119,11 @@ def test_e2e_bench_processes_every_event(capsys: pytest.CaptureFixture[str]) -> 
 
     from bench import e2e
 
-    status = e2e.main([
+    report = run_bench(e2e.main, [
         "--events", "200", "--scenarios", "storm", "--connections", "4",
         "--noop-messages", "200", "--stall-timeout", "20", "--start-timeout", "30",
-        "--redis-url", REDIS_URL, "--json",
-    ])
-    out = capsys.readouterr().out
-
-    assert status == 0, out
-    report = json.loads(out)
+        "--redis-url", REDIS_URL,
+    ], capsys)
     assert report["failed"] == ""
     baseline = report["baseline"]
     assert baseline["drained"]
@@ -162,15 +164,11 @@ def test_e2e_bench_processes_every_event(capsys: pytest.CaptureFixture[str]) -> 
 def test_e2e_bench_with_a_preload(capsys: pytest.CaptureFixture[str]) -> None:
     from bench import e2e
 
-    status = e2e.main([
+    report = run_bench(e2e.main, [
         "--events", "200", "--scenarios", "storm", "--connections", "4", "--noop-messages", "0",
         "--stall-timeout", "20", "--start-timeout", "30", "--redis-url", REDIS_URL,
-        "--preload", "3000", "--json",
-    ])
-    out = capsys.readouterr().out
-
-    assert status == 0, out
-    report = json.loads(out)
+        "--preload", "3000",
+    ], capsys)
     empty, preloaded = report["figures"]
     assert (empty["scenario"], preloaded["scenario"]) == ("storm", "storm+pre")
     # Counted apart from the preload: the scenario's own transactions and requests only.
@@ -205,14 +203,10 @@ def test_e2e_scenario_events() -> None:
 def test_notify_bench_delivers_every_notification(capsys: pytest.CaptureFixture[str]) -> None:
     from bench import notify
 
-    status = notify.main([
+    report = run_bench(notify.main, [
         "--events", "200", "--per-body", "50", "--rate", "0", "--runs", "1",
-        "--stall-timeout", "20", "--start-timeout", "30", "--redis-url", REDIS_URL, "--json",
-    ])
-    out = capsys.readouterr().out
-
-    assert status == 0, out
-    report = json.loads(out)
+        "--stall-timeout", "20", "--start-timeout", "30", "--redis-url", REDIS_URL,
+    ], capsys)
     assert report["failed"] == ""
     ours, bare = report["runs"]
     print(ours, bare)  # shown when an assertion fails
@@ -232,12 +226,8 @@ def test_notify_bench_delivers_every_notification(capsys: pytest.CaptureFixture[
 def test_mail_bench_processes_every_message(capsys: pytest.CaptureFixture[str]) -> None:
     from bench import mail
 
-    status = mail.main(["--messages", "40", "--connections", "4", "--runs", "1",
-                        "--stall-timeout", "20", "--redis-url", REDIS_URL, "--json"])
-    out = capsys.readouterr().out
-
-    assert status == 0, out
-    report = json.loads(out)
+    report = run_bench(mail.main, ["--messages", "40", "--connections", "4", "--runs", "1",
+                                   "--stall-timeout", "20", "--redis-url", REDIS_URL], capsys)
     sink, ours = report["runs"]
     print(sink, ours)  # shown when an assertion fails
     assert (sink["target"], ours["target"]) == ("sink", "eventdesk")
