@@ -45,10 +45,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.request import urlopen
 
 from bench.e2e import (
@@ -75,6 +75,7 @@ DEMO_SECRET = "whsec_ZGVtby1zaWduaW5nLXNlY3JldC0wMTIzNDU2Nzg5YWI="  # the demo r
 POLL_S = 0.05
 WARMUP_EVENTS = 200
 _TRANSID = re.compile(rb'"transid":\s*"([^"]+)"')
+T = TypeVar("T")
 
 
 # --- the receiver (a process of its own) ------------------------------------------------------
@@ -143,6 +144,16 @@ async def _serve(port: int) -> None:
 # --- the bare sender (a process of its own) ---------------------------------------------------
 
 
+def _in_shares(work: Callable[[list[T]], None], items: list[T], connections: int) -> None:
+    """``work`` on ``connections`` threads at once, each given every n-th item; until all end."""
+    threads = [threading.Thread(target=work, args=(items[n::connections],))
+               for n in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def _bare(url: str, payloads_file: Path, connections: int) -> None:
     """POST every payload of ``payloads_file`` (JSON lines: message id, payload) to ``url``,
     signed, ``connections`` keep-alive connections at once; print seconds and CPU as JSON."""
@@ -163,12 +174,7 @@ def _bare(url: str, payloads_file: Path, connections: int) -> None:
             connection.getresponse().read()
         connection.close()
 
-    threads = [threading.Thread(target=send, args=(work[n::connections],))
-               for n in range(connections)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    _in_shares(send, work, connections)
     print(json.dumps({"seconds": time.perf_counter() - started,
                       "cpu_s": time.process_time() - cpu}))
 
@@ -341,13 +347,7 @@ class Stack:
                         accepted[transid.decode()] = now
             connection.close()
 
-        numbered = list(enumerate(bodies))
-        threads = [threading.Thread(target=post, args=(numbered[n::connections],))
-                   for n in range(connections)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        _in_shares(post, list(enumerate(bodies)), connections)
         return accepted
 
     def _wait(self, expected: int) -> float:
