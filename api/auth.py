@@ -10,7 +10,7 @@ from flask import Response, current_app, request
 
 from api.errors import error_json
 from api.fourme import respond
-from shared.intake.fourme.service import Refused, check_account
+from shared.intake.fourme.service import Refused, bearer_token, check_account
 from shared.records.keys import KeyInfo, Keys
 
 P = ParamSpec("P")
@@ -21,8 +21,7 @@ def caller() -> KeyInfo | None:
     """The caller's key, or None when no valid key or token was given."""
     token = request.headers.get("key")
     if token is None:
-        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-        token = value.strip() if scheme.lower() == "bearer" else None
+        token = bearer_token(request.headers.get("Authorization"))
     keys: Keys = current_app.extensions["eventdesk.keys"]
     return keys.authenticate(token)
 
