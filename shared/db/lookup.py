@@ -12,6 +12,7 @@ from typing import TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from shared.cache import TTLCache
 from shared.db.engine import database_unreachable
 
 
@@ -56,3 +57,12 @@ class Outage:
                 raise
 
         return guarded
+
+
+def cached(load: Callable[[K], V], *, ttl: float, stale: float = 0.0,
+           outage: Outage | None = None) -> TTLCache[K, V]:
+    """``load`` behind a TTL cache that answers from its stale copy for up to ``stale`` seconds
+    while the database is unreachable, and pauses its loads after an outage (``outage``: a
+    pause shared with other caches, so one request does not wait out two timeouts)."""
+    return TTLCache((outage or Outage(ttl)).guard(load), ttl, stale=stale,
+                    stale_on=(DatabaseUnreachable,))

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from shared.cache import TTLCache
 from shared.db.engine import session_scope
-from shared.db.lookup import DatabaseUnreachable, Outage, unavailable
+from shared.db.lookup import Outage, cached, unavailable
 from shared.db.models import Account, ApiKey, Person, utcnow
 
 # The largest id a database integer column holds; a longer string of digits is no id.
@@ -53,9 +53,8 @@ class Keys:
 
     def __init__(self, find: Callable[[str], KeyInfo | None], *, ttl: float, stale: float = 0.0,
                  outage: Outage | None = None) -> None:
-        load = (outage or Outage(ttl)).guard(find)
-        self._cache: TTLCache[str, KeyInfo | None] = TTLCache(
-            load, ttl, stale=stale, stale_on=(DatabaseUnreachable,))
+        self._cache: TTLCache[str, KeyInfo | None] = cached(find, ttl=ttl, stale=stale,
+                                                            outage=outage)
 
     def authenticate(self, key: str | None) -> KeyInfo | None:
         """The caller of ``key``; None for no key, an unknown or a revoked one. Raises

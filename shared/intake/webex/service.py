@@ -15,7 +15,7 @@ from typing import Any
 
 from shared.cache import TTLCache
 from shared.codes import Code, IntakeError
-from shared.db.lookup import DatabaseUnreachable, LookupUnavailable, Outage
+from shared.db.lookup import LookupUnavailable, Outage, cached
 from shared.ids import make_transid
 from shared.intake.queries import DefinitionInfo
 from shared.intake.webex import schemas as webex
@@ -57,10 +57,8 @@ class WebexIntake:
         """``outage``: the pause shared with the key cache (shared/db/lookup.py)."""
         self._events = queue
         self._keys = keys
-        self._definitions: TTLCache[tuple[str, str], DefinitionInfo | None] = TTLCache(
-            (outage or Outage(cache_ttl)).guard(find_definition), cache_ttl, stale=stale_cache,
-            stale_on=(DatabaseUnreachable,),
-        )
+        self._definitions: TTLCache[tuple[str, str], DefinitionInfo | None] = cached(
+            find_definition, ttl=cache_ttl, stale=stale_cache, outage=outage)
         self._secret = secret
         self._max_events = max_events
         # Few distinct URLs (a body's, the defaults): each is judged once, not once an event.
