@@ -1,9 +1,11 @@
-"""Cutting a sequence into runs of bounded size, in order."""
+"""Cutting a sequence into runs of bounded size, in order; running what threads hand in at once
+as one group."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -23,3 +25,70 @@ def runs(items: Iterable[T], weight: Callable[[T], int], limit: int) -> list[lis
         cut[-1].append(item)
         load += heavy
     return cut
+
+
+class _Waiter(Generic[T]):
+    __slots__ = ("done", "error", "item", "wake")
+
+    def __init__(self, item: T) -> None:
+        self.item = item
+        self.done = False
+        self.error: BaseException | None = None
+        # Held from the start; released once, to wake its waiting thread: done, or to lead.
+        self.wake = threading.Lock()
+        self.wake.acquire()
+
+
+class GroupRunner(Generic[T]):
+    """Work that threads hand in at the same moment done as one group (a group commit).
+
+    The first thread to arrive runs ``work`` on its item with all that waits, and those that
+    arrive meanwhile wait for that run to end; then the oldest of them runs the next group with
+    everything that gathered. No thread waits for a timer, so a lone caller pays nothing, and
+    under load the groups grow by themselves. The leading role is a baton, handed to the oldest
+    waiting thread or put down; each waiting thread is woken exactly once, its item done or
+    holding the baton.
+
+    ``work`` gives each item its outcome (on the item: the runner keeps none). If it raises,
+    every thread of the group raises that error from :meth:`submit`.
+    """
+
+    def __init__(self, work: Callable[[list[T]], None]) -> None:
+        self._work = work
+        self._guard = threading.Lock()
+        self._waiting: list[_Waiter[T]] = []
+        self._busy = False
+
+    def submit(self, item: T) -> None:
+        """Returns once ``work`` has run on a group holding ``item``."""
+        waiter = _Waiter(item)
+        with self._guard:
+            waits = self._busy
+            if waits:
+                self._waiting.append(waiter)
+            self._busy = True
+        if waits:
+            waiter.wake.acquire()
+        if not waiter.done:  # this thread holds the baton
+            self._lead(waiter)
+        if waiter.error is not None:
+            raise waiter.error
+
+    def _lead(self, waiter: _Waiter[T]) -> None:
+        with self._guard:
+            group, self._waiting = [waiter, *self._waiting], []
+        try:
+            self._work([member.item for member in group])
+        except BaseException as exc:
+            for member in group:
+                member.error = exc
+        finally:
+            for member in group:
+                member.done = True
+            with self._guard:
+                successor = self._waiting.pop(0) if self._waiting else None
+                self._busy = successor is not None
+            for member in group[1:]:
+                member.wake.release()
+            if successor is not None:
+                successor.wake.release()

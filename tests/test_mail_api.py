@@ -36,11 +36,12 @@ def post(client: FlaskClient, raw: bytes, *, key: str = "demo-key",
 
 
 def mail_queue(broker: str) -> list[list[int]]:
+    """The ids each queued ``mail.process`` message names."""
     found = []
     for raw in redis.Redis.from_url(broker).lrange("mail", 0, -1):
         envelope = json.loads(raw)
         assert envelope["headers"]["task"] == "mail.process"
-        found.append(json.loads(base64.b64decode(envelope["body"]))[0])
+        found.append(json.loads(base64.b64decode(envelope["body"]))[0][0])
     return found
 
 
@@ -62,7 +63,7 @@ def test_accepted_stored_then_queued(client: FlaskClient, broker: str, sqlite_ur
     assert post(client, RAW % b"1") == (202, body)
     assert mail_queue(broker) == [[mail_id], [mail_id]]
     with session_scope(sqlite_url) as session:
-        process_mail(session, mail_id, datetime.now(UTC), Directory(0))
+        process_mail(session, [mail_id], datetime.now(UTC), Directory(0))
     assert post(client, RAW % b"1") == (202, body)
     assert mail_queue(broker) == [[mail_id], [mail_id]]
 
@@ -132,7 +133,7 @@ def test_attachments_listed_and_downloaded(client: FlaskClient, sqlite_url: str)
     with session_scope(sqlite_url) as session:
         mail_id = session.query(MailMessage).filter_by(transid=body["transid"]).one().id
     with session_scope(sqlite_url) as session:
-        process_mail(session, mail_id, datetime.now(UTC), Directory(0))
+        process_mail(session, [mail_id], datetime.now(UTC), Directory(0))
     view = client.get(f"/v1/transactions/{body['transid']}", headers={"key": "demo-key"})
     request_id = view.get_json()["outcome"]["request_id"]
     notes = client.get(f"/v1/requests/{request_id}/notes", headers={"key": "demo-key"})

@@ -59,18 +59,22 @@ def message(body: str, *, sender: str = "howard.tanner@widget.com", subject: str
     return bytes(mail), message_id
 
 
+def new_mail(raw: bytes, destination: Destination = WDC, now: datetime = NOW) -> store.NewMail:
+    """``raw`` as intake hands it to the store."""
+    return store.NewMail(transid=make_transid(b"test-secret", "wdc"), destination=destination,
+                         message_id=message_id_of(raw), raw=raw, peer="test", now=now)
+
+
 def deliver(db: str, raw: bytes, destination: Destination = WDC, now: datetime = NOW,
             times: int = 1, config: MailConfig | None = None) -> dict[str, Any]:
     """Store ``raw`` as intake does, process it ``times`` times; the transaction's row."""
     with session_scope(db) as session:
-        mail_id, transid = store.save(
-            session, transid=make_transid(b"test-secret", "wdc"), destination=destination,
-            message_id=message_id_of(raw), raw=raw, peer="test", now=now)
+        [(mail_id, transid)] = store.save(session, [new_mail(raw, destination, now)])
     assert mail_id is not None
     directory = Directory(0)
     for _ in range(times):
         with session_scope(db) as session:
-            process_mail(session, mail_id, now, directory, config)
+            process_mail(session, [mail_id], now, directory, config)
     with session_scope(db) as session:
         row = session.get(Transaction, transid)
         assert row is not None
@@ -387,16 +391,12 @@ def test_mail_taken_along_acts_as_one_mail_after_another(db: str) -> None:
     reply, _ = message("Still down.", sender="ellen.brown@widget.com", subject=f"Re: {subject}",
                        In_Reply_To=f"<{first_id}>")
     copy, _ = message("The VPN is down.", sender="ellen.brown@widget.com", subject=subject)
-    stored = []
     with session_scope(db) as session:
-        for raw in (first, reply, copy):
-            stored.append(store.save(session, transid=make_transid(b"test-secret", "wdc"),
-                                     destination=WDC, message_id=message_id_of(raw), raw=raw,
-                                     peer="test", now=NOW))
+        stored = store.save(session, [new_mail(raw) for raw in (first, reply, copy)])
     first_mail = stored[0][0]
     assert first_mail is not None
     with session_scope(db) as session:
-        process_mail(session, first_mail, NOW, Directory(0), along=10)
+        process_mail(session, [first_mail], NOW, Directory(0), along=10)
     outcomes: list[dict[str, Any]] = []
     with session_scope(db) as session:
         for _, transid in stored:
@@ -410,3 +410,29 @@ def test_mail_taken_along_acts_as_one_mail_after_another(db: str) -> None:
     assert "In-Reply-To" in outcomes[1]["reason"]
     assert outcomes[2]["match"] == "subject"
     assert notes(db, request_id) == [("The VPN is down.", False), ("Still down.", False)]
+
+
+def test_mail_taken_along_finds_a_request_of_the_same_run_by_its_source(db: str) -> None:
+    """A Specialist's mail that names the source and sourceID of a request an earlier mail of
+    the same run makes is its note, as it would be processed one after the other; a mail of
+    the run that names neither is a request of its own."""
+    source_id = f"db1-{uuid.uuid4().hex[:8]}"
+    first, _ = message(f"#source: nagios\n#sourceID: {source_id}\n\nDisk 90% full on db1.")
+    other, _ = message("Printer out of paper.")
+    update, _ = message(f"#source: nagios\n#sourceID: {source_id}\n\nDisk 95% full.")
+    with session_scope(db) as session:
+        stored = store.save(session, [new_mail(raw) for raw in (first, other, update)])
+    first_mail = stored[0][0]
+    assert first_mail is not None
+    with session_scope(db) as session:
+        process_mail(session, [first_mail], NOW, Directory(0), along=10)
+    with session_scope(db) as session:
+        outcomes = [row.outcome for row in (session.get(Transaction, transid)
+                                            for _, transid in stored) if row is not None]
+    assert [outcome["action"] for outcome in outcomes if outcome] == [
+        "created", "created", "updated"]
+    request_id = outcomes[0]["request_id"]
+    assert outcomes[1]["request_id"] != request_id
+    assert (outcomes[2]["request_id"], outcomes[2]["reason"]) == (
+        request_id, "the request's source and sourceID")
+    assert notes(db, request_id) == [("Disk 90% full on db1.", False), ("Disk 95% full.", False)]

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from shared.batching import GroupRunner
 from shared.messaging.publish import Limited, PublishError, TaskMessage
 from shared.messaging.queueing import MAX_GROUP_EVENTS, EventQueue
 from shared.transactions.schemas import EventBatch, QueuedEvent
@@ -76,7 +77,7 @@ def publish_at_once(queue: EventQueue, publisher: HeldPublisher, first: EventBat
         thread = threading.Thread(target=call, args=(item,))
         thread.start()
         threads.append(thread)
-    wait_until(lambda: len(queue._waiting) == len(others), 10, 0.01)
+    wait_until(lambda: len(queue._runner._waiting) == len(others), 10, 0.01)
     publisher.release.set()
     for thread in threads:
         thread.join(10)
@@ -140,7 +141,7 @@ def test_an_unexpected_error_is_a_publish_error_not_a_false_queued() -> None:
     queue = EventQueue(Broken())
     with pytest.raises(PublishError):
         queue.publish(batch(1))
-    assert not queue._busy  # the next request is not stuck behind it
+    assert not queue._runner._busy  # the next request is not stuck behind it
 
 
 def test_a_large_crowd_is_cut_into_messages_of_at_most_max_group_events() -> None:
@@ -154,3 +155,43 @@ def test_a_large_crowd_is_cut_into_messages_of_at_most_max_group_events() -> Non
     # the other two the next, and a request over the limit goes alone.
     assert [len(message) for message in publisher.pushed] == [
         1, 4 * per_batch, 2 * per_batch, MAX_GROUP_EVENTS + 1]
+
+
+def test_a_group_whose_work_raises_raises_in_each_of_its_callers_and_the_next_group_runs() -> None:
+    """The group runner under the queue (shared/batching.py), as the Mail API's intake uses it:
+    an error of one run reaches every caller of that run, and no later caller waits on it."""
+    entered, release = threading.Event(), threading.Event()
+    runs_seen: list[list[int]] = []
+
+    def work(group: list[int]) -> None:
+        if not entered.is_set():
+            entered.set()
+            assert release.wait(10)
+        runs_seen.append(group)
+        if 0 in group:
+            raise RuntimeError("database down")
+
+    runner = GroupRunner(work)
+    outcomes: dict[int, str] = {}
+
+    def call(item: int) -> None:
+        try:
+            runner.submit(item)
+            outcomes[item] = "done"
+        except RuntimeError as exc:
+            outcomes[item] = str(exc)
+
+    first = threading.Thread(target=call, args=(5,))
+    first.start()
+    assert entered.wait(10)
+    crowd = [threading.Thread(target=call, args=(item,)) for item in (0, 1, 2)]
+    for thread in crowd:
+        thread.start()
+    wait_until(lambda: len(runner._waiting) == 3, 10, 0.01)
+    release.set()
+    for thread in [first, *crowd]:
+        thread.join(10)
+    call(7)
+    assert runs_seen == [[5], [0, 1, 2], [7]]
+    assert outcomes == {5: "done", 0: "database down", 1: "database down", 2: "database down",
+                        7: "done"}

@@ -1,10 +1,11 @@
-"""``mail.process`` (one stored message, shared/mail/service.py) and ``mail.sweep`` (beat).
+"""``mail.process`` (stored messages, shared/mail/service.py) and ``mail.sweep`` (beat).
 
-Each task takes up to ALONG other stored messages along (shared/mail/service.py's
-``process_mail``), so a stream of mail is processed in runs, not one transaction a message. A
-database outage is retried with a growing pause; any other error is first assumed to be one of
-the messages taken along: the task's own message is processed again alone, and only an error
-then ends it ``failed`` with the reason, once (the others are processed by their own tasks). A
+A task names the messages that intake stored in one transaction (its group commit), and takes
+up to ALONG other stored messages along (shared/mail/service.py's ``process_mail``), so a
+stream of mail is processed in runs, not one transaction a message. A database outage is
+retried with a growing pause; any other error is first assumed to be one message's: each of
+the task's own messages is processed again alone, and only an error then ends that one
+``failed`` with the reason, once (those taken along are processed by their own tasks). A
 message is never requeued forever. The sweep queues again every message
 still ``received`` after REQUEUE_AFTER: the ``mail.process`` message of an intake that died
 between its commit and its publish, or that the broker refused. Processing is idempotent, so a
@@ -17,6 +18,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from shared.batching import runs
 from shared.db.engine import session_scope
 from shared.mail.queries import pending
 from shared.mail.service import MailConfig, fail_mail, process_mail
@@ -39,26 +41,36 @@ ALONG = 50
 
 
 @app.task(name=MAIL_PROCESS, bind=True, acks_late=True, max_retries=None)
-def process(self: Any, mail_id: int) -> None:
+def process(self: Any, mail_ids: list[int]) -> None:
+    ids = [int(mail_id) for mail_id in mail_ids]
     now = datetime.now(UTC)
-    for along in (ALONG, 0):
+    try:
+        _run(ids, now, along=ALONG)
+        return
+    except Exception as exc:
+        if classify(exc) is Fault.OUTAGE:
+            raise self.retry(exc=exc, countdown=min(30, 2 ** self.request.retries)) from exc
+    for mail_id in ids:
         try:
-            with session_scope() as session:
-                process_mail(session, int(mail_id), now, DIRECTORY, CONFIG, along=along)
-            return
+            _run([mail_id], now, along=0)
         except Exception as exc:
             if classify(exc) is Fault.OUTAGE:
                 raise self.retry(exc=exc, countdown=min(30, 2 ** self.request.retries)) from exc
-            error = exc
-    log.error("%s: mail %s failed: %s", MAIL_PROCESS, mail_id, reason(error), exc_info=error)
+            log.error("%s: mail %s failed: %s", MAIL_PROCESS, mail_id, reason(exc),
+                      exc_info=exc)
+            with session_scope() as session:
+                fail_mail(session, mail_id, exc, now)
+
+
+def _run(mail_ids: list[int], now: datetime, *, along: int) -> None:
     with session_scope() as session:
-        fail_mail(session, int(mail_id), error, now)
+        process_mail(session, mail_ids, now, DIRECTORY, CONFIG, along=along)
 
 
 @app.task(name=MAIL_SWEEP)
 def sweep() -> int:
     with session_scope() as session:
         stranded = pending(session, datetime.now(UTC) - REQUEUE_AFTER, SWEEP_LIMIT)
-    for mail_id in stranded:
-        app.send_task(MAIL_PROCESS, args=[mail_id], queue=MAIL_QUEUE)
+    for part in runs(stranded, lambda _: 1, ALONG):
+        app.send_task(MAIL_PROCESS, args=[part], queue=MAIL_QUEUE)
     return len(stranded)

@@ -34,15 +34,17 @@ the same database transaction (and a new request goes through the events' own
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from shared import metrics, observe
+from shared.batching import GroupRunner
 from shared.cache import TTLCache
 from shared.db.engine import session_scope
 from shared.db.models import MailMessage
@@ -73,6 +75,7 @@ from shared.messaging.publish import Publisher, PublishError, task_message
 from shared.records.directory import Directory, PersonRef, Scope
 from shared.requests.defaults import DEFAULT_SOURCE
 from shared.settings import Settings
+from shared.transactions.failures import Fault, classify
 from shared.transactions.schemas import EventBatch, MailFacts, QueuedEvent
 from shared.transactions.service import process_batches, record_failure
 
@@ -111,14 +114,26 @@ class MailConfig:
                                    settings.mail_authserv_ids.split(",") if item.strip()))
 
 
-def queue(publisher: Publisher, mail_id: int) -> None:
-    """Ask a worker to process the stored message. A broker that refuses is logged only: the
-    message is stored, and the sweep queues it later."""
+def queue(publisher: Publisher, mail_ids: list[int]) -> None:
+    """Ask a worker to process the stored messages (one task for them all). A broker that
+    refuses is logged only: the messages are stored, and the sweep queues them later."""
     try:
-        publisher.publish(task_message(MAIL_PROCESS, MAIL_QUEUE, json.dumps([mail_id])), {})
+        publisher.publish(task_message(MAIL_PROCESS, MAIL_QUEUE, json.dumps([mail_ids])), {})
     except PublishError as exc:
-        log.warning("mail stored but not queued; the sweep will queue it", mail_id=mail_id,
+        log.warning("mail stored but not queued; the sweep will queue it", mail_ids=mail_ids,
                     error=str(exc))
+
+
+class _Accepting:
+    """A message on its way into the database, and what became of it."""
+
+    __slots__ = ("error", "mail", "mail_id", "transid")
+
+    def __init__(self, mail: store.NewMail) -> None:
+        self.mail = mail
+        self.transid = mail.transid
+        self.mail_id: int | None = None
+        self.error: Exception | None = None
 
 
 class MailIntake:
@@ -133,6 +148,7 @@ class MailIntake:
         # mail for unknown addresses must not become a flood of queries.
         self._destinations: TTLCache[Recipient, Destination | tuple[type[BadRecipient], str]] \
             = TTLCache(self._look_up, cache_ttl)
+        self._group = GroupRunner(self._store)
 
     def check_size(self, size: int) -> None:
         if size > self.max_bytes:
@@ -162,17 +178,39 @@ class MailIntake:
         """Store ``raw`` for ``destination``, then queue it; returns its transid.
 
         Returns only once the message is committed; raises TooLarge, or the database's error
-        (then nothing was stored, and the sender should try again).
+        (then nothing was stored, and the sender should try again). Messages that threads
+        (SMTP sessions, HTTP requests) hand in at the same moment are stored in one
+        transaction and queued as one task: a group commit (shared/batching.py), so a
+        message's share of a commit shrinks as the traffic grows.
         """
         self.check_size(len(raw))
-        with session_scope() as session:
-            mail_id, transid = store.save(
-                session, transid=make_transid(self._secret, destination.account_id),
-                destination=destination, message_id=message_id_of(raw), raw=raw, peer=peer,
-                now=now)
-        if mail_id is not None:
-            queue(self._publisher, mail_id)
-        return transid
+        entry = _Accepting(store.NewMail(
+            transid=make_transid(self._secret, destination.account_id),
+            destination=destination, message_id=message_id_of(raw), raw=raw, peer=peer,
+            now=now))
+        self._group.submit(entry)
+        if entry.error is not None:
+            raise entry.error
+        return entry.transid
+
+    def _store(self, group: list[_Accepting]) -> None:
+        try:
+            with session_scope() as session:
+                saved = store.save(session, [entry.mail for entry in group])
+        except Exception as exc:
+            if len(group) > 1 and classify(exc) is not Fault.OUTAGE:
+                # Not the database's outage but one message's: it must not refuse the others.
+                for entry in group:
+                    self._store([entry])
+                return
+            for entry in group:
+                entry.error = exc
+            return
+        for entry, (mail_id, transid) in zip(group, saved, strict=True):
+            entry.mail_id, entry.transid = mail_id, transid
+        queued = [entry.mail_id for entry in group if entry.mail_id is not None]
+        if queued:
+            queue(self._publisher, queued)
 
 
 def _finish(session: Session, row: MailMessage, status: str,
@@ -272,13 +310,27 @@ class _NewRequest:
     sender: PersonRef
     ignored: dict[str, str]
 
+    @cached_property
+    def fields(self) -> dict[str, str | None]:
+        return request_fields(self.parsed, self.body, self.given, self.row.team_id)
+
     def batch(self) -> EventBatch:
-        fields = request_fields(self.parsed, self.body, self.given, self.row.team_id)
         return EventBatch(
             channel="mail", account_id=self.row.account_id, received_at=self.row.received_at,
             sender_id=self.sender.id, events=[QueuedEvent(
-                transid=self.row.transid, parameters={**fields, **self.given.kept},
+                transid=self.row.transid, parameters={**self.fields, **self.given.kept},
                 mail=MailFacts(body=self.body, attachments=bool(self.parsed.attachments)))])
+
+    def may_be_answered_by(self, parsed: ParsedMail, given: MailParameters) -> bool:
+        """Whether a later mail of the same run may reply to this one's request: it threads to
+        this message, or names the request's source and sourceID. (A request id in a subject
+        is one its sender has seen: a request that exists before the run.)"""
+        if self.row.message_id is not None and self.row.message_id in parsed.thread_ids:
+            return True
+        source_id = given.fields.get("sourceID")
+        return bool(source_id) and (
+            (self.fields.get("source") or DEFAULT_SOURCE["mail"], self.fields.get("sourceID"))
+            == (given.fields.get("source") or DEFAULT_SOURCE["mail"], source_id))
 
 
 def _new_requests(session: Session, items: list[_NewRequest], now: datetime,
@@ -330,9 +382,9 @@ def _reject(session: Session, row: MailMessage, parsed: ParsedMail, config: Mail
 
 def _act(session: Session, row: MailMessage, now: datetime, directory: Directory, *,
          config: MailConfig, policies: dict[str, EmailPolicy],
-         settle: Callable[[], None]) -> _NewRequest | None:
+         settle: Callable[[ParsedMail, MailParameters], None]) -> _NewRequest | None:
     """End the mail as quarantined, rejected or a reply's note; or say the request to make.
-    ``settle`` makes the requests said so far, before a mail that may reply to one of them."""
+    ``settle`` makes the requests said so far, when this mail may reply to one of them."""
     try:
         parsed = parse(row.raw, config.limits)
         if row.account_id not in policies:
@@ -354,7 +406,7 @@ def _act(session: Session, row: MailMessage, now: datetime, directory: Directory
     given = apply_parameters(parameters, sender.roles, row.account_id,
                              lambda name: directory.account(session, name) is not None)
     if policy.replies_as_notes and _may_reply(parsed, given):
-        settle()
+        settle(parsed, given)
     target = _reply_target(session, row.account_id, parsed, given=given, sender=sender, now=now,
                            feedback_days=policy.feedback_days) \
         if policy.replies_as_notes else None
@@ -368,23 +420,23 @@ def _act(session: Session, row: MailMessage, now: datetime, directory: Directory
     return None
 
 
-def process_mail(session: Session, mail_id: int, now: datetime, directory: Directory,
-                 config: MailConfig | None = None, *, along: int = 0) -> None:
-    """Act on the stored message ``mail_id`` once (module docstring), and on up to ``along``
-    other stored messages no worker holds, oldest first, in the same transaction (also when
-    ``mail_id`` was done already: the backlog is drained by every task that runs).
+def process_mail(session: Session, mail_ids: Sequence[int], now: datetime,
+                 directory: Directory, config: MailConfig | None = None, *,
+                 along: int = 0) -> None:
+    """Act once on each stored message of ``mail_ids`` (module docstring), and on up to
+    ``along`` other stored messages no worker holds, oldest first, in the same transaction
+    (also when ``mail_ids`` were done already: the backlog is drained by every task that runs).
 
     Taking others along is what lets a worker keep up with a stream of mail: their new
     requests go through one run of the events' processing (made before any later mail that may
     reply to one of them looks for it, so a run acts as one mail after another would). Each of
-    them still has its own
-    ``mail.process`` message, which finds it done; and if this transaction fails, each is
-    processed again by its own message (the caller retries ``mail_id`` alone).
+    them still has its own ``mail.process`` message, which finds it done; and if this
+    transaction fails, each is processed again by its own message (the caller retries
+    ``mail_ids`` one by one).
     """
     config = config or MailConfig()
-    row = store.take(session, mail_id)
-    rows = ([row] if row is not None else []) + (
-        store.take_along(session, mail_id, along) if along else [])
+    rows = store.take(session, mail_ids) + (
+        store.take_along(session, mail_ids, along) if along else [])
     policies: dict[str, EmailPolicy] = {}
     new: list[_NewRequest] = []
 
@@ -393,9 +445,13 @@ def process_mail(session: Session, mail_id: int, now: datetime, directory: Direc
             _new_requests(session, new, now, directory, config.attachment_dir)
             new.clear()
 
+    def settle_for(parsed: ParsedMail, given: MailParameters) -> None:
+        if any(item.may_be_answered_by(parsed, given) for item in new):
+            settle()
+
     for item in rows:
         found = _act(session, item, now, directory, config=config, policies=policies,
-                     settle=settle)
+                     settle=settle_for)
         if found is not None:
             new.append(found)
     settle()
@@ -403,7 +459,6 @@ def process_mail(session: Session, mail_id: int, now: datetime, directory: Direc
 
 def fail_mail(session: Session, mail_id: int, error: BaseException, now: datetime) -> None:
     """End the message ``failed`` by ``error`` (a bug or bad data processing it), once."""
-    row = store.take(session, mail_id)
-    if row is not None:
+    for row in store.take(session, [mail_id]):
         _finish(session, row, "failed")
         record_failure(session, _mail_batch(row), error, now)

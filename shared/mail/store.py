@@ -7,6 +7,7 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,46 +22,66 @@ from shared.mail.queries import Destination, attachment_path, stored
 from shared.requests.matching import note_hash
 
 
-def save(
-    session: Session, *, transid: str, destination: Destination, message_id: str | None,
-    raw: bytes, peer: str, now: datetime,
-) -> tuple[int | None, str]:
-    """Store the message; returns the id of a row to queue and the message's transid.
+@dataclass(frozen=True)
+class NewMail:
+    """A message to store, as intake received it."""
 
-    A message already stored for this account (same Message-ID: the sender did not see our
-    answer and sends it again, or sends it twice at once) is not stored twice: its transid is
-    the first copy's, and its id is given only while no worker has processed it (the first
-    intake may have died between its commit and its publish: the retry queues it, instead of
-    leaving it to the sweep). One statement for a new message (no look before the insert).
+    transid: str  # new for every message
+    destination: Destination
+    message_id: str | None
+    raw: bytes
+    peer: str
+    now: datetime
+
+
+def save(session: Session, mails: Sequence[NewMail]) -> list[tuple[int | None, str]]:
+    """Store the messages in one statement; returns, for each in order, the id of a row to
+    queue and the message's transid.
+
+    A message already stored for its account (same Message-ID: the sender did not see our
+    answer and sends it again, or sends it twice at once, the copies perhaps in the same call)
+    is not stored twice: its transid is the first copy's, and its id is given only while no
+    worker has processed it (the first intake may have died between its commit and its
+    publish: the retry queues it, instead of leaving it to the sweep). A new message costs no
+    look before the insert.
     """
-    mail_id = session.scalar(dialect.insert(session, MailMessage).values(
-        transid=transid, account_id=destination.account_id, recipient=destination.address,
-        team_id=destination.team_id, message_id=message_id, raw=raw, peer=peer[:64],
-        received_at=now, status="received",
-    ).on_conflict_do_nothing().returning(MailMessage.id))
-    if mail_id is not None:
-        return mail_id, transid
-    # Only the Message-ID can be taken: a transid is new for every message.
-    known = stored(session, destination.account_id, message_id) \
-        if message_id is not None else None
-    if known is None:
-        raise RuntimeError(f"mail {transid} conflicts with no stored message")
-    known_id, known_transid, status = known
-    return (known_id if status == "received" else None), known_transid
+    inserted: dict[str, int] = dict(session.execute(
+        dialect.insert(session, MailMessage).on_conflict_do_nothing()
+        .returning(MailMessage.transid, MailMessage.id),
+        [{"transid": mail.transid, "account_id": mail.destination.account_id,
+          "recipient": mail.destination.address, "team_id": mail.destination.team_id,
+          "message_id": mail.message_id, "raw": mail.raw, "peer": mail.peer[:64],
+          "received_at": mail.now, "status": "received"} for mail in mails],
+    ).all())
+    saved: list[tuple[int | None, str]] = []
+    for mail in mails:
+        if mail.transid in inserted:
+            saved.append((inserted[mail.transid], mail.transid))
+            continue
+        # Only the Message-ID can be taken: a transid is new for every message.
+        known = stored(session, mail.destination.account_id, mail.message_id) \
+            if mail.message_id is not None else None
+        if known is None:
+            raise RuntimeError(f"mail {mail.transid} conflicts with no stored message")
+        known_id, known_transid, status = known
+        saved.append(((known_id if status == "received" else None), known_transid))
+    return saved
 
 
-def take(session: Session, mail_id: int) -> MailMessage | None:
-    """The message, locked until commit, if no worker has processed it yet."""
-    row = session.scalars(
-        select(MailMessage).where(MailMessage.id == mail_id).with_for_update()).first()
-    return row if row is not None and row.status == "received" else None
+def take(session: Session, mail_ids: Sequence[int]) -> list[MailMessage]:
+    """The messages no worker has processed yet, locked until commit (in id order, so two
+    workers taking overlapping sets never wait on each other in a circle)."""
+    return [row for row in session.scalars(
+        select(MailMessage).where(MailMessage.id.in_(mail_ids)).order_by(MailMessage.id)
+        .with_for_update()) if row.status == "received"]
 
 
-def take_along(session: Session, mail_id: int, limit: int) -> list[MailMessage]:
+def take_along(session: Session, mail_ids: Sequence[int], limit: int) -> list[MailMessage]:
     """Up to ``limit`` other messages no worker has processed, oldest first, locked until
     commit; those another worker holds are skipped, not waited for."""
     return list(session.scalars(
-        select(MailMessage).where(MailMessage.status == "received", MailMessage.id != mail_id)
+        select(MailMessage).where(MailMessage.status == "received",
+                                  MailMessage.id.not_in(mail_ids))
         .order_by(MailMessage.received_at, MailMessage.id).limit(limit)
         .with_for_update(skip_locked=True)))
 

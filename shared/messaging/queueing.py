@@ -19,10 +19,9 @@ refusal reaches only the requests over their limit.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 
-from shared.batching import runs
+from shared.batching import GroupRunner, runs
 from shared.logs import get_logger
 from shared.messaging import EVENTS_PROCESS, EVENTS_QUEUE
 from shared.messaging.publish import Limited, Publisher, PublishError, task_message
@@ -36,16 +35,13 @@ log = get_logger(__name__)
 
 
 class _Entry:
-    __slots__ = ("batch", "done", "error", "limited", "wake")
+    __slots__ = ("batch", "done", "error", "limited")
 
     def __init__(self, batch: EventBatch) -> None:
         self.batch = batch
         self.done = False
         self.limited: Limited | None = None
         self.error: PublishError | None = None
-        # Held from the start; released once, to wake its waiting thread: done, or to publish.
-        self.wake = threading.Lock()
-        self.wake.acquire()
 
 
 def _events_of(entry: _Entry) -> int:
@@ -53,19 +49,12 @@ def _events_of(entry: _Entry) -> int:
 
 
 class EventQueue:
-    """Batches of threads publishing at once go out together (module docstring).
-
-    The publishing role is a baton: a thread that finds nobody publishing takes it, publishes
-    its batch with all that waits, then hands the baton to the oldest thread that arrived
-    meanwhile, or puts it down. Each waiting thread is woken exactly once, either with its
-    batch published or holding the baton.
-    """
+    """Batches of threads publishing at once go out together (module docstring), through a
+    :class:`~shared.batching.GroupRunner`."""
 
     def __init__(self, publisher: Publisher) -> None:
         self._publisher = publisher
-        self._guard = threading.Lock()
-        self._waiting: list[_Entry] = []
-        self._busy = False
+        self._runner = GroupRunner(self._publish_group)
 
     def publish(self, batch: EventBatch) -> Limited | None:
         """Queue ``batch``, charged to its key's rate limit (a token an event).
@@ -74,33 +63,14 @@ class EventQueue:
         Raises PublishError when the broker did not take it.
         """
         entry = _Entry(batch)
-        with self._guard:
-            waits = self._busy
-            if waits:
-                self._waiting.append(entry)
-            self._busy = True
-        if waits:
-            entry.wake.acquire()
-        if not entry.done:  # this thread holds the baton
-            self._lead(entry)
+        self._runner.submit(entry)
         if entry.error is not None:
             raise entry.error
         return entry.limited
 
-    def _lead(self, entry: _Entry) -> None:
-        with self._guard:
-            group, self._waiting = [entry, *self._waiting], []
-        try:
-            for part in runs(group, _events_of, MAX_GROUP_EVENTS):
-                self._send(part)
-        finally:
-            with self._guard:
-                successor = self._waiting.pop(0) if self._waiting else None
-                self._busy = successor is not None
-            for done in group[1:]:
-                done.wake.release()
-            if successor is not None:
-                successor.wake.release()
+    def _publish_group(self, group: list[_Entry]) -> None:
+        for part in runs(group, _events_of, MAX_GROUP_EVENTS):
+            self._send(part)
 
     def _send(self, group: Sequence[_Entry]) -> None:
         """Publish ``group`` as one message, or each entry alone if a bucket refused it.
