@@ -382,6 +382,18 @@ def test_the_email_policy_is_imported_and_exported_with_the_account(db: str) -> 
     assert exported["wdc"]["mail_policy"] == {}
 
 
+def outcomes_of(db: str, transids: list[str]) -> list[dict[str, Any]]:
+    """The outcome of each transaction, in order."""
+    outcomes: list[dict[str, Any]] = []
+    with session_scope(db) as session:
+        for transid in transids:
+            row = session.get(Transaction, transid)
+            assert row is not None
+            assert row.outcome is not None
+            outcomes.append(row.outcome)
+    return outcomes
+
+
 def test_mail_taken_along_acts_as_one_mail_after_another(db: str) -> None:
     """One task's run: a new request, a reply to it, and a copy event matching folds into it,
     all stored before any is processed."""
@@ -397,13 +409,7 @@ def test_mail_taken_along_acts_as_one_mail_after_another(db: str) -> None:
     assert first_mail is not None
     with session_scope(db) as session:
         process_mail(session, [first_mail], NOW, Directory(0), along=10)
-    outcomes: list[dict[str, Any]] = []
-    with session_scope(db) as session:
-        for _, transid in stored:
-            row = session.get(Transaction, transid)
-            assert row is not None
-            assert row.outcome is not None
-            outcomes.append(row.outcome)
+    outcomes = outcomes_of(db, [transid for _, transid in stored])
     request_id = outcomes[0]["request_id"]
     assert [(outcome["action"], outcome["request_id"]) for outcome in outcomes] == [
         ("created", request_id), ("updated", request_id), ("unchanged", request_id)]
@@ -426,10 +432,8 @@ def test_mail_taken_along_finds_a_request_of_the_same_run_by_its_source(db: str)
     assert first_mail is not None
     with session_scope(db) as session:
         process_mail(session, [first_mail], NOW, Directory(0), along=10)
-    with session_scope(db) as session:
-        outcomes = [row.outcome for row in (session.get(Transaction, transid)
-                                            for _, transid in stored) if row is not None]
-    assert [outcome["action"] for outcome in outcomes if outcome] == [
+    outcomes = outcomes_of(db, [transid for _, transid in stored])
+    assert [outcome["action"] for outcome in outcomes] == [
         "created", "created", "updated"]
     request_id = outcomes[0]["request_id"]
     assert outcomes[1]["request_id"] != request_id
