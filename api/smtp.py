@@ -8,13 +8,15 @@ organisation's mail gateway (the rules: shared/mail/service.py).
 - RCPT TO: ``<account>@<mail domain>`` or ``<team local part>.<account>@<mail domain>``; an
   unknown address or a directory account: 550, at RCPT, so the sender's MTA bounces it.
 - DATA: over ``EVENTDESK_MAIL_MAX_BYTES``: 552 (announced with SIZE in EHLO). The raw message is
-  committed to the database for each recipient before the 250; the database unreachable: 451,
-  and the sender tries again. Killed before the 250, nothing is promised; after it, the stored
+  committed to the database for each recipient before the 250, together with the messages of
+  the other sessions that arrive meanwhile (:class:`CommitGroups`); the database unreachable:
+  451, and the sender tries again. Killed before the 250, nothing is promised; after it, the stored
   row is processed whatever happens to this process (the beat's sweep queues it again).
 - STARTTLS when ``EVENTDESK_SMTP_TLS_CERT`` and ``EVENTDESK_SMTP_TLS_KEY`` are set.
 - ``/metrics`` on ``EVENTDESK_SMTP_METRICS_PORT`` (9809): ``eventdesk_mail_received_total``.
 
-Database work runs in the event loop's thread pool, so a slow commit holds only its session.
+Database work runs in the event loop's thread pool, so a slow commit holds only the sessions
+waiting for it; a recipient the cache knows is answered in the loop.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from shared import metrics
 from shared.logs import get_logger
 from shared.mail.queries import Destination
 from shared.mail.rules import BadRecipient
-from shared.mail.service import MailIntake
+from shared.mail.service import Accepting, MailIntake, TooLarge
 from shared.messaging.publish import LocalLimiter, make_publisher
 from shared.settings import Settings, get_settings
 
@@ -59,6 +61,7 @@ class MailHandler:
     def __init__(self, intake: MailIntake, networks: list[Network],
                  per_minute: float = 600.0) -> None:
         self._intake = intake
+        self._groups = CommitGroups(intake)
         self._networks = networks
         # This listener's own buckets: a peer's rate is per listener process, like its
         # connections (a deployment of K listeners lets a peer send K times as much).
@@ -91,9 +94,11 @@ class MailHandler:
         self, server: SMTP, session: Session, envelope: Envelope, address: str,  # noqa: ARG002
         rcpt_options: list[str],
     ) -> str:
-        loop = asyncio.get_running_loop()
         try:
-            destination = await loop.run_in_executor(None, self._intake.destination, address)
+            destination = self._intake.known_destination(address)
+            if destination is None:
+                destination = await asyncio.get_running_loop().run_in_executor(
+                    None, self._intake.destination, address)
         except BadRecipient as exc:
             metrics.mail_received.labels(result="refused_recipient").inc()
             return f"550 5.1.1 {exc}"
@@ -109,23 +114,58 @@ class MailHandler:
         self, server: SMTP, session: Session, envelope: Envelope,  # noqa: ARG002
     ) -> str:
         raw = envelope.original_content or b""
-        loop = asyncio.get_running_loop()
-        peer = peer_address(session.peer)
-        transids = []
+        peer, now = f"smtp {peer_address(session.peer)}", datetime.now(UTC)
         try:
-            for destination in self._destinations.pop(envelope, []):
-                transids.append(await loop.run_in_executor(
-                    None, self._intake.accept, raw, destination, f"smtp {peer}",
-                    datetime.now(UTC)))
-        except ValueError as exc:  # TooLarge: aiosmtpd refuses most before, at the same limit
+            entries = [self._intake.prepare(raw, destination, peer, now)
+                       for destination in self._destinations.pop(envelope, [])]
+        except TooLarge as exc:  # aiosmtpd refuses most before, at the same limit
             metrics.mail_received.labels(result="too_large").inc()
             return f"552 5.3.4 {exc}"
-        except Exception as exc:  # the database's: nothing promised, the sender retries
-            log.warning("mail not stored: database unreachable", error=str(exc)[:200])
+        await asyncio.gather(*(self._groups.commit(entry) for entry in entries))
+        failed = next((entry.error for entry in entries if entry.error is not None), None)
+        if failed is not None:  # the database's, or this message's: the sender retries
+            log.warning("mail not stored: database unreachable", error=str(failed)[:200])
             metrics.mail_received.labels(result="unavailable").inc()
             return "451 4.3.0 temporary failure, try again later"
         metrics.mail_received.labels(result="accepted").inc()
-        return f"250 OK queued as {' '.join(transids)}"
+        return f"250 OK queued as {' '.join(entry.transid for entry in entries)}"
+
+
+class CommitGroups:
+    """The messages of concurrent sessions committed together (``MailIntake.commit``) from the
+    event loop: while one group's transaction runs in a thread, the messages that arrive
+    gather, and go as the next group when it ends. One thread hop a group, not a message, and
+    a lone message waits for nothing."""
+
+    def __init__(self, intake: MailIntake) -> None:
+        self._intake = intake
+        self._gathering: list[tuple[Accepting, asyncio.Future[None]]] = []
+        self._committing: asyncio.Task[None] | None = None
+
+    async def commit(self, entry: Accepting) -> None:
+        """Returns once ``entry`` is committed, or has the error that kept it out."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._gathering.append((entry, done))
+        if self._committing is None:
+            self._committing = asyncio.create_task(self._drain())
+        await done
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._gathering:
+                group, self._gathering = self._gathering, []
+                try:
+                    await loop.run_in_executor(None, self._intake.commit,
+                                               [entry for entry, _ in group])
+                except Exception as exc:  # commit gives each its outcome: this is a bug's
+                    for entry, _ in group:
+                        entry.error = exc
+                for _, done in group:
+                    if not done.done():  # its session may be gone (the connection dropped)
+                        done.set_result(None)
+        finally:
+            self._committing = None
 
 
 class PeerLimitedSMTP(SMTP):

@@ -75,6 +75,12 @@ class TTLCache(Generic[K, V]):
             with self._lock:
                 self._refreshing.discard(key)
 
+    def peek(self, key: K) -> V | None:
+        """The fresh answer for ``key`` if there is one, without loading it: None when
+        :meth:`get` would ask the loader (for a caller that must not wait on it)."""
+        entry = self._items.get(key)
+        return entry.value if entry is not None and entry.fresh_until > self._clock() else None
+
     def _refresh(self, key: K, usable: _Entry[V] | None) -> V:
         try:
             value = self._load(key)

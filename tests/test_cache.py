@@ -54,6 +54,19 @@ def test_answers_and_misses_are_kept_for_the_ttl() -> None:
     assert loader.calls == 3
 
 
+def test_peek_answers_only_what_is_fresh_and_never_loads() -> None:
+    """For a caller that must not wait on the database (the SMTP listener's event loop)."""
+    clock, loader = Clock(), Loader({"k": "info"})
+    cache = make(loader, clock)
+    assert cache.peek("k") is None
+    assert loader.calls == 0
+    cache.get("k")
+    assert cache.peek("k") == "info"
+    clock.now += 5.1
+    assert cache.peek("k") is None
+    assert loader.calls == 1
+
+
 def test_database_down_serves_the_last_answer_until_the_stale_window_ends() -> None:
     clock, loader = Clock(), Loader({"k": "info"})
     cache = make(loader, clock)

@@ -3,6 +3,7 @@ and PostgreSQL with the demo records (account wdc, mail domain mail.eventdesk.lo
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -30,7 +31,8 @@ from shared.ids import make_transid
 from shared.mail import store
 from shared.mail.mime import message_id_of
 from shared.mail.queries import Destination
-from shared.mail.service import MailConfig, process_mail
+from shared.mail.service import MailConfig, MailIntake, process_mail
+from shared.messaging.publish import TaskMessage
 from shared.records.directory import Directory
 from tests.conftest import wait_until
 from tests.test_mail_smtp import free_port
@@ -440,3 +442,30 @@ def test_mail_taken_along_finds_a_request_of_the_same_run_by_its_source(db: str)
     assert (outcomes[2]["request_id"], outcomes[2]["reason"]) == (
         request_id, "the request's source and sourceID")
     assert notes(db, request_id) == [("Disk 90% full on db1.", False), ("Disk 95% full.", False)]
+
+
+@pytest.mark.postgres
+def test_a_message_the_database_refuses_does_not_refuse_the_others_of_its_group(
+    postgres_url: str, configure: Callable[..., None],
+) -> None:
+    """Intake's group commit: a message whose row fails (an address longer than its column,
+    which no recipient the listener accepts can be) is refused alone; the messages committed
+    with it are stored and queued."""
+    configure(database_url=postgres_url)
+    published: list[list[int]] = []
+
+    class Broker:
+        def publish(self, message: TaskMessage, _costs: object) -> None:
+            published.append(json.loads(message.body)[0][0])
+
+    intake = MailIntake(Broker(), b"test-secret", 10**6)  # type: ignore[arg-type]
+    bad = Destination("wdc", None, "x" * 400 + "@mail.eventdesk.local")
+    entries = [intake.prepare(message(f"Mail {number}")[0], destination, "test", NOW)
+               for number, destination in enumerate([WDC, bad, WDC])]
+    intake.commit(entries)
+    assert [entry.error is None for entry in entries] == [True, False, True]
+    assert [queued for ids in published for queued in ids] == [
+        entries[0].mail_id, entries[2].mail_id]
+    with session_scope(postgres_url) as session:
+        assert set(session.scalars(select(MailMessage.transid).where(MailMessage.transid.in_(
+            [entry.transid for entry in entries])))) == {entries[0].transid, entries[2].transid}

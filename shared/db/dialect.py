@@ -36,9 +36,13 @@ def is_postgres(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-def insert(session: Session, model: type[Base]) -> postgresql.Insert | sqlite.Insert:
-    """The dialect's ``INSERT`` of ``model``: the one with the ``ON CONFLICT`` clauses."""
-    return (postgresql.insert if is_postgres(session) else sqlite.insert)(model)
+def insert(session: Session, model: type[Base], *, core: bool = False
+           ) -> postgresql.Insert | sqlite.Insert:
+    """The dialect's ``INSERT`` of ``model``: the one with the ``ON CONFLICT`` clauses. ``core``:
+    of its table, a Core statement without the ORM's bulk machinery (for a hot path of many
+    rows given as parameters)."""
+    return (postgresql.insert if is_postgres(session) else sqlite.insert)(
+        _table(model) if core else model)
 
 
 def lock(session: Session, ids: Collection[int]) -> None:

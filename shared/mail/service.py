@@ -44,7 +44,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from shared import metrics, observe
-from shared.batching import GroupRunner
+from shared.batching import GroupRunner, runs
 from shared.cache import TTLCache
 from shared.db.engine import session_scope
 from shared.db.models import MailMessage
@@ -84,6 +84,8 @@ THREAD_REASON = "reply to a message of the request (In-Reply-To/References)"
 SOURCE_REASON = "the request's source and sourceID"
 SUBJECT_REASON = "request id in the subject"
 NEVER_UPDATES = "parameters never update an existing request"
+# Raw bytes stored in one transaction at most: bounds a statement whatever the concurrency.
+MAX_GROUP_BYTES = 16 * 1024 * 1024
 
 
 class TooLarge(ValueError):
@@ -124,7 +126,7 @@ def queue(publisher: Publisher, mail_ids: list[int]) -> None:
                     error=str(exc))
 
 
-class _Accepting:
+class Accepting:
     """A message on its way into the database, and what became of it."""
 
     __slots__ = ("error", "mail", "mail_id", "transid")
@@ -148,7 +150,7 @@ class MailIntake:
         # mail for unknown addresses must not become a flood of queries.
         self._destinations: TTLCache[Recipient, Destination | tuple[type[BadRecipient], str]] \
             = TTLCache(self._look_up, cache_ttl)
-        self._group = GroupRunner(self._store)
+        self._group = GroupRunner(self.commit)
 
     def check_size(self, size: int) -> None:
         if size > self.max_bytes:
@@ -160,11 +162,12 @@ class MailIntake:
         recipient = parse_recipient(address)
         if account_id is not None and recipient.account_id != account_id:
             raise UnknownRecipient(f"{address[:100]} is not an address of {account_id}")
-        found = self._destinations.get(recipient)
-        if isinstance(found, Destination):
-            return found
-        refusal, reason = found
-        raise refusal(reason)
+        return _destination_or_refusal(self._destinations.get(recipient))
+
+    def known_destination(self, address: str) -> Destination | None:
+        """:meth:`destination` from memory alone: None when the database must be asked."""
+        found = self._destinations.peek(parse_recipient(address))
+        return None if found is None else _destination_or_refusal(found)
 
     @staticmethod
     def _look_up(recipient: Recipient) -> Destination | tuple[type[BadRecipient], str]:
@@ -174,26 +177,39 @@ class MailIntake:
             except BadRecipient as exc:  # kept as its kind and text: raised anew each time
                 return type(exc), str(exc)
 
+    def prepare(self, raw: bytes, destination: Destination, peer: str, now: datetime
+                ) -> Accepting:
+        """The message as :meth:`commit` takes it; raises TooLarge."""
+        self.check_size(len(raw))
+        return Accepting(store.NewMail(
+            transid=make_transid(self._secret, destination.account_id),
+            destination=destination, message_id=message_id_of(raw), raw=raw, peer=peer,
+            now=now))
+
     def accept(self, raw: bytes, destination: Destination, peer: str, now: datetime) -> str:
         """Store ``raw`` for ``destination``, then queue it; returns its transid.
 
         Returns only once the message is committed; raises TooLarge, or the database's error
-        (then nothing was stored, and the sender should try again). Messages that threads
-        (SMTP sessions, HTTP requests) hand in at the same moment are stored in one
-        transaction and queued as one task: a group commit (shared/batching.py), so a
-        message's share of a commit shrinks as the traffic grows.
+        (then nothing was stored, and the sender should try again). Messages that threads hand
+        in at the same moment are stored together (:meth:`commit`, through a group runner:
+        shared/batching.py).
         """
-        self.check_size(len(raw))
-        entry = _Accepting(store.NewMail(
-            transid=make_transid(self._secret, destination.account_id),
-            destination=destination, message_id=message_id_of(raw), raw=raw, peer=peer,
-            now=now))
+        entry = self.prepare(raw, destination, peer, now)
         self._group.submit(entry)
         if entry.error is not None:
             raise entry.error
         return entry.transid
 
-    def _store(self, group: list[_Accepting]) -> None:
+    def commit(self, group: list[Accepting]) -> None:
+        """Store the messages in one transaction, then queue them as one ``mail.process``
+        task: a group commit, so that a message's share of a commit shrinks as the traffic
+        grows (a group of more than MAX_GROUP_BYTES is cut into transactions of at most that,
+        a larger message alone). Each entry ends with its transid (and the id queued), or the
+        error that kept it out of the database: the database's, or its own."""
+        for part in runs(group, lambda entry: len(entry.mail.raw), MAX_GROUP_BYTES):
+            self._commit(part)
+
+    def _commit(self, group: list[Accepting]) -> None:
         try:
             with session_scope() as session:
                 saved = store.save(session, [entry.mail for entry in group])
@@ -201,7 +217,7 @@ class MailIntake:
             if len(group) > 1 and classify(exc) is not Fault.OUTAGE:
                 # Not the database's outage but one message's: it must not refuse the others.
                 for entry in group:
-                    self._store([entry])
+                    self._commit([entry])
                 return
             for entry in group:
                 entry.error = exc
@@ -211,6 +227,13 @@ class MailIntake:
         queued = [entry.mail_id for entry in group if entry.mail_id is not None]
         if queued:
             queue(self._publisher, queued)
+
+
+def _destination_or_refusal(found: Destination | tuple[type[BadRecipient], str]) -> Destination:
+    if isinstance(found, Destination):
+        return found
+    refusal, reason = found
+    raise refusal(reason)
 
 
 def _finish(session: Session, row: MailMessage, status: str,

@@ -46,7 +46,7 @@ def save(session: Session, mails: Sequence[NewMail]) -> list[tuple[int | None, s
     look before the insert.
     """
     inserted: dict[str, int] = dict(session.execute(
-        dialect.insert(session, MailMessage).on_conflict_do_nothing()
+        dialect.insert(session, MailMessage, core=True).on_conflict_do_nothing()
         .returning(MailMessage.transid, MailMessage.id),
         [{"transid": mail.transid, "account_id": mail.destination.account_id,
           "recipient": mail.destination.address, "team_id": mail.destination.team_id,
