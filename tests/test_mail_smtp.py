@@ -14,6 +14,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import closing
+from datetime import UTC, datetime, timedelta
 from email import policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -299,3 +300,28 @@ def test_hostile_mail_is_quarantined_and_the_worker_keeps_serving(
     with listener.client() as smtp:
         smtp.send_message(fine)
     assert processed(redis_postgres.database, message_id(fine))["status"] == "processed"
+
+
+def test_the_sweep_queues_a_stored_message_whose_task_never_reached_the_broker(
+    redis_postgres: Stack, configure: Callable[..., None], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Intake died between its commit and its publish (or the broker refused the task): the
+    beat's mail.sweep queues the message again once it has waited REQUEUE_AFTER, and the
+    running worker processes it."""
+    import worker.mail as mail_tasks
+    from shared.mail import store
+    from shared.mail.queries import Destination
+    from worker.app import make_celery
+
+    message = mail("Stored, never queued.", subject=f"Stranded {uuid.uuid4().hex[:6]}")
+    raw = message.as_bytes(policy=policy.SMTP)
+    with session_scope(redis_postgres.database) as session:
+        store.save(session, [store.NewMail(
+            transid=uuid.uuid4().hex, destination=Destination("wdc", None,
+                                                              "wdc@mail.eventdesk.local"),
+            message_id=message_id(message), raw=raw, peer="test",
+            now=datetime.now(UTC) - mail_tasks.REQUEUE_AFTER - timedelta(seconds=1))])
+    configure(broker_url=redis_postgres.broker, database_url=redis_postgres.database)
+    monkeypatch.setattr(mail_tasks, "app", make_celery())
+    assert mail_tasks.sweep() >= 1
+    assert processed(redis_postgres.database, message_id(message))["status"] == "processed"
