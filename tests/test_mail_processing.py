@@ -469,3 +469,83 @@ def test_a_message_the_database_refuses_does_not_refuse_the_others_of_its_group(
     with session_scope(postgres_url) as session:
         assert set(session.scalars(select(MailMessage.transid).where(MailMessage.transid.in_(
             [entry.transid for entry in entries])))) == {entries[0].transid, entries[2].transid}
+
+
+WHEN = datetime(2026, 12, 24, 10, 0, tzinfo=UTC)
+# Every parameter the seed lists, one mail each (Howard Tanner: Specialist and Service Desk
+# Analyst of wdc), with what the new request (or its note) shows for it.
+SEED_PARAMETERS: list[tuple[str, str, str, object]] = [
+    ("category", "#category: rfc", "category", "rfc"),
+    ("ci", "#ci: ABC1234", "ci_id", 502),
+    ("ci_id", "#ci_id: 501", "ci_id", 501),
+    ("ci_source", "#ci_source: CMDB\n#ci_sourceID: db-expense-prod-01", "ci_id", 502),
+    ("ci_sourceID", "#ci_sourceID: db-expense-prod-01", "ci_id", 502),
+    ("completion_reason", "#status: completed\n#completion_reason: workaround",
+     "completion_reason", "workaround"),
+    ("desired_completion_at", "#desired_completion_at: 2026-12-24T10:00:00Z",
+     "desired_completion_at", WHEN),
+    ("downtime_end_at", "#downtime_end_at: 2026-12-24T10:00:00Z", "downtime_end_at", WHEN),
+    ("downtime_start_at", "#downtime_start_at: 2026-12-24T10:00:00Z", "downtime_start_at",
+     WHEN),
+    ("impact", "#impact: high", "impact", "high"),
+    ("internal", "#internal", "note internal", True),
+    ("markdown", "#markdown", "note markdown", True),
+    ("member", "#member: nick.wheeler@widget.com", "member_id", 303),
+    ("member_id", "#member_id: 303", "member_id", 303),
+    ("problem_id", "#problem_id: 501", "problem_id", 501),
+    ("requested_for", "#requested_for: ellen.brown@widget.com", "requested_for_id", 302),
+    ("requested_for_id", "#requested_for_id: 302", "requested_for_id", 302),
+    ("service_instance", "#service_instance: Houston Office Network", "service_instance_id",
+     401),
+    ("service_instance_id", "#service_instance_id: 401", "service_instance_id", 401),
+    ("source", "#source: nagios", "source", "nagios"),
+    ("sourceID", "#sourceID: nagios-4711", "source_id", "nagios-4711"),
+    ("status", "#status: in_progress", "status", "in_progress"),
+    ("supplier", "#supplier: Widget Data Center", "supplier_id", 201),
+    ("supplier_id", "#supplier_id: 201", "supplier_id", 201),
+    ("supplier_requestID", "#supplier_id: 201\n#supplier_requestID: WDC-77",
+     "supplier_request_id", "WDC-77"),
+    ("support_domain", "#support_domain: wdc", "parameter support_domain", "wdc"),
+    ("team", "#team: Network Operations", "team_id", 102),
+    ("team_id", "#team_id: 102", "team_id", 102),
+    ("template_id", "#template_id: 1234", "template_id", 1234),
+    ("time_spent", "#time_spent: 15", "note time_spent", 15),
+    ("waiting_until", "#status: waiting_for\n#waiting_until: 2026-12-24T10:00:00Z",
+     "waiting_until", WHEN),
+    ("workflow_id", "#workflow_id: 601", "workflow_id", 601),
+    ("custom_field_<id>", "#custom_field_7: blue", "custom field 7", "blue"),
+]
+
+
+def shown(db: str, transid: str, request_id: int, what: str) -> object:
+    """What the request, its first note or its transaction shows for ``what``."""
+    with session_scope(db) as session:
+        if what.startswith("note "):
+            note = session.scalars(select(Note).where(Note.request_id == request_id)).first()
+            return getattr(note, what.removeprefix("note "))
+        if what.startswith("parameter "):
+            row = session.get(Transaction, transid)
+            assert row is not None
+            return row.parameters.get(what.removeprefix("parameter "))
+        made = session.get(Request, request_id)
+        assert made is not None
+        if what.startswith("custom field "):
+            return made.references["custom_fields"][what.rsplit(" ", 1)[1]]
+        value = getattr(made, what)
+        # SQLite gives back naive UTC times.
+        return value.replace(tzinfo=UTC) if isinstance(value, datetime) else value
+
+
+@pytest.mark.parametrize(("day", "lines", "what", "expected"),
+                         [(day, *item[1:]) for day, item in enumerate(SEED_PARAMETERS)],
+                         ids=[item[0] for item in SEED_PARAMETERS])
+def test_every_parameter_of_the_seed_sets_its_field(
+    db: str, day: int, lines: str, what: str, expected: object,
+) -> None:
+    # A day of its own, well after the other tests' mail: the mails that name the same CI
+    # would otherwise fold into one request by event matching (24 hours).
+    now = NOW + timedelta(days=100 + 2 * day)
+    done = deliver(db, message(f"{lines}\n\nSee the subject.")[0], now=now)
+    assert done["outcome"]["action"] == "created", done["outcome"]
+    assert "ignored" not in done["outcome"], done["outcome"]
+    assert shown(db, done["transid"], done["outcome"]["request_id"], what) == expected
