@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from email import message_from_bytes, policy
 from email.message import EmailMessage
 
 import pytest
 
+from shared.mail import mime
 from shared.mail.mime import MAX_ATTACHMENTS, Limits, Quarantined, html_to_text, parse
 from shared.mail.rules import (
     BadRecipient,
@@ -117,6 +119,97 @@ def test_not_mime_at_all_and_broken_encodings_are_read_without_crashing() -> Non
     broken = (b"From: a@b.org\nSubject: =?x-unknown?q?oops?=\nContent-Type: text/plain; "
               b"charset=x-nonsense\nContent-Transfer-Encoding: base64\n\n!!!notbase64\xff")
     assert parse(broken).sender == "a@b.org"
+
+
+# Messages whose headers take every way through mime's header reading: plain values read as
+# they are, encoded words, folding, RFC 2231 parameters, address lists, odd message ids, 8-bit.
+REPRESENTATIVE = [
+    (b"From: Ellen Brown <ellen.brown@widget.com>\r\nTo: wdc@mail.eventdesk.local\r\n"
+     b"Subject: Printer 7 is out of paper\r\nMessage-ID: <r-7@bench.widget.com>\r\n"
+     b"Content-Type: text/plain; charset=\"utf-8\"\r\nContent-Transfer-Encoding: 7bit\r\n"
+     b"MIME-Version: 1.0\r\n\r\nPrinter 7 needs paper.\r\n"),
+    (b"From: =?utf-8?q?J=C3=B6rg_M=C3=BCller?= <Joerg@Example.de>\r\n"
+     b"To: \"Smith, J\" <j@s.com>, Desk <wdc@mail.eventdesk.local>,\r\n b@y.org\r\n"
+     b"Subject: =?utf-8?b?R3LDvMOfZSBhdXMgTcO8bmNoZW4=?=\r\n =?utf-8?q?_und_mehr?=\r\n"
+     b"Message-ID: <a.b@[10.0.0.1]>\r\nIn-Reply-To: <p1@x>\r\n"
+     b"References: <p0@x>\r\n\t<p1@x>\r\nDate: Mon, 4 Mar 2024 10:00:00 +0000\r\n"
+     b"Authentication-Results: mx.example; dmarc=pass header.from=example.de\r\n"
+     b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"outer\"\r\n\r\n"
+     b"--outer\r\nContent-Type: multipart/alternative; boundary=inner\r\n\r\n"
+     b"--inner\r\nContent-Type: text/plain; charset=iso-8859-1\r\n"
+     b"Content-Transfer-Encoding: quoted-printable\r\n\r\nGr=FC=DFe\r\n"
+     b"--inner\r\nContent-Type: text/html\r\n\r\n<p>Gr&uuml;&szlig;e</p>\r\n--inner--\r\n"
+     b"--outer\r\nContent-Type: application/pdf\r\n"
+     b"Content-Disposition: attachment;\r\n filename*=utf-8''Gr%C3%BC%C3%9Fe%20aus.pdf\r\n"
+     b"Content-Transfer-Encoding: base64\r\n\r\nJVBERg==\r\n"
+     b"--outer\r\nContent-Type: image/png\r\nContent-Disposition: inline\r\n"
+     b"Content-ID: <logo@x>\r\n\r\npng\r\n--outer--\r\n"),
+    (b"From: J. Smith <j@s.com>\r\nSubject: caf\xc3\xa9 8-bit\r\nMessage-ID: <a,b@c>\r\n"
+     b"Auto-Submitted: auto-replied\r\nX-4me-From: =?utf-8?q?Boss?= <boss@widget.com>\r\n"
+     b"X-4me-Auth: s3cret \r\n\r\nbody\r\n"),
+    (b"From: a@x.org, b@x.org\r\nSubject: =?x-unknown?q?oops?=\r\nMessage-ID: <a@b\r\n"
+     b"Content-Type: text/plain; name=\"=?utf-8?q?r=C3=A9sum=C3=A9.txt?=\"\r\n"
+     b"Content-Disposition: attachment\r\n\r\nx\r\n"),
+]
+
+
+@pytest.mark.parametrize("raw", REPRESENTATIVE)
+def test_headers_read_as_policy_default_reads_them(raw: bytes) -> None:
+    message = message_from_bytes(raw, policy=mime.POLICY)
+    for part in message.walk():
+        for name, value in part.raw_items():
+            assert mime._HEADERS.text(name, value) == str(
+                policy.default.header_fetch_parse(name, value)), (name, value)
+    assert mime.message_id_of(raw) == parse(raw).message_id
+
+
+def test_representative_messages() -> None:
+    plain, rich, odd, broken = (parse(raw) for raw in REPRESENTATIVE)
+    assert (plain.sender, plain.sender_name, plain.message_id) == (
+        "ellen.brown@widget.com", "Ellen Brown", "r-7@bench.widget.com")
+    assert (rich.subject, rich.sender, rich.sender_name) == (
+        "Grüße aus München und mehr", "joerg@example.de", "Jörg Müller")
+    assert (rich.message_id, rich.thread_ids, rich.text) == (
+        "a.b@[10.0.0.1]", ("p1@x", "p0@x"), "Grüße")
+    assert [(a.filename, a.content_type, a.inline, a.content) for a in rich.attachments] == [
+        ("Grüße aus.pdf", "application/pdf", False, b"%PDF"),
+        ("logo@x", "image/png", True, b"png")]
+    assert rich.dmarc_passes == (("mx.example", "example.de"),)
+    assert (odd.subject, odd.sender, odd.sender_name, odd.message_id) == (
+        "café 8-bit", "j@s.com", "J. Smith", "<a")
+    assert (odd.automatic, odd.override_from, odd.override_auth) == (
+        True, "boss@widget.com", "s3cret")
+    assert (broken.sender, broken.subject, broken.message_id) == (None, "oops", "a@b")
+    assert [a.filename for a in broken.attachments] == ["résumé.txt"]
+
+
+def test_an_unreadable_header_quarantines_even_when_unused() -> None:
+    # Whatever header the stdlib's parser fails on ends the mail, not only the headers read.
+    value = "a@b,<"
+    try:
+        policy.default.header_fetch_parse("To", value)
+        unreadable = False
+    except Exception:  # the parser's errors are many
+        unreadable = True
+    raw = f"From: a@b.org\r\nTo: {value}\r\nSubject: s\r\n\r\nbody\r\n".encode()
+    if unreadable:
+        with pytest.raises(Quarantined, match="unreadable message"):
+            parse(raw)
+    else:
+        assert parse(raw).sender == "a@b.org"
+
+
+def test_the_header_cache_stays_small_under_many_distinct_headers() -> None:
+    cache = mime._HEADERS.recent
+    cache.cache_clear()
+    # Encoded words are never read as plain values, so every one of these is a header object.
+    short = b"".join(b"X-H%d: =?utf-8?q?v%d?=\r\n" % (i, i) for i in range(1500))
+    long = b"".join(b"X-L%d: =?utf-8?q?%s?=\r\n" % (i, b"v" * 200) for i in range(100))
+    parse(b"From: a@b.org\r\n" + short + long + b"\r\nbody\r\n")
+    assert cache.cache_info().currsize == mime.HEADER_CACHE_SIZE
+    cache.cache_clear()
+    parse(b"From: a@b.org\r\n" + long + b"\r\nbody\r\n")
+    assert cache.cache_info().currsize == 0
 
 
 def test_recipients() -> None:
