@@ -124,10 +124,12 @@ class Settings(BaseSettings):
     transaction_retention: Duration = Field(default=timedelta(days=14), gt=timedelta(0))
     dead_delivery_retention: Duration | None = None
     purge_interval: Duration = Field(default=timedelta(minutes=5), gt=timedelta(0))
-    # The Mail API (shared/mail/): the largest message taken (SMTP 552, HTTP 413), the networks
+    # The Mail API (shared/mail/): the largest message taken (SMTP 552, HTTP 413), the largest
+    # attachment kept (decoded; a message with a larger one is quarantined), the networks
     # the SMTP listener takes mail from (it sits behind the organisation's mail gateway, without
     # AUTH), and its STARTTLS certificate and key (PEM files; none: no STARTTLS).
     mail_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    mail_max_attachment_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     smtp_allow_networks: str = "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16"
     smtp_tls_cert: Path | None = None
     smtp_tls_key: Path | None = None

@@ -106,9 +106,15 @@ def test_attachments_at_most_twenty_and_the_rest_counted() -> None:
     (b"".join(b"Content-Type: multipart/mixed; boundary=b%d\n\n--b%d\n" % (i, i)
               for i in range(30)) + b"Content-Type: text/plain\n\nx", "nested deeper"),
     (b"".join(b"X-H%d: v\n" % i for i in range(2500)) + b"\nbody", "header lines"),
+    # 1,500 bytes decoded from base64, over a limit of 1,000.
+    (b"Content-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: text/plain\n\nsee\n"
+     b"--b\nContent-Type: application/octet-stream\nContent-Disposition: attachment; "
+     b"filename=big.bin\nContent-Transfer-Encoding: base64\n\n" + b"QUFB" * 500 + b"\n--b--\n",
+     "an attachment larger than 1000 bytes decoded"),
 ])
 def test_hostile_messages_are_quarantined_with_a_reason(raw: bytes, reason: str) -> None:
     limits = Limits(max_bytes=1000) if reason == "larger than" else Limits()
+    limits = Limits(max_attachment_bytes=1000) if reason.startswith("an attachment") else limits
     with pytest.raises(Quarantined, match=reason):
         parse(raw, limits)
 

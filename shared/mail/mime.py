@@ -125,6 +125,9 @@ class Limits:
     max_depth: int = 10
     max_headers: int = 2000
     max_header_bytes: int = 64 * 1024
+    # One attachment's decoded content. Decoding never makes a part larger than its raw text,
+    # so memory is bounded by max_bytes anyway: this is the deployment's limit on what it keeps.
+    max_attachment_bytes: int = 10 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -241,7 +244,7 @@ def _body_text(message: EmailMessage) -> tuple[str, Message | None]:
     return text.replace("\r\n", "\n").replace("\x00", ""), body
 
 
-def _attachment(part: Message) -> Attachment | None:
+def _attachment(part: Message, limits: Limits) -> Attachment | None:
     disposition = part.get_content_disposition()
     filename = part.get_filename()
     inline_image = disposition == "inline" and part.get_content_maintype() == "image"
@@ -249,6 +252,9 @@ def _attachment(part: Message) -> Attachment | None:
         return None
     payload = part.get_payload(decode=True)
     content = payload if isinstance(payload, bytes) else b""
+    if len(content) > limits.max_attachment_bytes:
+        raise Quarantined(f"an attachment larger than {limits.max_attachment_bytes} bytes "
+                          "decoded")
     return Attachment(
         filename=(_plain(filename) or _plain(part.get("Content-ID")) or "unnamed"
                   ).strip("<> ")[:255],
@@ -257,10 +263,11 @@ def _attachment(part: Message) -> Attachment | None:
     )
 
 
-def _attachments(leaves: list[Message], body: Message | None) -> list[Attachment]:
+def _attachments(leaves: list[Message], body: Message | None, limits: Limits
+                 ) -> list[Attachment]:
     found = []
     for part in leaves:
-        item = _attachment(part) if part is not body else None
+        item = _attachment(part, limits) if part is not body else None
         if item is not None:
             found.append(item)
     return found
@@ -346,7 +353,7 @@ def parse(raw: bytes, limits: Limits | None = None) -> ParsedMail:
         assert isinstance(message, EmailMessage)
         leaves = _walk(message, limits)
         text, body = _body_text(message)
-        attachments = _attachments(leaves, body)
+        attachments = _attachments(leaves, body, limits)
         subject = _plain(_first(message, "subject"))
         thread = [*_MESSAGE_ID.findall(_plain(_first(message, "in-reply-to"))),
                   *reversed(_MESSAGE_ID.findall(_plain(_first(message, "references"))))]

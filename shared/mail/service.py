@@ -109,7 +109,9 @@ class MailConfig:
     @classmethod
     def from_settings(cls, settings: Settings) -> MailConfig:
         return cls(
-            limits=Limits(max_bytes=settings.mail_max_bytes), relay=settings.mail_relay or None,
+            limits=Limits(max_bytes=settings.mail_max_bytes,
+                          max_attachment_bytes=settings.mail_max_attachment_bytes),
+            relay=settings.mail_relay or None,
             reply_from=settings.mail_reply_from or None,
             attachment_dir=settings.mail_attachment_dir,
             authserv_ids=frozenset(item.strip().lower() for item in
