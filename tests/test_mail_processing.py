@@ -549,3 +549,17 @@ def test_every_parameter_of_the_seed_sets_its_field(
     assert done["outcome"]["action"] == "created", done["outcome"]
     assert "ignored" not in done["outcome"], done["outcome"]
     assert shown(db, done["transid"], done["outcome"]["request_id"], what) == expected
+
+
+def test_the_raw_message_is_stored_byte_for_byte(db: str) -> None:
+    """Intake stores every byte it was given (8-bit, NUL, CR LF), whatever the statement's
+    encoding of it, and a copy sent again is the first one's."""
+    raw = (b"From: howard.tanner@widget.com\r\nSubject: caf\xc3\xa9 \xff\r\n"
+           b"Message-ID: <" + uuid.uuid4().hex.encode() + b"@widget.com>\r\n\r\n\x00\x01\xfe\r\n")
+    with session_scope(db) as session:
+        first, again = store.save(session, [new_mail(raw), new_mail(raw)])
+    assert first[1] == again[1]
+    with session_scope(db) as session:
+        row = session.get(MailMessage, first[0])
+        assert row is not None
+        assert row.raw == raw

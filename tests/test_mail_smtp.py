@@ -302,6 +302,21 @@ def test_hostile_mail_is_quarantined_and_the_worker_keeps_serving(
     assert processed(redis_postgres.database, message_id(fine))["status"] == "processed"
 
 
+def stored_unqueued(database: str, message: EmailMessage, received_at: datetime) -> int:
+    """``message`` stored as intake stores it, and not queued; its id."""
+    from shared.mail import store
+    from shared.mail.queries import Destination
+
+    with session_scope(database) as session:
+        [(mail_id, _)] = store.save(session, [store.NewMail(
+            transid=uuid.uuid4().hex, destination=Destination("wdc", None,
+                                                              "wdc@mail.eventdesk.local"),
+            message_id=message_id(message), raw=message.as_bytes(policy=policy.SMTP),
+            peer="test", now=received_at)])
+    assert mail_id is not None
+    return mail_id
+
+
 def test_the_sweep_queues_a_stored_message_whose_task_never_reached_the_broker(
     redis_postgres: Stack, configure: Callable[..., None], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -309,19 +324,26 @@ def test_the_sweep_queues_a_stored_message_whose_task_never_reached_the_broker(
     beat's mail.sweep queues the message again once it has waited REQUEUE_AFTER, and the
     running worker processes it."""
     import worker.mail as mail_tasks
-    from shared.mail import store
-    from shared.mail.queries import Destination
     from worker.app import make_celery
 
     message = mail("Stored, never queued.", subject=f"Stranded {uuid.uuid4().hex[:6]}")
-    raw = message.as_bytes(policy=policy.SMTP)
-    with session_scope(redis_postgres.database) as session:
-        store.save(session, [store.NewMail(
-            transid=uuid.uuid4().hex, destination=Destination("wdc", None,
-                                                              "wdc@mail.eventdesk.local"),
-            message_id=message_id(message), raw=raw, peer="test",
-            now=datetime.now(UTC) - mail_tasks.REQUEUE_AFTER - timedelta(seconds=1))])
+    stored_unqueued(redis_postgres.database, message,
+                    datetime.now(UTC) - mail_tasks.REQUEUE_AFTER - timedelta(seconds=1))
     configure(broker_url=redis_postgres.broker, database_url=redis_postgres.database)
     monkeypatch.setattr(mail_tasks, "app", make_celery())
     assert mail_tasks.sweep() >= 1
+    assert processed(redis_postgres.database, message_id(message))["status"] == "processed"
+
+
+def test_a_task_queued_before_the_group_commit_names_one_id_and_is_processed(
+    redis_postgres: Stack, configure: Callable[..., None],
+) -> None:
+    """A rolling upgrade: an older listener queued ``mail.process`` with one id, not a list."""
+    from shared.messaging import MAIL_PROCESS, MAIL_QUEUE
+    from worker.app import make_celery
+
+    message = mail("Queued the old way.", subject=f"Old task {uuid.uuid4().hex[:6]}")
+    mail_id = stored_unqueued(redis_postgres.database, message, datetime.now(UTC))
+    configure(broker_url=redis_postgres.broker, database_url=redis_postgres.database)
+    make_celery().send_task(MAIL_PROCESS, args=[mail_id], queue=MAIL_QUEUE)
     assert processed(redis_postgres.database, message_id(message))["status"] == "processed"

@@ -41,8 +41,9 @@ ALONG = 50
 
 
 @app.task(name=MAIL_PROCESS, bind=True, acks_late=True, max_retries=None)
-def process(self: Any, mail_ids: list[int]) -> None:
-    ids = [int(mail_id) for mail_id in mail_ids]
+def process(self: Any, mail_ids: list[int] | int) -> None:
+    # One id alone: a task queued before intake's group commit (a rolling upgrade).
+    ids = [mail_ids] if isinstance(mail_ids, int) else [int(mail_id) for mail_id in mail_ids]
     now = datetime.now(UTC)
     try:
         _run(ids, now, along=ALONG)

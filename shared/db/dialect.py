@@ -9,18 +9,20 @@ every batch, so it is compiled once.
 PostgreSQL de-escapes every string of the array, and a ``\\u0000`` fails the statement (and with
 it every row of the run). So the value of a JSON column marked ``ANY_TEXT`` (shared/db/models.py:
 it may hold a NUL) travels as its JSON text, cast back in the statement; the other JSON columns'
-values, built by us from checked text, travel nested, which costs less.
+values, built by us from checked text, travel nested, which costs less. A binary column's bytes
+travel as base64 text, decoded in the statement.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Collection, Sequence
 from datetime import datetime
 from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import JSON, Table, TextClause, text, update
+from sqlalchemy import JSON, LargeBinary, Table, TextClause, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -36,13 +38,9 @@ def is_postgres(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-def insert(session: Session, model: type[Base], *, core: bool = False
-           ) -> postgresql.Insert | sqlite.Insert:
-    """The dialect's ``INSERT`` of ``model``: the one with the ``ON CONFLICT`` clauses. ``core``:
-    of its table, a Core statement without the ORM's bulk machinery (for a hot path of many
-    rows given as parameters)."""
-    return (postgresql.insert if is_postgres(session) else sqlite.insert)(
-        _table(model) if core else model)
+def insert(session: Session, model: type[Base]) -> postgresql.Insert | sqlite.Insert:
+    """The dialect's ``INSERT`` of ``model``: the one with the ``ON CONFLICT`` clauses."""
+    return (postgresql.insert if is_postgres(session) else sqlite.insert)(model)
 
 
 def lock(session: Session, ids: Collection[int]) -> None:
@@ -139,6 +137,8 @@ def rows_json(model: type[Base], rows: Sequence[dict[str, Any]]) -> str:
     rendered: dict[datetime, str] = {}
 
     def value(item: object) -> str:
+        if isinstance(item, bytes):  # a binary column's: decoded in the statement
+            return base64.b64encode(item).decode()
         # Naive datetimes are refused, as the UTC columns refuse them.
         if not isinstance(item, datetime) or item.tzinfo is None:
             raise TypeError(f"no JSON form for {item!r}")
@@ -157,10 +157,7 @@ def _table(model: type[Base]) -> Table:
 def _recordset(table: Table, names: Sequence[str]) -> str:
     """``:rows`` as the relation ``r`` with the columns ``names``, typed as the table's (an
     ``ANY_TEXT`` column as text: the module docstring)."""
-    columns = ", ".join(
-        f"{_quote(name)} {'TEXT' if _as_text(table, name) else table.c[name].type.compile(_PG)}"
-        for name in names
-    )
+    columns = ", ".join(f"{_quote(name)} {_carried_as(table, name)}" for name in names)
     return f"json_to_recordset(CAST(:rows AS json)) AS r({columns})"
 
 
@@ -168,7 +165,20 @@ def _value(table: Table, name: str) -> str:
     """Column ``name`` of ``r``, as the table's type."""
     if _as_text(table, name):
         return f"CAST(r.{_quote(name)} AS {table.c[name].type.compile(_PG)})"
+    if _binary(table, name):
+        return f"decode(r.{_quote(name)}, 'base64')"
     return f"r.{_quote(name)}"
+
+
+def _carried_as(table: Table, name: str) -> str:
+    """The type of column ``name``'s values in the JSON array."""
+    if _as_text(table, name) or _binary(table, name):
+        return "TEXT"
+    return str(table.c[name].type.compile(_PG))
+
+
+def _binary(table: Table, name: str) -> bool:
+    return isinstance(table.c[name].type, LargeBinary)
 
 
 def _as_text(table: Table, name: str) -> bool:

@@ -45,14 +45,13 @@ def save(session: Session, mails: Sequence[NewMail]) -> list[tuple[int | None, s
     publish: the retry queues it, instead of leaving it to the sweep). A new message costs no
     look before the insert.
     """
-    inserted: dict[str, int] = dict(session.execute(
-        dialect.insert(session, MailMessage, core=True).on_conflict_do_nothing()
-        .returning(MailMessage.transid, MailMessage.id),
+    inserted: dict[str, int] = dict(dialect.insert_rows(
+        session, MailMessage,
         [{"transid": mail.transid, "account_id": mail.destination.account_id,
           "recipient": mail.destination.address, "team_id": mail.destination.team_id,
           "message_id": mail.message_id, "raw": mail.raw, "peer": mail.peer[:64],
           "received_at": mail.now, "status": "received"} for mail in mails],
-    ).all())
+        returning=("transid", "id"), skip_conflicts_on=("account_id", "message_id")))
     saved: list[tuple[int | None, str]] = []
     for mail in mails:
         if mail.transid in inserted:
