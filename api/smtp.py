@@ -15,8 +15,9 @@ organisation's mail gateway (the rules: shared/mail/service.py).
 - STARTTLS when ``EVENTDESK_SMTP_TLS_CERT`` and ``EVENTDESK_SMTP_TLS_KEY`` are set.
 - ``/metrics`` on ``EVENTDESK_SMTP_METRICS_PORT`` (9809): ``eventdesk_mail_received_total``.
 
-Database work runs in the event loop's thread pool, so a slow commit holds only the sessions
-waiting for it; a recipient the cache knows is answered in the loop.
+Database work runs in the event loop's thread pool, one group's commit at a time: a slow
+commit holds the sessions that reach DATA meanwhile, never the loop; a recipient the cache
+knows is answered in the loop.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ class MailHandler:
         await asyncio.gather(*(self._groups.commit(entry) for entry in entries))
         failed = next((entry.error for entry in entries if entry.error is not None), None)
         if failed is not None:  # the database's, or this message's: the sender retries
-            log.warning("mail not stored: database unreachable", error=str(failed)[:200])
+            log.warning("mail not stored", error=repr(failed)[:200])
             metrics.mail_received.labels(result="unavailable").inc()
             return "451 4.3.0 temporary failure, try again later"
         metrics.mail_received.labels(result="accepted").inc()
@@ -158,12 +159,15 @@ class CommitGroups:
                 try:
                     await loop.run_in_executor(None, self._intake.commit,
                                                [entry for entry, _ in group])
-                except Exception as exc:  # commit gives each its outcome: this is a bug's
+                except BaseException as exc:  # commit gives each its outcome: a bug, or the end
                     for entry, _ in group:
-                        entry.error = exc
-                for _, done in group:
-                    if not done.done():  # its session may be gone (the connection dropped)
-                        done.set_result(None)
+                        entry.error = exc  # nothing promised: the senders try again
+                    if not isinstance(exc, Exception):  # the loop is stopping
+                        raise
+                finally:
+                    for _, done in group:
+                        if not done.done():  # its session may be gone (the connection dropped)
+                            done.set_result(None)
         finally:
             self._committing = None
 

@@ -77,7 +77,8 @@ class TTLCache(Generic[K, V]):
 
     def peek(self, key: K) -> V | None:
         """The fresh answer for ``key`` if there is one, without loading it: None when
-        :meth:`get` would ask the loader (for a caller that must not wait on it)."""
+        :meth:`get` would ask the loader, or serve a stale copy (for a caller that must not
+        wait on it, and whose loader never answers None: a cached miss reads as None too)."""
         entry = self._items.get(key)
         return entry.value if entry is not None and entry.fresh_until > self._clock() else None
 

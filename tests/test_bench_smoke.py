@@ -150,7 +150,8 @@ def test_e2e_bench_processes_every_event(capsys: pytest.CaptureFixture[str]) -> 
     assert f["cpu_us_per_event"]["api"] > 0
     assert f["cpu_us_per_event"]["consumer"] > 0
     assert f["cpu_us_per_event"]["pool"] > 0
-    assert f["cpu_us_per_event"]["postgres"] > 0
+    # Counted in the kernel's 10 ms ticks: 200 events may cost the database's backends none.
+    assert f["cpu_us_per_event"]["postgres"] >= 0
     assert f["target_events_per_s"] == 1000
     # The throwaway database is gone, and so is the bench's Redis data.
     with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres") as admin:

@@ -134,8 +134,9 @@ def test_run_says_listening_only_once_the_port_answers_and_warns_of_a_busy_metri
         metrics_port = busy.getsockname()[1]
         running = Service(tmp_path, "--metrics-port", str(metrics_port))
         try:
-            wait_until(lambda: "listening" in running.output() or running.proc.poll() is not None,
-                       60, 0.02)
+            # run's own line (the SMTP listener logs a line of its own with "listening" in it).
+            wait_until(lambda: "eventdesk listening on" in running.output()
+                       or running.proc.poll() is not None, 60, 0.02)
             with socket.socket() as probe:
                 assert probe.connect_ex(("127.0.0.1", running.port)) == 0, running.output()
         finally:

@@ -563,3 +563,30 @@ def test_the_raw_message_is_stored_byte_for_byte(db: str) -> None:
         row = session.get(MailMessage, first[0])
         assert row is not None
         assert row.raw == raw
+
+
+def test_a_reply_waits_for_a_mail_of_its_run_that_event_matching_folds_into_its_request(
+    db: str,
+) -> None:
+    """A mail of the run that event matching makes a note of an open request comes before a
+    later reply to that request, as one mail after another would: the notes keep their order."""
+    when = NOW + timedelta(days=300)  # apart from the other tests' requests of this CI
+    first, first_id = message(f"#ci: ABC1234\n\nDatabase slow {uuid.uuid4().hex[:6]}.")
+    made = deliver(db, first, now=when)
+    assert made["outcome"]["action"] == "created"
+    request_id = made["outcome"]["request_id"]
+    # The CI's open request of the last 24 hours: the same CI folds into it.
+    same_ci, _ = message("#ci: ABC1234\n\nStill slow, from the monitor.")
+    reply, _ = message("Any news?", subject="Re: Database slow", In_Reply_To=f"<{first_id}>")
+    with session_scope(db) as session:
+        stored = store.save(session, [new_mail(raw, now=when + timedelta(minutes=5))
+                                      for raw in (same_ci, reply)])
+    first_mail = stored[0][0]
+    assert first_mail is not None
+    with session_scope(db) as session:
+        process_mail(session, [first_mail], when + timedelta(minutes=5), Directory(0), along=10)
+    outcomes = outcomes_of(db, [transid for _, transid in stored])
+    assert [(outcome["action"], outcome["request_id"]) for outcome in outcomes] == [
+        ("updated", request_id), ("updated", request_id)]
+    assert [text for text, _ in notes(db, request_id)][1:] == [
+        "Still slow, from the monitor.", "Any news?"]

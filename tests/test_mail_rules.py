@@ -216,6 +216,20 @@ def test_the_header_cache_stays_small_under_many_distinct_headers() -> None:
     cache.cache_clear()
     parse(b"From: a@b.org\r\n" + long + b"\r\nbody\r\n")
     assert cache.cache_info().currsize == 0
+    # A long name with a short value is as long a header: the object keeps its name.
+    with pytest.raises(Quarantined):
+        parse(b"From: a@b.org\r\nX-" + b"n" * 100_000 + b": =?\r\n\r\nbody\r\n")
+    assert cache.cache_info().currsize == 0
+
+
+def test_the_message_id_is_read_from_the_header_block_alone() -> None:
+    """Intake reads it in the SMTP listener's event loop: the body is not parsed (a line in the
+    body that looks like a header is not one)."""
+    head = b"From: a@b.org\r\nMessage-ID: <head@b.org>\r\n"
+    assert mime.message_id_of(head + b"\r\nMessage-ID: <body@b.org>\r\n" + b"x" * 1000) == \
+        "head@b.org"
+    assert mime.message_id_of(b"From: a@b.org\nMessage-ID: <lf@b.org>\n\nbody\n") == "lf@b.org"
+    assert mime.message_id_of(head) == "head@b.org"  # headers only, no blank line
 
 
 def test_recipients() -> None:

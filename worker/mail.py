@@ -5,7 +5,7 @@ up to ALONG other stored messages along (shared/mail/service.py's ``process_mail
 stream of mail is processed in runs, not one transaction a message. A database outage is
 retried with a growing pause; any other error is first assumed to be one message's: each of
 the task's own messages is processed again alone, and only an error then ends that one
-``failed`` with the reason, once (those taken along are processed by their own tasks). A
+``failed`` with the reason, once (those taken along are processed by the tasks naming them). A
 message is never requeued forever. The sweep queues again every message
 still ``received`` after REQUEUE_AFTER: the ``mail.process`` message of an intake that died
 between its commit and its publish, or that the broker refused. Processing is idempotent, so a

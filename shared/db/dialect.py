@@ -125,20 +125,23 @@ def json_update(model: type[Base], names: tuple[str, ...]) -> TextClause:
 
 def rows_json(model: type[Base], rows: Sequence[dict[str, Any]]) -> str:
     """The rows as the JSON array the statements of :func:`json_insert` and :func:`json_update`
-    take: ``ANY_TEXT`` columns' values as their JSON text (None stays NULL)."""
+    take: ``ANY_TEXT`` columns' values as their JSON text, binary columns' as base64 (None
+    stays NULL)."""
     table = _table(model)
     texts = [name for name in rows[0] if _as_text(table, name)]
     if texts:
         rows = [row | {name: None if row[name] is None else _compact(row[name])
                        for name in texts} for row in rows]
+    binaries = [name for name in rows[0] if _binary(table, name)]
+    if binaries:  # as base64 text, decoded in the statement
+        rows = [row | {name: None if row[name] is None else base64.b64encode(row[name]).decode()
+                       for name in binaries} for row in rows]
     # An aware datetime's isoformat is not free and most rows share theirs (the run's ``now``,
     # a batch's received_at): each is rendered once. Equal instants may share
     # one text, as they are one timestamptz.
     rendered: dict[datetime, str] = {}
 
     def value(item: object) -> str:
-        if isinstance(item, bytes):  # a binary column's: decoded in the statement
-            return base64.b64encode(item).decode()
         # Naive datetimes are refused, as the UTC columns refuse them.
         if not isinstance(item, datetime) or item.tzinfo is None:
             raise TypeError(f"no JSON form for {item!r}")

@@ -76,12 +76,13 @@ def _plain_form(kind: type) -> re.Pattern[str] | None:
 class _HeaderFactory(HeaderRegistry):
     """policy.default's header factory, cheaper.
 
-    The header objects of the last :data:`HEADER_CACHE_SIZE` values up to
-    :data:`HEADER_CACHE_VALUE_MAX` characters are kept for reuse. Only short values and only a
-    few: a header object holds its parse tree, up to ~2.5 KB a character of value (an address
-    list of backslashes), so hostile values fill it with at most ~64 x 128 x 2.5 KB = 20 MB
-    (measured), ordinary ones (Content-Types of ~70 characters) with about 2 MB. The class of
-    a header is made once per kind (HeaderRegistry makes a new type at every call)."""
+    The header objects of the last :data:`HEADER_CACHE_SIZE` headers of up to
+    :data:`HEADER_CACHE_VALUE_MAX` characters, name and value together (a header object keeps
+    its name too, and a name may be as long as the message), are kept for reuse. Only short
+    ones and only a few: a header object holds its parse tree, up to ~2.5 KB a character of
+    value (an address list of backslashes), so hostile values fill it with at most ~64 x 128 x
+    2.5 KB = 20 MB, ordinary ones (Content-Types of ~70 characters) with about 2 MB. The class
+    of a header is made once per kind (HeaderRegistry makes a new type at every call)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -100,7 +101,7 @@ class _HeaderFactory(HeaderRegistry):
         return self[name](name, value)
 
     def __call__(self, name: str, value: str) -> BaseHeader:
-        if len(value) > HEADER_CACHE_VALUE_MAX:
+        if len(name) + len(value) > HEADER_CACHE_VALUE_MAX:
             return self._build(name, value)
         return self.recent(name, value)
 
@@ -115,6 +116,8 @@ class _HeaderFactory(HeaderRegistry):
 
 
 _HEADERS = _HeaderFactory()
+# The blank line that ends a message's headers.
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
 POLICY = policy.default.clone(header_factory=_HEADERS)
 
 
@@ -337,9 +340,13 @@ def _display_name(named: list[tuple[str, str]]) -> str:
 
 
 def message_id_of(raw: bytes) -> str | None:
-    """The Message-ID, from the headers alone (intake's duplicate check); None if unreadable."""
+    """The Message-ID, from the headers alone (intake's duplicate check); None if unreadable.
+    Only the header block is read: intake runs this in the SMTP listener's event loop, where a
+    large body would hold every session."""
+    end = _HEADER_END.search(raw)
     try:
-        return _message_id(_first(BytesHeaderParser(policy=POLICY).parsebytes(raw), "message-id"))
+        return _message_id(_first(BytesHeaderParser(policy=POLICY).parsebytes(
+            raw[:end.end()] if end else raw), "message-id"))
     except Exception:  # an unreadable header is the worker's to quarantine, not intake's
         return None
 

@@ -137,7 +137,7 @@ class Accepting:
         self.mail = mail
         self.transid = mail.transid
         self.mail_id: int | None = None
-        self.error: Exception | None = None
+        self.error: BaseException | None = None
 
 
 class MailIntake:
@@ -218,8 +218,12 @@ class MailIntake:
         except Exception as exc:
             if len(group) > 1 and classify(exc) is not Fault.OUTAGE:
                 # Not the database's outage but one message's: it must not refuse the others.
-                for entry in group:
+                for number, entry in enumerate(group):
                     self._commit([entry])
+                    if entry.error is not None and classify(entry.error) is Fault.OUTAGE:
+                        for rest in group[number + 1:]:  # the database went away meanwhile
+                            rest.error = entry.error
+                        return
                 return
             for entry in group:
                 entry.error = exc
@@ -407,9 +411,11 @@ def _reject(session: Session, row: MailMessage, parsed: ParsedMail, config: Mail
 
 def _act(session: Session, row: MailMessage, now: datetime, directory: Directory, *,
          config: MailConfig, policies: dict[str, EmailPolicy],
-         settle: Callable[[ParsedMail, MailParameters], None]) -> _NewRequest | None:
+         settle: Callable[[ParsedMail, MailParameters, bool], bool]) -> _NewRequest | None:
     """End the mail as quarantined, rejected or a reply's note; or say the request to make.
-    ``settle`` makes the requests said so far, when this mail may reply to one of them."""
+    ``settle(parsed, given, replying)`` makes the requests said so far when this mail may reply
+    to one of them, or (``replying``) to any request: one of them may fold into it by event
+    matching, and be its note before this one. True when it made any."""
     try:
         parsed = parse(row.raw, config.limits)
         if row.account_id not in policies:
@@ -430,11 +436,14 @@ def _act(session: Session, row: MailMessage, now: datetime, directory: Directory
         if override_ignored else {}
     given = apply_parameters(parameters, sender.roles, row.account_id,
                              lambda name: directory.account(session, name) is not None)
+    target = None
     if policy.replies_as_notes and _may_reply(parsed, given):
-        settle(parsed, given)
-    target = _reply_target(session, row.account_id, parsed, given=given, sender=sender, now=now,
-                           feedback_days=policy.feedback_days) \
-        if policy.replies_as_notes else None
+        settle(parsed, given, False)
+        target = _reply_target(session, row.account_id, parsed, given=given, sender=sender,
+                               now=now, feedback_days=policy.feedback_days)
+        if target is not None and settle(parsed, given, True):
+            target = _reply_target(session, row.account_id, parsed, given=given, sender=sender,
+                                   now=now, feedback_days=policy.feedback_days)
     if target is not None:
         _add_reply(session, row, parsed=parsed, body=body, given=given, target=target,
                    ignored=ignored, attachment_dir=config.attachment_dir, now=now)
@@ -454,10 +463,11 @@ def process_mail(session: Session, mail_ids: Sequence[int], now: datetime,
 
     Taking others along is what lets a worker keep up with a stream of mail: their new
     requests go through one run of the events' processing (made before any later mail that may
-    reply to one of them looks for it, so a run acts as one mail after another would). Each of
-    them still has its own ``mail.process`` message, which finds it done; and if this
-    transaction fails, each is processed again by its own message (the caller retries
-    ``mail_ids`` one by one).
+    reply to one of them, or to a request one of them may fold into by event matching, looks
+    for it, so a run acts as one mail after another would). Each of
+    them is still named by a ``mail.process`` task of its own, which finds it done; and if this
+    transaction fails, each is processed again by that task (the caller retries ``mail_ids``
+    one by one).
     """
     config = config or MailConfig()
     rows = store.take(session, mail_ids) + (
@@ -470,9 +480,11 @@ def process_mail(session: Session, mail_ids: Sequence[int], now: datetime,
             _new_requests(session, new, now, directory, config.attachment_dir)
             new.clear()
 
-    def settle_for(parsed: ParsedMail, given: MailParameters) -> None:
-        if any(item.may_be_answered_by(parsed, given) for item in new):
+    def settle_for(parsed: ParsedMail, given: MailParameters, replying: bool) -> bool:
+        if new and (replying or any(item.may_be_answered_by(parsed, given) for item in new)):
             settle()
+            return True
+        return False
 
     for item in rows:
         found = _act(session, item, now, directory, config=config, policies=policies,

@@ -35,11 +35,10 @@ log = get_logger(__name__)
 
 
 class _Entry:
-    __slots__ = ("batch", "done", "error", "limited")
+    __slots__ = ("batch", "error", "limited")
 
     def __init__(self, batch: EventBatch) -> None:
         self.batch = batch
-        self.done = False
         self.limited: Limited | None = None
         self.error: PublishError | None = None
 
@@ -73,25 +72,22 @@ class EventQueue:
             self._send(part)
 
     def _send(self, group: Sequence[_Entry]) -> None:
-        """Publish ``group`` as one message, or each entry alone if a bucket refused it.
-
-        Every entry ends ``done``, whatever happens: a waiting thread never reads a result
-        that was not set.
-        """
+        """Publish ``group`` as one message, or each entry alone if a bucket refused it; every
+        entry ends queued, limited or with the error (an unforeseen one as a PublishError)."""
         try:
             limited = self._publish([entry.batch for entry in group])
         except Exception as exc:  # PublishError, or anything unforeseen: not queued either way
             error = exc if isinstance(exc, PublishError) else PublishError(repr(exc))
             log.warning("not queued", batches=len(group), error=str(error))
             for entry in group:
-                entry.error, entry.done = error, True
+                entry.error = error
             return
         if limited is not None and len(group) > 1:
             for entry in group:
                 self._send([entry])
             return
         for entry in group:
-            entry.limited, entry.done = limited, True
+            entry.limited = limited
 
     def _publish(self, batches: Sequence[EventBatch]) -> Limited | None:
         args = ",".join(batch.model_dump_json() for batch in batches)
