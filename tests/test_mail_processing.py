@@ -384,6 +384,18 @@ def test_the_email_policy_is_imported_and_exported_with_the_account(db: str) -> 
     assert exported["wdc"]["mail_policy"] == {}
 
 
+def one_run(db: str, raws: list[bytes], now: datetime = NOW) -> list[dict[str, Any]]:
+    """Store the messages, then process them in one task's run (the first, the others taken
+    along); the outcome of each, in order."""
+    with session_scope(db) as session:
+        stored = store.save(session, [new_mail(raw, now=now) for raw in raws])
+    first_mail = stored[0][0]
+    assert first_mail is not None
+    with session_scope(db) as session:
+        process_mail(session, [first_mail], now, Directory(0), along=len(raws))
+    return outcomes_of(db, [transid for _, transid in stored])
+
+
 def outcomes_of(db: str, transids: list[str]) -> list[dict[str, Any]]:
     """The outcome of each transaction, in order."""
     outcomes: list[dict[str, Any]] = []
@@ -405,13 +417,7 @@ def test_mail_taken_along_acts_as_one_mail_after_another(db: str) -> None:
     reply, _ = message("Still down.", sender="ellen.brown@widget.com", subject=f"Re: {subject}",
                        In_Reply_To=f"<{first_id}>")
     copy, _ = message("The VPN is down.", sender="ellen.brown@widget.com", subject=subject)
-    with session_scope(db) as session:
-        stored = store.save(session, [new_mail(raw) for raw in (first, reply, copy)])
-    first_mail = stored[0][0]
-    assert first_mail is not None
-    with session_scope(db) as session:
-        process_mail(session, [first_mail], NOW, Directory(0), along=10)
-    outcomes = outcomes_of(db, [transid for _, transid in stored])
+    outcomes = one_run(db, [first, reply, copy])
     request_id = outcomes[0]["request_id"]
     assert [(outcome["action"], outcome["request_id"]) for outcome in outcomes] == [
         ("created", request_id), ("updated", request_id), ("unchanged", request_id)]
@@ -428,13 +434,7 @@ def test_mail_taken_along_finds_a_request_of_the_same_run_by_its_source(db: str)
     first, _ = message(f"#source: nagios\n#sourceID: {source_id}\n\nDisk 90% full on db1.")
     other, _ = message("Printer out of paper.")
     update, _ = message(f"#source: nagios\n#sourceID: {source_id}\n\nDisk 95% full.")
-    with session_scope(db) as session:
-        stored = store.save(session, [new_mail(raw) for raw in (first, other, update)])
-    first_mail = stored[0][0]
-    assert first_mail is not None
-    with session_scope(db) as session:
-        process_mail(session, [first_mail], NOW, Directory(0), along=10)
-    outcomes = outcomes_of(db, [transid for _, transid in stored])
+    outcomes = one_run(db, [first, other, update])
     assert [outcome["action"] for outcome in outcomes] == [
         "created", "created", "updated"]
     request_id = outcomes[0]["request_id"]
@@ -578,14 +578,7 @@ def test_a_reply_waits_for_a_mail_of_its_run_that_event_matching_folds_into_its_
     # The CI's open request of the last 24 hours: the same CI folds into it.
     same_ci, _ = message("#ci: ABC1234\n\nStill slow, from the monitor.")
     reply, _ = message("Any news?", subject="Re: Database slow", In_Reply_To=f"<{first_id}>")
-    with session_scope(db) as session:
-        stored = store.save(session, [new_mail(raw, now=when + timedelta(minutes=5))
-                                      for raw in (same_ci, reply)])
-    first_mail = stored[0][0]
-    assert first_mail is not None
-    with session_scope(db) as session:
-        process_mail(session, [first_mail], when + timedelta(minutes=5), Directory(0), along=10)
-    outcomes = outcomes_of(db, [transid for _, transid in stored])
+    outcomes = one_run(db, [same_ci, reply], when + timedelta(minutes=5))
     assert [(outcome["action"], outcome["request_id"]) for outcome in outcomes] == [
         ("updated", request_id), ("updated", request_id)]
     assert [text for text, _ in notes(db, request_id)][1:] == [
