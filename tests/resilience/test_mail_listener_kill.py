@@ -1,11 +1,15 @@
-"""The SMTP listener killed (SIGKILL) while mail streams in (issue 12, DESIGN 6).
+"""The SMTP listener, or the mail workers, killed (SIGKILL) while mail streams in (issue 12,
+DESIGN 6).
 
 Eight senders stream distinct messages over SMTP, as MTAs do: a message that got no 250 (its
 connection died with the listener, or the listener was down) is sent again, with the same
 Message-ID, until it gets one. The listener is killed several times and started again on the same
-port. Every message must become exactly one request: none lost (a 250 is a stored row), none
-duplicated (a resent message is the stored one), none stuck (a row stored by a listener that died
-before its publish is queued again by the resend).
+port; or two workers share the ``mail`` queue and are killed (a whole worker, or its pool
+processes) and started again, mid-run. Every message must become exactly one request: none lost
+(a 250 is a stored row), none duplicated (a resent message is the stored one, a run is one
+transaction), none stuck (a row stored by a listener that died before its publish is queued
+again by the resend; a run that died is rolled back, and the tasks that name its messages are
+delivered again).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from shared.db.engine import session_scope
 from shared.db.models import MailMessage, Request
 from tests.conftest import REPO, Worker, load_demo, throwaway_database, wait_until
 from tests.resilience.harness import broker, service_env
+from tests.test_crash import children
 
 pytestmark = [pytest.mark.resilience, pytest.mark.postgres]
 
@@ -92,8 +97,9 @@ def running(listener: Listener) -> Iterator[Listener]:
 class Senders:
     """Messages sent until each has its 250, counting what had to be sent again."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, pause: float = 0.0) -> None:
         self.port = port
+        self.pause = pause  # between a sender's messages: a stream that lasts
         self.run = uuid.uuid4().hex[:8]
         self.accepted = 0
         self.resent = 0
@@ -128,8 +134,16 @@ class Senders:
                     time.sleep(0.05)
             with self._lock:
                 self.accepted += 1
+            time.sleep(self.pause)
         if smtp is not None:
             smtp.quit()
+
+    def send_all(self) -> None:
+        per = -(-MESSAGES // SENDERS)
+        with ThreadPoolExecutor(SENDERS) as pool:
+            for future in [pool.submit(self.send, range(i * per, min(MESSAGES, (i + 1) * per)))
+                           for i in range(SENDERS)]:
+                future.result()
 
 
 def test_mail_answered_250_by_killed_listeners_becomes_one_request_each(tmp_path: Path) -> None:
@@ -144,12 +158,7 @@ def test_mail_answered_250_by_killed_listeners_becomes_one_request_each(tmp_path
                 senders = Senders(listener.port)
                 killer = threading.Thread(target=kill_while_sending, args=(listener, senders))
                 killer.start()
-                per = -(-MESSAGES // SENDERS)
-                with ThreadPoolExecutor(SENDERS) as pool:
-                    for future in [pool.submit(senders.send, range(i * per,
-                                                                   min(MESSAGES, (i + 1) * per)))
-                                   for i in range(SENDERS)]:
-                        future.result()
+                senders.send_all()
                 killer.join()
                 tally = wait_until(lambda: settled(database, senders.run), 120, 0.5)
         finally:
@@ -159,6 +168,58 @@ def test_mail_answered_250_by_killed_listeners_becomes_one_request_each(tmp_path
           f"{tally}")
     assert senders.accepted == MESSAGES
     assert senders.resent > 0, "no kill hit a message: the kills proved nothing"
+    assert tally == {"processed": MESSAGES, "requests": MESSAGES, "duplicated": 0}
+
+
+@pytest.mark.parametrize("what", ["whole worker", "pool processes"])
+def test_mail_processed_by_killed_workers_becomes_one_request_each(
+    what: str, tmp_path: Path,
+) -> None:
+    with (throwaway_database("eventdesk_mailworkerkill") as database,
+          broker("redis", tmp_path / "broker") as url):
+        load_demo(database)
+        env = service_env(url, database)
+        workers = [Worker(env, tmp_path / f"worker-{n}.log", queues="mail", new_session=True)
+                   for n in range(2)]
+        listener = Listener(env, tmp_path / "smtp.log")
+        done = threading.Event()
+        kills = 0
+
+        def killer() -> None:
+            nonlocal kills
+            turn = 0
+            while not done.wait(0.7):
+                victim = workers[turn % 2]
+                if what == "whole worker":
+                    os.killpg(victim.proc.pid, signal.SIGKILL)
+                    victim.proc.wait()
+                    victim.stop()
+                    workers[turn % 2] = Worker(env, tmp_path / f"worker-{turn}-new.log",
+                                               queues="mail", new_session=True)
+                else:
+                    for pid in children(victim.proc.pid):
+                        os.kill(pid, signal.SIGKILL)
+                kills += 1
+                turn += 1
+
+        thread = threading.Thread(target=killer)
+        try:
+            with running(listener):
+                senders = Senders(listener.port, pause=SENDERS / 150)  # about 150 a second
+                thread.start()
+                senders.send_all()
+                done.set()
+                thread.join()
+                tally = wait_until(lambda: settled(database, senders.run), 120, 0.5)
+        finally:
+            done.set()
+            thread.join()
+            for worker in workers:
+                worker.stop()
+
+    print(f"\n{what} killed {kills} times; {tally}")
+    assert kills >= 3, "the stream ended before the kills began"
+    assert senders.accepted == MESSAGES
     assert tally == {"processed": MESSAGES, "requests": MESSAGES, "duplicated": 0}
 
 
