@@ -142,3 +142,75 @@ def test_a_failing_event_fails_alone_once_and_its_neighbours_complete(
         again = session.get(Transaction, poison.events[0].transid)
         assert again is not None
     assert (again.status, again.completed_at) == ("failed", failed.completed_at)
+
+
+# -- the Mail API's job (shared/mail/service.py's process_job) ----------------------------------
+
+def stored_mail(db: str, count: int) -> list[int]:
+    """``count`` new messages stored as intake stores them; their ids."""
+    from shared.mail import store
+    from tests.test_mail_processing import message, new_mail
+
+    with session_scope(db) as session:
+        saved = store.save(session, [new_mail(message(f"Mail {number}")[0])
+                                     for number in range(count)])
+    return [mail_id for mail_id, _ in saved if mail_id is not None]
+
+
+def mail_statuses(db: str, mail_ids: list[int]) -> list[str]:
+    from shared.db.models import MailMessage
+
+    with session_scope(db) as session:
+        rows = {row.id: row.status for row in session.scalars(
+            select(MailMessage).where(MailMessage.id.in_(mail_ids)))}
+    return [rows[mail_id] for mail_id in mail_ids]
+
+
+def test_mail_of_a_job_waits_out_an_outage_then_is_processed(
+    db: str, unreachable: str,
+) -> None:
+    from shared.mail.service import MailConfig
+    from shared.mail.service import process_job as process_mail_job
+
+    ids = stored_mail(db, 3)
+    pauses: list[float] = []
+    backoff = Backoff(sleep=pauses.append)
+    directory = Directory(0)
+    assert process_mail_job(ids, directory, MailConfig(), backoff,
+                            database_url=unreachable) is False
+    assert process_mail_job(ids, directory, MailConfig(), backoff,
+                            database_url=unreachable) is False
+    assert pauses == [0.5, 1]
+    assert mail_statuses(db, ids) == ["received"] * 3
+    assert process_mail_job(ids, directory, MailConfig(), backoff, database_url=db) is True
+    assert mail_statuses(db, ids) == ["processed"] * 3
+
+
+def test_a_mail_that_fails_is_failed_once_and_its_neighbours_are_processed(
+    db: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from shared.mail import service
+
+    ids = stored_mail(db, 3)
+    act = service._act
+
+    def failing(session: Any, row: Any, *args: Any, **kwargs: Any) -> Any:
+        if row.id == ids[1]:
+            raise ValueError("a bug met by this message alone")
+        return act(session, row, *args, **kwargs)
+
+    monkeypatch.setattr(service, "_act", failing)
+    pauses: list[float] = []
+    assert service.process_job(ids, Directory(0), service.MailConfig(),
+                               Backoff(sleep=pauses.append), database_url=db) is True
+    assert pauses == []
+    assert mail_statuses(db, ids) == ["processed", "failed", "processed"]
+    with session_scope(db) as session:
+        from shared.db.models import MailMessage
+
+        row = session.get(MailMessage, ids[1])
+        assert row is not None
+        failed = session.get(Transaction, row.transid)
+        assert failed is not None
+        assert failed.status == "failed"
+        assert "a bug met by this message alone" in str(failed.error)

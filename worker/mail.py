@@ -1,71 +1,83 @@
 """``mail.process`` (stored messages, shared/mail/service.py) and ``mail.sweep`` (beat).
 
-A task names the messages that intake stored in one transaction (its group commit), and takes
-up to ALONG other stored messages along (shared/mail/service.py's ``process_mail``), so a
-stream of mail is processed in runs, not one transaction a message. A database outage is
-retried with a growing pause; any other error is first assumed to be one message's: each of
-the task's own messages is processed again alone, and only an error then ends that one
-``failed`` with the reason, once (those taken along are processed by the tasks naming them). A
-message is never requeued forever. The sweep queues again every message
-still ``received`` after REQUEUE_AFTER: the ``mail.process`` message of an intake that died
-between its commit and its publish, or that the broker refused. Processing is idempotent, so a
-message queued twice is processed once.
+A message names the mail that intake stored in one transaction (its group commit). The task is
+a celery-batches task on ``events.process``'s consumer (worker/events.py: the same buffer,
+flush, acknowledgement and reconnect handling): the buffered messages go to a pool process as
+one job, whose mail is processed in one run with up to ALONG other stored messages taken along
+(``process_job``), so a stream of mail costs neither a task nor a transaction a message. A
+database outage gives the job's messages back to the queue after a growing pause; any other
+error is first assumed to be one message's: each of the job's own is processed again alone,
+and only an error then ends that one ``failed`` with the reason, once. A message is never
+requeued forever. The sweep queues again every message still ``received`` after
+REQUEUE_AFTER: the ``mail.process`` message of an intake that died between its commit and its
+publish, or that the broker refused. Processing is idempotent, so a message queued twice is
+processed once.
 """
-
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from celery_batches import SimpleRequest
 
 from shared.batching import runs
 from shared.db.engine import session_scope
 from shared.mail.queries import pending
-from shared.mail.service import MailConfig, fail_mail, process_mail
+from shared.mail.service import MailConfig, process_job
 from shared.messaging import MAIL_PROCESS, MAIL_QUEUE, MAIL_SWEEP
 from shared.records.directory import Directory
 from shared.settings import get_settings
-from shared.transactions.failures import Fault, classify, reason
+from shared.transactions.failures import Backoff
 from worker.app import app
+from worker.events import EventBatches
 
 log = logging.getLogger(__name__)
 # One per pool process, like events.process's: reference records, reloaded after the cache TTL.
 DIRECTORY = Directory(get_settings().cache_ttl_seconds)
 CONFIG = MailConfig.from_settings(get_settings())
+# One per pool process too: how long the database has been found unreachable.
+BACKOFF = Backoff()
 # Longer than a mail waits in a healthy queue, so the sweep rarely queues one twice.
 REQUEUE_AFTER = timedelta(minutes=5)
 SWEEP_LIMIT = 1000
-# Other stored messages a task takes along: enough to make a run of a burst, few enough that a
+# Other stored messages a job takes along: enough to make a run of a burst, few enough that a
 # run stays a short transaction.
 ALONG = 50
+# Mail ids in one job at most (a message naming more is a job alone).
+JOB_IDS = 500
 
 
-@app.task(name=MAIL_PROCESS, bind=True, acks_late=True, max_retries=None)
-def process(self: Any, mail_ids: list[int] | int) -> None:
-    # One id alone: a task queued before intake's group commit (a rolling upgrade).
-    ids = [mail_ids] if isinstance(mail_ids, int) else [int(mail_id) for mail_id in mail_ids]
-    now = datetime.now(UTC)
+def ids_in(request: Any) -> list[int]:
+    """The mail ids a ``mail.process`` message names: a list, or one id alone (a task queued
+    before intake's group commit, during a rolling upgrade); none for a message not ours."""
     try:
-        _run(ids, now, along=ALONG)
-        return
-    except Exception as exc:
-        if classify(exc) is Fault.OUTAGE:
-            raise self.retry(exc=exc, countdown=min(30, 2 ** self.request.retries)) from exc
-    for mail_id in ids:
-        try:
-            _run([mail_id], now, along=0)
-        except Exception as exc:
-            if classify(exc) is Fault.OUTAGE:
-                raise self.retry(exc=exc, countdown=min(30, 2 ** self.request.retries)) from exc
-            log.error("%s: mail %s failed: %s", MAIL_PROCESS, mail_id, reason(exc),
-                      exc_info=exc)
-            with session_scope() as session:
-                fail_mail(session, mail_id, exc, now)
+        named = request.args[0]
+        return [named] if isinstance(named, int) else [int(mail_id) for mail_id in named]
+    except (TypeError, ValueError, IndexError):
+        return []
 
 
-def _run(mail_ids: list[int], now: datetime, *, along: int) -> None:
-    with session_scope() as session:
-        process_mail(session, mail_ids, now, DIRECTORY, CONFIG, along=along)
+class MailBatches(EventBatches):
+    """``events.process``'s consumer (its flush, acknowledgement and reconnects), cutting the
+    buffered messages into jobs of at most JOB_IDS mail ids."""
+
+    def flush(self, requests: Sequence[Any]) -> None:
+        for job in runs(requests, lambda request: max(1, len(ids_in(request))), JOB_IDS):
+            self._apply(job)
+
+
+@app.task(name=MAIL_PROCESS, base=MailBatches, acks_late=True)
+def process(requests: list[SimpleRequest]) -> bool:
+    """True: every message is done (acknowledge them); False: put them back on the queue."""
+    ids: list[int] = []
+    for request in requests:
+        named = ids_in(request)
+        if not named:  # nothing in it can be processed or recorded: dropped, loudly
+            log.error("%s: unreadable message %s dropped", MAIL_PROCESS, request.id)
+        ids += named
+    return process_job(ids, DIRECTORY, CONFIG, BACKOFF, along=ALONG) if ids else True
 
 
 @app.task(name=MAIL_SWEEP)

@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 
@@ -75,7 +75,8 @@ from shared.messaging.publish import Publisher, PublishError, task_message
 from shared.records.directory import Directory, PersonRef, Scope
 from shared.requests.defaults import DEFAULT_SOURCE
 from shared.settings import Settings
-from shared.transactions.failures import Fault, classify
+from shared.transactions.failures import Backoff, Fault, classify
+from shared.transactions.failures import reason as fault_reason
 from shared.transactions.schemas import EventBatch, MailFacts, QueuedEvent
 from shared.transactions.service import process_batches, record_failure
 
@@ -492,6 +493,53 @@ def process_mail(session: Session, mail_ids: Sequence[int], now: datetime,
         if found is not None:
             new.append(found)
     settle()
+
+
+def process_job(mail_ids: Sequence[int], directory: Directory, config: MailConfig,
+                backoff: Backoff, *, along: int = 0, database_url: str | None = None) -> bool:
+    """Process the messages a worker took together, and up to ``along`` others, in one run
+    (:func:`process_mail`); True once each is done, False when the database is unreachable.
+
+    Any other error is first assumed to be one message's: each is processed again alone, and
+    only an error then ends that one ``failed`` with the reason, once (those taken along are
+    processed by the tasks that name them). On False ``backoff`` has paused, and the caller gives
+    the messages back to the queue: an outage spends no retry budget, and what committed before
+    it is found done when the messages come back.
+    """
+    now = datetime.now(UTC)
+
+    def run(ids: Sequence[int], others: int) -> None:
+        with session_scope(database_url) as session:
+            process_mail(session, ids, now, directory, config, along=others)
+
+    try:
+        try:
+            run(mail_ids, along)
+        except Exception as exc:
+            if classify(exc) is Fault.OUTAGE:
+                raise
+            for mail_id in mail_ids:
+                _alone(mail_id, run, now, database_url)
+    except Exception as exc:  # only an outage gets here
+        log.warning("database unreachable, mail back to the queue after a pause",
+                    mails=len(mail_ids), error=fault_reason(exc))
+        backoff.pause()
+        return False
+    backoff.reset()
+    return True
+
+
+def _alone(mail_id: int, run: Callable[[Sequence[int], int], None], now: datetime,
+           database_url: str | None) -> None:
+    """Process one message alone; an error that is not an outage ends it ``failed``."""
+    try:
+        run([mail_id], 0)
+    except Exception as exc:
+        if classify(exc) is Fault.OUTAGE:
+            raise
+        log.error("mail failed", mail_id=mail_id, error=fault_reason(exc), exc_info=exc)
+        with session_scope(database_url) as session:
+            fail_mail(session, mail_id, exc, now)
 
 
 def fail_mail(session: Session, mail_id: int, error: BaseException, now: datetime) -> None:
