@@ -1,6 +1,7 @@
-"""A worker's job through the transactions service (``process_job``), without a broker, on
-SQLite and on PostgreSQL: what becomes of its events when the database is unreachable, and
-when one event cannot be processed.
+"""A worker's job through the transactions service (``process_job``), and a mail job through
+the Mail API's (shared/mail/service.py), without a broker, on SQLite and on PostgreSQL: what
+becomes of its events or mail when the database is unreachable, and when one cannot be
+processed.
 
 The worker-level counterparts, with a real worker and broker: tests/resilience/
 test_database_outage.py and test_poison.py.
@@ -19,11 +20,13 @@ import pytest
 from sqlalchemy import select
 
 from shared.db.engine import session_scope
-from shared.db.models import Account, NotificationDelivery, Request, Transaction
+from shared.db.models import Account, MailMessage, NotificationDelivery, Request, Transaction
+from shared.mail import service, store
 from shared.records.directory import AccountRecords, Directory
 from shared.transactions.failures import Backoff
 from shared.transactions.schemas import EventBatch
 from shared.transactions.service import process_job
+from tests.test_mail_processing import message, new_mail
 
 HOOK = "https://example.com/hook"
 
@@ -148,9 +151,6 @@ def test_a_failing_event_fails_alone_once_and_its_neighbours_complete(
 
 def stored_mail(db: str, count: int) -> list[int]:
     """``count`` new messages stored as intake stores them; their ids."""
-    from shared.mail import store
-    from tests.test_mail_processing import message, new_mail
-
     with session_scope(db) as session:
         saved = store.save(session, [new_mail(message(f"Mail {number}")[0])
                                      for number in range(count)])
@@ -158,8 +158,6 @@ def stored_mail(db: str, count: int) -> list[int]:
 
 
 def mail_statuses(db: str, mail_ids: list[int]) -> list[str]:
-    from shared.db.models import MailMessage
-
     with session_scope(db) as session:
         rows = {row.id: row.status for row in session.scalars(
             select(MailMessage).where(MailMessage.id.in_(mail_ids)))}
@@ -169,28 +167,24 @@ def mail_statuses(db: str, mail_ids: list[int]) -> list[str]:
 def test_mail_of_a_job_waits_out_an_outage_then_is_processed(
     db: str, unreachable: str,
 ) -> None:
-    from shared.mail.service import MailConfig
-    from shared.mail.service import process_job as process_mail_job
-
     ids = stored_mail(db, 3)
     pauses: list[float] = []
     backoff = Backoff(sleep=pauses.append)
     directory = Directory(0)
-    assert process_mail_job(ids, directory, MailConfig(), backoff,
+    assert service.process_job(ids, directory, service.MailConfig(), backoff,
                             database_url=unreachable) is False
-    assert process_mail_job(ids, directory, MailConfig(), backoff,
+    assert service.process_job(ids, directory, service.MailConfig(), backoff,
                             database_url=unreachable) is False
     assert pauses == [0.5, 1]
     assert mail_statuses(db, ids) == ["received"] * 3
-    assert process_mail_job(ids, directory, MailConfig(), backoff, database_url=db) is True
+    assert service.process_job(ids, directory, service.MailConfig(), backoff,
+                               database_url=db) is True
     assert mail_statuses(db, ids) == ["processed"] * 3
 
 
 def test_a_mail_that_fails_is_failed_once_and_its_neighbours_are_processed(
     db: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from shared.mail import service
-
     ids = stored_mail(db, 3)
     act = service._act
 
@@ -206,11 +200,26 @@ def test_a_mail_that_fails_is_failed_once_and_its_neighbours_are_processed(
     assert pauses == []
     assert mail_statuses(db, ids) == ["processed", "failed", "processed"]
     with session_scope(db) as session:
-        from shared.db.models import MailMessage
-
         row = session.get(MailMessage, ids[1])
         assert row is not None
         failed = session.get(Transaction, row.transid)
         assert failed is not None
         assert failed.status == "failed"
         assert "a bug met by this message alone" in str(failed.error)
+
+
+def test_a_mail_whose_failure_cannot_be_recorded_is_left_to_the_sweep_not_requeued(
+    db: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ids = stored_mail(db, 1)
+
+    def broken(*_: Any, **__: Any) -> Any:
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(service, "_act", broken)
+    monkeypatch.setattr(service, "fail_mail", broken)
+    pauses: list[float] = []
+    assert service.process_job(ids, Directory(0), service.MailConfig(),
+                               Backoff(sleep=pauses.append), database_url=db) is True
+    assert pauses == []
+    assert mail_statuses(db, ids) == ["received"]

@@ -13,6 +13,7 @@ REQUEUE_AFTER: the ``mail.process`` message of an intake that died between its c
 publish, or that the broker refused. Processing is idempotent, so a message queued twice is
 processed once.
 """
+
 from __future__ import annotations
 
 import logging

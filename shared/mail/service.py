@@ -502,9 +502,10 @@ def process_job(mail_ids: Sequence[int], directory: Directory, config: MailConfi
 
     Any other error is first assumed to be one message's: each is processed again alone, and
     only an error then ends that one ``failed`` with the reason, once (those taken along are
-    processed by the tasks that name them). On False ``backoff`` has paused, and the caller gives
-    the messages back to the queue: an outage spends no retry budget, and what committed before
-    it is found done when the messages come back.
+    processed by the tasks that name them); should even that record fail, the job is logged and
+    acknowledged, and the sweep queues its mail again later. On False ``backoff`` has paused, and
+    the caller gives the messages back to the queue: an outage spends no retry budget, and what
+    committed before it is found done when the messages come back.
     """
     now = datetime.now(UTC)
 
@@ -520,11 +521,15 @@ def process_job(mail_ids: Sequence[int], directory: Directory, config: MailConfi
                 raise
             for mail_id in mail_ids:
                 _alone(mail_id, run, now, database_url)
-    except Exception as exc:  # only an outage gets here
-        log.warning("database unreachable, mail back to the queue after a pause",
-                    mails=len(mail_ids), error=fault_reason(exc))
-        backoff.pause()
-        return False
+    except Exception as exc:
+        if classify(exc) is not Fault.OUTAGE:  # recording a failure failed: a bug, not requeued
+            log.error("mail job failed; the sweep queues its mail again", mails=len(mail_ids),
+                      error=fault_reason(exc), exc_info=exc)
+        else:
+            log.warning("database unreachable, mail back to the queue after a pause",
+                        mails=len(mail_ids), error=fault_reason(exc))
+            backoff.pause()
+            return False
     backoff.reset()
     return True
 
