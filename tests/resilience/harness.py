@@ -30,7 +30,7 @@ from sqlalchemy import func, select
 from bench.servers import free_port
 from shared.db.engine import session_scope
 from shared.db.models import Request, Transaction
-from tests.conftest import REPO, wait_until
+from tests.conftest import REPO, Worker, wait_until
 from tests.test_crash import children
 
 WEBEX_PATH = "/resources/v1/events/externalevent/"
@@ -285,3 +285,49 @@ def paced(per_second: float, threads: int) -> Callable[[int], None]:
     """A ``between`` for :meth:`Stream.post` that spreads the stream over time."""
     pause = threads / per_second
     return lambda _: time.sleep(pause)
+
+
+class WorkerKiller:
+    """Two workers on ``queues``; while running, every ``every`` seconds one of them in turn is
+    SIGKILLed: its whole process group (the main process and its pool, as a container runtime or
+    the OOM killer does), then a new worker started in its place; or only its pool processes."""
+
+    def __init__(self, env: dict[str, str], folder: Path, queues: str, *, whole: bool,
+                 every: float) -> None:
+        self._env, self._folder, self._queues = env, folder, queues
+        self._whole, self._every = whole, every
+        self.workers = [self._start(f"worker-{number}") for number in range(2)]
+        self.kills = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._kill)
+
+    def _start(self, name: str) -> Worker:
+        return Worker(self._env, self._folder / f"{name}.log", queues=self._queues,
+                      new_session=True)
+
+    def _kill(self) -> None:
+        while not self._done.wait(self._every):
+            victim = self.workers[self.kills % 2]
+            if self._whole:
+                os.killpg(victim.proc.pid, signal.SIGKILL)
+                victim.proc.wait()
+                victim.stop()
+                self.workers[self.kills % 2] = self._start(f"worker-{self.kills}-new")
+            else:
+                for pid in children(victim.proc.pid):
+                    os.kill(pid, signal.SIGKILL)
+            self.kills += 1
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop killing (the workers keep running)."""
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def close(self) -> None:
+        self.stop()
+        for worker in self.workers:
+            worker.stop()

@@ -35,8 +35,7 @@ from bench.servers import free_port
 from shared.db.engine import session_scope
 from shared.db.models import MailMessage, Request
 from tests.conftest import REPO, Worker, load_demo, throwaway_database, wait_until
-from tests.resilience.harness import broker, service_env
-from tests.test_crash import children
+from tests.resilience.harness import WorkerKiller, broker, service_env
 
 pytestmark = [pytest.mark.resilience, pytest.mark.postgres]
 
@@ -179,46 +178,20 @@ def test_mail_processed_by_killed_workers_becomes_one_request_each(
           broker("redis", tmp_path / "broker") as url):
         load_demo(database)
         env = service_env(url, database)
-        workers = [Worker(env, tmp_path / f"worker-{n}.log", queues="mail", new_session=True)
-                   for n in range(2)]
+        killer = WorkerKiller(env, tmp_path, "mail", whole=what == "whole worker", every=0.7)
         listener = Listener(env, tmp_path / "smtp.log")
-        done = threading.Event()
-        kills = 0
-
-        def killer() -> None:
-            nonlocal kills
-            turn = 0
-            while not done.wait(0.7):
-                victim = workers[turn % 2]
-                if what == "whole worker":
-                    os.killpg(victim.proc.pid, signal.SIGKILL)
-                    victim.proc.wait()
-                    victim.stop()
-                    workers[turn % 2] = Worker(env, tmp_path / f"worker-{turn}-new.log",
-                                               queues="mail", new_session=True)
-                else:
-                    for pid in children(victim.proc.pid):
-                        os.kill(pid, signal.SIGKILL)
-                kills += 1
-                turn += 1
-
-        thread = threading.Thread(target=killer)
         try:
             with running(listener):
                 senders = Senders(listener.port, pause=SENDERS / 150)  # about 150 a second
-                thread.start()
+                killer.start()
                 senders.send_all()
-                done.set()
-                thread.join()
+                killer.stop()
                 tally = wait_until(lambda: settled(database, senders.run), 120, 0.5)
         finally:
-            done.set()
-            thread.join()
-            for worker in workers:
-                worker.stop()
+            killer.close()
 
-    print(f"\n{what} killed {kills} times; {tally}")
-    assert kills >= 3, "the stream ended before the kills began"
+    print(f"\n{what} killed {killer.kills} times; {tally}")
+    assert killer.kills >= 3, "the stream ended before the kills began"
     assert senders.accepted == MESSAGES
     assert tally == {"processed": MESSAGES, "requests": MESSAGES, "duplicated": 0}
 

@@ -8,17 +8,21 @@ processes, and starts a new one, while the stream goes on.
 
 from __future__ import annotations
 
-import os
-import signal
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Worker, load_demo, throwaway_database
-from tests.resilience.harness import Api, Stream, broker, paced, service_env, settle
-from tests.test_crash import children
+from tests.conftest import load_demo, throwaway_database
+from tests.resilience.harness import (
+    Api,
+    Stream,
+    WorkerKiller,
+    broker,
+    paced,
+    service_env,
+    settle,
+)
 
 pytestmark = [pytest.mark.resilience, pytest.mark.postgres]
 
@@ -39,45 +43,19 @@ def test_workers_killed_mid_stream(
     stack: tuple[dict[str, str], str], what: str, tmp_path: Path
 ) -> None:
     env, database = stack
-    workers = [Worker(env, tmp_path / f"worker-{n}.log", queues="events", new_session=True)
-               for n in range(2)]
+    killer = WorkerKiller(env, tmp_path, "events", whole=what == "whole worker", every=1.0)
     api = Api(env, tmp_path / "api.log")
-    done = threading.Event()
-    kills = 0
-
-    def killer() -> None:
-        nonlocal kills
-        turn = 0
-        while not done.wait(1.0):
-            victim = workers[turn % 2]
-            if what == "whole worker":
-                os.killpg(victim.proc.pid, signal.SIGKILL)
-                victim.proc.wait()
-                victim.stop()
-                workers[turn % 2] = Worker(env, tmp_path / f"worker-{turn}-new.log",
-                                           queues="events", new_session=True)
-            else:
-                for pid in children(victim.proc.pid):
-                    os.kill(pid, signal.SIGKILL)
-            kills += 1
-            turn += 1
-
-    thread = threading.Thread(target=killer)
     stream = Stream(api.port)
     try:
-        thread.start()
+        killer.start()
         stream.post(EVENTS, between=paced(RATE, 8))
-        done.set()
-        thread.join()
+        killer.stop()
         result, took = settle(database, stream, 120)
-        print(f"\n{what} killed {kills} times: {result}; all finished {took:.1f} s after the"
-              " stream")
-        assert kills >= 3
+        print(f"\n{what} killed {killer.kills} times: {result}; all finished {took:.1f} s after"
+              " the stream")
+        assert killer.kills >= 3
         assert result.acknowledged == EVENTS
         assert result.all_done_once(), result
     finally:
-        done.set()
-        thread.join()
         api.stop()
-        for worker in workers:
-            worker.stop()
+        killer.close()
