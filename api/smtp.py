@@ -117,8 +117,7 @@ class MailHandler:
         raw = envelope.original_content or b""
         peer, now = f"smtp {peer_address(session.peer)}", datetime.now(UTC)
         try:
-            entries = [self._intake.prepare(raw, destination, peer, now)
-                       for destination in self._destinations.pop(envelope, [])]
+            entries = self._intake.prepare(raw, self._destinations.pop(envelope, []), peer, now)
         except TooLarge as exc:  # aiosmtpd refuses most before, at the same limit
             metrics.mail_received.labels(result="too_large").inc()
             return f"552 5.3.4 {exc}"

@@ -466,8 +466,9 @@ def test_a_message_the_database_refuses_does_not_refuse_the_others_of_its_group(
 
     intake = MailIntake(Broker(), b"test-secret", 10**6)  # type: ignore[arg-type]
     bad = Destination("wdc", None, "x" * 400 + "@mail.eventdesk.local")
-    entries = [intake.prepare(message(f"Mail {number}")[0], destination, "test", NOW)
-               for number, destination in enumerate([WDC, bad, WDC])]
+    entries = [entry for number, destination in enumerate([WDC, bad, WDC])
+               for entry in intake.prepare(message(f"Mail {number}")[0], [destination], "test",
+                                           NOW)]
     intake.commit(entries)
     assert [entry.error is None for entry in entries] == [True, False, True]
     assert [queued for ids in published for queued in ids] == [

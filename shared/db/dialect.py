@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from functools import cache
 from typing import Any, cast
@@ -128,14 +128,12 @@ def rows_json(model: type[Base], rows: Sequence[dict[str, Any]]) -> str:
     take: ``ANY_TEXT`` columns' values as their JSON text, binary columns' as base64 (None
     stays NULL)."""
     table = _table(model)
-    texts = [name for name in rows[0] if _as_text(table, name)]
-    if texts:
-        rows = [row | {name: None if row[name] is None else _compact(row[name])
-                       for name in texts} for row in rows]
-    binaries = [name for name in rows[0] if _binary(table, name)]
-    if binaries:  # as base64 text, decoded in the statement
-        rows = [row | {name: None if row[name] is None else base64.b64encode(row[name]).decode()
-                       for name in binaries} for row in rows]
+    carried: dict[str, Callable[[Any], str]] = {
+        name: _compact if _as_text(table, name) else _base64 for name in rows[0]
+        if _as_text(table, name) or _binary(table, name)}
+    if carried:
+        rows = [row | {name: None if row[name] is None else encode(row[name])
+                       for name, encode in carried.items()} for row in rows]
     # An aware datetime's isoformat is not free and most rows share theirs (the run's ``now``,
     # a batch's received_at): each is rendered once. Equal instants may share
     # one text, as they are one timestamptz.
@@ -171,6 +169,10 @@ def _value(table: Table, name: str) -> str:
     if _binary(table, name):
         return f"decode(r.{_quote(name)}, 'base64')"
     return f"r.{_quote(name)}"
+
+
+def _base64(content: bytes) -> str:
+    return base64.b64encode(content).decode()
 
 
 def _carried_as(table: Table, name: str) -> str:

@@ -180,14 +180,15 @@ class MailIntake:
             except BadRecipient as exc:  # kept as its kind and text: raised anew each time
                 return type(exc), str(exc)
 
-    def prepare(self, raw: bytes, destination: Destination, peer: str, now: datetime
-                ) -> Accepting:
-        """The message as :meth:`commit` takes it; raises TooLarge."""
+    def prepare(self, raw: bytes, destinations: Sequence[Destination], peer: str,
+                now: datetime) -> list[Accepting]:
+        """The message, once for each of its destinations, as :meth:`commit` takes it (its
+        headers read once); raises TooLarge."""
         self.check_size(len(raw))
-        return Accepting(store.NewMail(
-            transid=make_transid(self._secret, destination.account_id),
-            destination=destination, message_id=message_id_of(raw), raw=raw, peer=peer,
-            now=now))
+        message_id = message_id_of(raw)
+        return [Accepting(store.NewMail(
+            transid=make_transid(self._secret, destination.account_id), destination=destination,
+            message_id=message_id, raw=raw, peer=peer, now=now)) for destination in destinations]
 
     def accept(self, raw: bytes, destination: Destination, peer: str, now: datetime) -> str:
         """Store ``raw`` for ``destination``, then queue it; returns its transid.
@@ -197,7 +198,7 @@ class MailIntake:
         in at the same moment are stored together (:meth:`commit`, through a group runner:
         shared/batching.py).
         """
-        entry = self.prepare(raw, destination, peer, now)
+        [entry] = self.prepare(raw, [destination], peer, now)
         self._group.submit(entry)
         if entry.error is not None:
             raise entry.error
