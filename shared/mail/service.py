@@ -352,16 +352,28 @@ class _NewRequest:
                 transid=self.row.transid, parameters={**self.fields, **self.given.kept},
                 mail=MailFacts(body=self.body, attachments=bool(self.parsed.attachments)))])
 
-    def may_be_answered_by(self, parsed: ParsedMail, given: MailParameters) -> bool:
-        """Whether a later mail of the same run may reply to this one's request: it threads to
-        this message, or names the request's source and sourceID. (A request id in a subject
-        is one its sender has seen: a request that exists before the run.)"""
-        if self.row.message_id is not None and self.row.message_id in parsed.thread_ids:
-            return True
-        source_id = given.fields.get("sourceID")
-        return bool(source_id) and (
-            (self.fields.get("source") or DEFAULT_SOURCE["mail"], self.fields.get("sourceID"))
-            == (given.fields.get("source") or DEFAULT_SOURCE["mail"], source_id))
+    def answered_by(self) -> list[tuple[str, ...]]:
+        """What a later mail of the same run names when it may reply to this one's request
+        (:func:`_reply_keys`): this message's Message-ID, or the request's source and sourceID.
+        (A request id in a subject is one its sender has seen: a request that exists before
+        the run.)"""
+        keys: list[tuple[str, ...]] = []
+        if self.row.message_id is not None:
+            keys.append(("thread", self.row.message_id))
+        source_id = self.fields.get("sourceID")
+        if source_id:
+            keys.append(("source", self.fields.get("source") or DEFAULT_SOURCE["mail"], source_id))
+        return keys
+
+
+def _reply_keys(parsed: ParsedMail, given: MailParameters) -> list[tuple[str, ...]]:
+    """What this mail names that a request of its own run may answer to
+    (:meth:`_NewRequest.answered_by`): the messages it threads to, its source and sourceID."""
+    keys: list[tuple[str, ...]] = [("thread", message_id) for message_id in parsed.thread_ids]
+    source_id = given.fields.get("sourceID")
+    if source_id:
+        keys.append(("source", given.fields.get("source") or DEFAULT_SOURCE["mail"], source_id))
+    return keys
 
 
 def _new_requests(session: Session, items: list[_NewRequest], now: datetime,
@@ -476,14 +488,18 @@ def process_mail(session: Session, mail_ids: Sequence[int], now: datetime,
         store.take_along(session, mail_ids, along) if along else [])
     policies: dict[str, EmailPolicy] = {}
     new: list[_NewRequest] = []
+    # What the pending ones may be answered by: a mail looks its keys up instead of asking
+    # each pending one, or a run would cost the square of its length.
+    answerable: set[tuple[str, ...]] = set()
 
     def settle() -> None:
         if new:
             _new_requests(session, new, now, directory, config.attachment_dir)
             new.clear()
+            answerable.clear()
 
     def settle_for(parsed: ParsedMail, given: MailParameters, replying: bool) -> bool:
-        if new and (replying or any(item.may_be_answered_by(parsed, given) for item in new)):
+        if new and (replying or not answerable.isdisjoint(_reply_keys(parsed, given))):
             settle()
             return True
         return False
@@ -493,6 +509,7 @@ def process_mail(session: Session, mail_ids: Sequence[int], now: datetime,
                      settle=settle_for)
         if found is not None:
             new.append(found)
+            answerable.update(found.answered_by())
     settle()
 
 
