@@ -14,13 +14,15 @@ local: its engines keep their busy timeout only.
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg.abc import PQGen
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
@@ -170,3 +172,53 @@ def dispose_engines() -> None:
         engine.dispose()
     _engines.clear()
     _sessionmakers.clear()
+
+
+class HeldSession:
+    """Sessions on one connection held from one use to the next, for a caller that writes
+    small groups back to back (mail intake's group commit): no pool checkout, pre-ping and
+    reset a group, and on PostgreSQL no BEGIN and COMMIT round trips either, as its
+    connection commits each statement by itself. So a caller's writes must each be one
+    statement (reads may follow); on SQLite a use is one transaction.
+
+    A connection left idle for ``idle`` seconds goes back to the pool, and the next use takes
+    one again (pinged there, as :func:`session_scope`'s are): so a database restarted during
+    a quiet spell costs nothing, one restarted under load fails the group under way, as a
+    commit would. Any error drops the connection. Uses take turns (a lock).
+    """
+
+    def __init__(self, idle: float = 10.0, url: str | None = None) -> None:
+        self._idle = idle
+        self._url = url
+        self._lock = threading.Lock()
+        self._held: tuple[Engine, Connection] | None = None
+        self._used = 0.0
+
+    @contextmanager
+    def __call__(self) -> Iterator[Session]:
+        with self._lock:
+            connection = self._connection()
+            try:
+                with Session(bind=connection, expire_on_commit=False) as session:
+                    yield session
+                    session.commit()
+            except BaseException:
+                self._held = None
+                connection.invalidate()  # its state is unknown: never used again
+                connection.close()
+                raise
+            self._used = time.monotonic()
+
+    def _connection(self) -> Connection:
+        engine = get_engine(self._url)
+        if self._held is not None and (self._held[0] is not engine  # dispose_engines, a fork
+                                       or time.monotonic() - self._used > self._idle):
+            self._held[1].close()
+            self._held = None
+        if self._held is None:
+            connection = engine.connect()
+            if engine.dialect.name == "postgresql":
+                connection.execution_options(isolation_level="AUTOCOMMIT")
+            self._held = (engine, connection)
+        return self._held[1]
+

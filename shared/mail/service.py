@@ -46,7 +46,7 @@ from sqlalchemy.orm import Session
 from shared import metrics, observe
 from shared.batching import GroupRunner, runs
 from shared.cache import TTLCache
-from shared.db.engine import session_scope
+from shared.db.engine import HeldSession, session_scope
 from shared.db.models import MailMessage
 from shared.ids import make_transid
 from shared.logs import get_logger
@@ -154,6 +154,9 @@ class MailIntake:
         self._destinations: TTLCache[Recipient, Destination | tuple[type[BadRecipient], str]] \
             = TTLCache(self._look_up, cache_ttl)
         self._group = GroupRunner(self.commit)
+        # Groups are committed one after the other (the SMTP listener's CommitGroups, the HTTP
+        # intake's group runner): one held connection serves them.
+        self._store = HeldSession()
 
     def check_size(self, size: int) -> None:
         if size > self.max_bytes:
@@ -215,7 +218,7 @@ class MailIntake:
 
     def _commit(self, group: list[Accepting]) -> None:
         try:
-            with session_scope() as session:
+            with self._store() as session:
                 saved = store.save(session, [entry.mail for entry in group])
         except Exception as exc:
             if len(group) > 1 and classify(exc) is not Fault.OUTAGE:

@@ -35,7 +35,8 @@ class NewMail:
 
 
 def save(session: Session, mails: Sequence[NewMail]) -> list[tuple[int | None, str]]:
-    """Store the messages in one statement; returns, for each in order, the id of a row to
+    """Store the messages in one statement (atomic even where each statement commits by
+    itself: intake's HeldSession on PostgreSQL); returns, for each in order, the id of a row to
     queue and the message's transid.
 
     A message already stored for its account (same Message-ID: the sender did not see our

@@ -1,0 +1,96 @@
+"""``HeldSession`` (shared/db/engine.py): the connection mail intake keeps from one group commit
+to the next, and what happens when the database drops it."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from shared.db.engine import HeldSession, database_unreachable, dispose_engines
+from tests.conftest import PG_ADMIN
+
+
+def backend(session: Session) -> int:
+    pid = session.execute(text("SELECT pg_backend_pid()")).scalar()
+    assert isinstance(pid, int)
+    return pid
+
+
+def terminate(pid: int) -> None:
+    """What a database restart does to the connection: the server ends it."""
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+
+@pytest.mark.postgres
+def test_one_connection_serves_use_after_use(postgres_url: str) -> None:
+    held = HeldSession(url=postgres_url)
+    pids = []
+    for _ in range(3):
+        with held() as session:
+            pids.append(backend(session))
+    assert len(set(pids)) == 1
+    dispose_engines()  # as a fork or a new statement timeout does: the engine is a new one
+    with held() as session:
+        assert backend(session) != pids[0]
+
+
+@pytest.mark.postgres
+def test_a_connection_dropped_under_load_fails_one_use_then_is_replaced(
+    postgres_url: str,
+) -> None:
+    held = HeldSession(url=postgres_url)
+    with held() as session:
+        first = backend(session)
+    terminate(first)
+    with pytest.raises(OperationalError) as caught, held() as session:
+        backend(session)
+    assert database_unreachable(caught.value)  # mail intake answers 451: nothing was stored
+    with held() as session:
+        assert backend(session) != first
+
+
+@pytest.mark.postgres
+def test_a_connection_dropped_in_a_quiet_spell_costs_nothing(postgres_url: str) -> None:
+    held = HeldSession(idle=0, url=postgres_url)
+    with held() as session:
+        first = backend(session)
+    terminate(first)
+    with held() as session:  # back to the pool, and taken again with its ping
+        assert backend(session) != first
+
+
+def write_then_fail(held: HeldSession, table: str) -> None:
+    with held() as session:
+        session.execute(text(f"INSERT INTO {table} VALUES (1)"))
+        raise RuntimeError("after the write")
+
+
+def writes_kept(held: HeldSession) -> int:
+    """Rows kept of a use that failed after its write."""
+    table = f"held_{uuid.uuid4().hex[:8]}"
+    with held() as session:
+        session.execute(text(f"CREATE TABLE {table} (n integer)"))
+    with pytest.raises(RuntimeError):
+        write_then_fail(held, table)
+    with held() as session:
+        kept = session.execute(text(f"SELECT count(*) FROM {table}")).scalar()
+        session.execute(text(f"DROP TABLE {table}"))
+    assert isinstance(kept, int)
+    return kept
+
+
+@pytest.mark.postgres
+def test_on_postgresql_each_statement_commits_by_itself(postgres_url: str) -> None:
+    """Why a caller's writes must each be one statement."""
+    assert writes_kept(HeldSession(url=postgres_url)) == 1
+
+
+def test_on_sqlite_a_use_is_one_transaction(tmp_path: Path) -> None:
+    assert writes_kept(HeldSession(url=f"sqlite:///{tmp_path / 'held.sqlite'}")) == 0
