@@ -184,7 +184,8 @@ class HeldSession:
     A connection left idle for ``idle`` seconds goes back to the pool, and the next use takes
     one again (pinged there, as :func:`session_scope`'s are): so a database restarted during
     a quiet spell costs nothing, one restarted under load fails the group under way, as a
-    commit would. Any error drops the connection. Uses take turns (a lock).
+    commit would. Any error drops the connection. Uses take turns (a lock). One instance a
+    process is meant to serve all its uses: each holds a connection until its next use.
     """
 
     def __init__(self, idle: float = 10.0, url: str | None = None) -> None:

@@ -87,6 +87,9 @@ SUBJECT_REASON = "request id in the subject"
 NEVER_UPDATES = "parameters never update an existing request"
 # Raw bytes stored in one transaction at most: bounds a statement whatever the concurrency.
 MAX_GROUP_BYTES = 16 * 1024 * 1024
+# Intake's groups are committed one after the other (the SMTP listener's CommitGroups, the HTTP
+# intake's group runner): one connection of the process, held between them, serves them all.
+_STORE = HeldSession()
 
 
 class TooLarge(ValueError):
@@ -154,9 +157,6 @@ class MailIntake:
         self._destinations: TTLCache[Recipient, Destination | tuple[type[BadRecipient], str]] \
             = TTLCache(self._look_up, cache_ttl)
         self._group = GroupRunner(self.commit)
-        # Groups are committed one after the other (the SMTP listener's CommitGroups, the HTTP
-        # intake's group runner): one held connection serves them.
-        self._store = HeldSession()
 
     def check_size(self, size: int) -> None:
         if size > self.max_bytes:
@@ -218,7 +218,7 @@ class MailIntake:
 
     def _commit(self, group: list[Accepting]) -> None:
         try:
-            with self._store() as session:
+            with _STORE() as session:
                 saved = store.save(session, [entry.mail for entry in group])
         except Exception as exc:
             if len(group) > 1 and classify(exc) is not Fault.OUTAGE:
