@@ -12,7 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from shared.db.engine import HeldSession, database_unreachable, dispose_engines
+from shared.db.engine import HeldSession, database_unreachable, dispose_engines, get_engine
 from tests.conftest import PG_ADMIN
 
 
@@ -39,6 +39,16 @@ def test_one_connection_serves_use_after_use(postgres_url: str) -> None:
     dispose_engines()  # as a fork or a new statement timeout does: the engine is a new one
     with held() as session:
         assert backend(session) != pids[0]
+
+
+def test_closing_gives_the_connection_back_to_the_pool(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'held.sqlite'}"
+    held = HeldSession(url=url)
+    with held() as session:
+        session.execute(text("SELECT 1"))
+    assert get_engine(url).pool.checkedout() == 1  # type: ignore[attr-defined]
+    held.close()
+    assert get_engine(url).pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
 @pytest.mark.postgres

@@ -210,6 +210,13 @@ class HeldSession:
                 raise
             self._used = time.monotonic()
 
+    def close(self) -> None:
+        """Give the connection back, if one is held (at the process's exit)."""
+        with self._lock:
+            if self._held is not None:
+                self._held[1].close()
+                self._held = None
+
     def _connection(self) -> Connection:
         engine = get_engine(self._url)
         if self._held is not None and (self._held[0] is not engine  # dispose_engines, a fork

@@ -33,6 +33,7 @@ the same database transaction (and a new request goes through the events' own
 
 from __future__ import annotations
 
+import atexit
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -90,6 +91,7 @@ MAX_GROUP_BYTES = 16 * 1024 * 1024
 # Intake's groups are committed one after the other (the SMTP listener's CommitGroups, the HTTP
 # intake's group runner): one connection of the process, held between them, serves them all.
 _STORE = HeldSession()
+atexit.register(_STORE.close)
 
 
 class TooLarge(ValueError):
