@@ -229,4 +229,3 @@ class HeldSession:
                 connection.execution_options(isolation_level="AUTOCOMMIT")
             self._held = (engine, connection)
         return self._held[1]
-

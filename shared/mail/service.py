@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import atexit
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -362,23 +362,23 @@ class _NewRequest:
         (:func:`_reply_keys`): this message's Message-ID, or the request's source and sourceID.
         (A request id in a subject is one its sender has seen: a request that exists before
         the run.)"""
-        keys: list[tuple[str, ...]] = []
-        if self.row.message_id is not None:
-            keys.append(("thread", self.row.message_id))
-        source_id = self.fields.get("sourceID")
-        if source_id:
-            keys.append(("source", self.fields.get("source") or DEFAULT_SOURCE["mail"], source_id))
-        return keys
+        threads = [] if self.row.message_id is None else [("thread", self.row.message_id)]
+        return threads + _source_key(self.fields)
 
 
 def _reply_keys(parsed: ParsedMail, given: MailParameters) -> list[tuple[str, ...]]:
     """What this mail names that a request of its own run may answer to
     (:meth:`_NewRequest.answered_by`): the messages it threads to, its source and sourceID."""
-    keys: list[tuple[str, ...]] = [("thread", message_id) for message_id in parsed.thread_ids]
-    source_id = given.fields.get("sourceID")
-    if source_id:
-        keys.append(("source", given.fields.get("source") or DEFAULT_SOURCE["mail"], source_id))
-    return keys
+    return [("thread", message_id) for message_id in parsed.thread_ids] + _source_key(
+        given.fields)
+
+
+def _source_key(fields: Mapping[str, str | None]) -> list[tuple[str, ...]]:
+    """The source and sourceID these fields name (the source ``Email`` when only the sourceID
+    is given), as a key of :func:`_reply_keys`; none without a sourceID."""
+    source_id = fields.get("sourceID")
+    return [("source", fields.get("source") or DEFAULT_SOURCE["mail"], source_id)] \
+        if source_id else []
 
 
 def _new_requests(session: Session, items: list[_NewRequest], now: datetime,
