@@ -51,13 +51,16 @@ TARGET_RATIO = 0.5
 POLL_S = 0.05
 SENDER, RECIPIENT = "ellen.brown@widget.com", "wdc@mail.eventdesk.local"
 PROCESSING_TABLES = "mail_attachments, mail_messages, notes, requests, transactions"
+# A subject's run of 6+ digits names a request to reply to (shared/mail/rules.py), and the
+# lookup it costs would come and go with the random run id: the subjects carry no digits.
+_NO_DIGITS = str.maketrans("0123456789", "ghijklmnop")
 
 
 def message(run: str, index: int) -> bytes:
     mail = EmailMessage()
     mail["From"] = f"Ellen Brown <{SENDER}>"
     mail["To"] = RECIPIENT
-    mail["Subject"] = f"Printer {run}-{index} is out of paper"
+    mail["Subject"] = f"Printer {run}-{index} is out of paper".translate(_NO_DIGITS)
     mail["Message-ID"] = f"<{run}-{index}@bench.widget.com>"
     mail.set_content(f"Printer {index} on the third floor needs paper.")
     return bytes(mail)

@@ -1,10 +1,11 @@
 """Cutting a sequence into runs of bounded size, in order; running what threads hand in at once
-as one group."""
+as one group; passing on what threads hand in, in lots, at a bounded rate."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -92,3 +93,61 @@ class GroupRunner(Generic[T]):
                 member.wake.release()
             if successor is not None:
                 successor.wake.release()
+
+
+class Coalescer(Generic[T]):
+    """Items that threads hand in, passed on to ``send`` in lots: one lot every ``interval``
+    seconds at most.
+
+    Items handed in after a quiet interval go at once, in the caller's thread, so a trickle
+    waits for nothing. Those handed in within ``interval`` of the last lot gather, and go
+    together when it has passed, from a sender thread that lives while they keep coming (one
+    thread for a stream: ``send`` may keep a connection a thread). So a stream costs one
+    ``send`` an interval, whatever its rate. The thread is not a daemon: a process that exits
+    normally sends what gathered before it ends. What ``send`` raises there is the thread's end
+    (logged by ``threading.excepthook``; what gathered goes with the next lot): ``send`` should
+    handle its own errors.
+    """
+
+    def __init__(self, send: Callable[[list[T]], None], interval: float) -> None:
+        self._send = send
+        self._interval = interval
+        self._guard = threading.Lock()
+        self._gathered: list[T] = []
+        self._sending = False  # a sender thread runs, and takes what is handed in
+        self._last = float("-inf")
+
+    def add(self, items: Sequence[T]) -> None:
+        if not items:
+            return
+        with self._guard:
+            self._gathered.extend(items)
+            if self._sending:
+                return
+            if time.monotonic() < self._last + self._interval:
+                self._sending = True
+                threading.Thread(target=self._sender, name="coalescer").start()
+                return
+            lot = self._take()
+        self._send(lot)
+
+    def _take(self) -> list[T]:
+        lot, self._gathered = self._gathered, []
+        self._last = time.monotonic()
+        return lot
+
+    def _sender(self) -> None:
+        try:
+            while True:
+                # A rate, not a wait for an event: what comes meanwhile goes in the next lot.
+                time.sleep(max(0.0, self._last + self._interval - time.monotonic()))
+                with self._guard:
+                    if not self._gathered:  # the stream has ended: the next item goes at once
+                        self._sending = False
+                        return
+                    lot = self._take()
+                self._send(lot)
+        except BaseException:
+            with self._guard:
+                self._sending = False
+            raise

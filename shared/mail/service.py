@@ -1,9 +1,11 @@
 """The Mail API: accepting a raw message durably, then turning it into a request or a note.
 
 Intake (``eventdesk smtp`` and ``POST /v1/mail``) stores the raw message in the database and
-only then answers (250 / 202); the ``mail.process`` message that follows is a wake-up call. If
-the broker does not take it, or the process dies between the commit and the publish, the beat's
-``mail.sweep`` queues the message again, so the database row alone is the promise.
+only then answers (250 / 202); the ``mail.process`` message that follows (at once, or under a
+stream of mail with those of the next WAKE_INTERVAL) is a wake-up call. If the broker does not
+take it, or the process dies between the commit and the publish, a worker's next run takes the
+message along, or the beat's ``mail.sweep`` queues it again, so the database row alone is the
+promise.
 
 A worker processes each message once: the row is locked and its state checked and changed in
 the same database transaction (and a new request goes through the events' own
@@ -45,7 +47,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from shared import metrics, observe
-from shared.batching import GroupRunner, runs
+from shared.batching import Coalescer, GroupRunner, runs
 from shared.cache import TTLCache
 from shared.db.engine import HeldSession, session_scope
 from shared.db.models import MailMessage
@@ -88,6 +90,11 @@ SUBJECT_REASON = "request id in the subject"
 NEVER_UPDATES = "parameters never update an existing request"
 # Raw bytes stored in one transaction at most: bounds a statement whatever the concurrency.
 MAX_GROUP_BYTES = 16 * 1024 * 1024
+# A stream of mail is queued in one mail.process task an interval (shared/batching.Coalescer),
+# not one a group commit: a worker's cost is mostly per task (a message to consume, buffer and
+# acknowledge), and its runs take along what is stored meanwhile anyway. Short against the
+# worker's batch wait, so the wake-up adds nothing a worker would notice.
+WAKE_INTERVAL = 0.02
 # Intake's groups are committed one after the other (the SMTP listener's CommitGroups, the HTTP
 # intake's group runner): one connection of the process, held between them, serves them all.
 _STORE = HeldSession()
@@ -151,7 +158,7 @@ class MailIntake:
 
     def __init__(self, publisher: Publisher, secret: bytes, max_bytes: int,
                  cache_ttl: float = 0.0) -> None:
-        self._publisher = publisher
+        self._wake: Coalescer[int] = Coalescer(lambda ids: queue(publisher, ids), WAKE_INTERVAL)
         self._secret = secret
         self.max_bytes = max_bytes
         # What an address is, refusals included: RCPT of every message asks, and a flood of
@@ -210,13 +217,20 @@ class MailIntake:
         return entry.transid
 
     def commit(self, group: list[Accepting]) -> None:
-        """Store the messages in one transaction, then queue them as one ``mail.process``
-        task: a group commit, so that a message's share of a commit shrinks as the traffic
-        grows (a group of more than MAX_GROUP_BYTES is cut into transactions of at most that,
-        a larger message alone). Each entry ends with its transid (and the id queued), or the
-        error that kept it out of the database: the database's, or its own."""
+        """Store the messages in one transaction, then queue them: a group commit, so that a
+        message's share of a commit shrinks as the traffic grows (a group of more than
+        MAX_GROUP_BYTES is cut into transactions of at most that, a larger message alone).
+        Each entry ends with its transid (and its id), or the error that kept it out of the
+        database: the database's, or its own.
+
+        The ids go in a ``mail.process`` task at once when none was queued within
+        WAKE_INTERVAL, or else in the one that follows at its end, with those of the groups
+        committed meanwhile. Either way the stored row is the promise: a process that dies
+        before the task is queued leaves its messages to the next run of a worker, which takes
+        along what is stored, or to the sweep."""
         for part in runs(group, lambda entry: len(entry.mail.raw), MAX_GROUP_BYTES):
             self._commit(part)
+        self._wake.add([entry.mail_id for entry in group if entry.mail_id is not None])
 
     def _commit(self, group: list[Accepting]) -> None:
         try:
@@ -237,9 +251,6 @@ class MailIntake:
             return
         for entry, (mail_id, transid) in zip(group, saved, strict=True):
             entry.mail_id, entry.transid = mail_id, transid
-        queued = [entry.mail_id for entry in group if entry.mail_id is not None]
-        if queued:
-            queue(self._publisher, queued)
 
 
 def _destination_or_refusal(found: Destination | tuple[type[BadRecipient], str]) -> Destination:
