@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -86,9 +87,10 @@ def threaded_request(session: Session, account_id: str, message_ids: Sequence[st
         .order_by(MailMessage.received_at.desc()).limit(1)).first()
 
 
-def transactions(session: Session, transids: Sequence[str]) -> dict[str, Transaction]:
-    return {row.transid: row for row in session.scalars(
-        select(Transaction).where(Transaction.transid.in_(transids)))}
+def outcomes(session: Session, transids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+    """The outcome of each of these transactions that exists (None while it has none)."""
+    return dict(session.execute(select(Transaction.transid, Transaction.outcome).where(
+        Transaction.transid.in_(transids))).all())
 
 
 def requests_by_source(session: Session, account_id: str, source: str, source_id: str,

@@ -397,17 +397,17 @@ def _new_requests(session: Session, items: list[_NewRequest], now: datetime,
     """Through the events' processing, all in one run (its set-based statements once for all:
     a mail's own share is its parsing and its rows)."""
     process_batches(session, [item.batch() for item in items], now, directory)
-    transactions = queries.transactions(session, [item.row.transid for item in items])
+    outcomes = queries.outcomes(session, [item.row.transid for item in items])
     for item in items:
         row, given = item.row, item.given
-        transaction = transactions.get(row.transid)
-        outcome = transaction.outcome if transaction is not None else None
+        outcome = outcomes.get(row.transid)
         request_id = outcome.get("request_id") if outcome else None
-        if transaction is None or not outcome or request_id is None:
+        if not outcome or request_id is None:
             _finish(session, row, "processed")
             continue
         if item.ignored or given.ignored:
-            transaction.outcome = {**outcome, "ignored": {**item.ignored, **given.ignored}}
+            store.set_outcome(session, row.transid,
+                              {**outcome, "ignored": {**item.ignored, **given.ignored}})
         if outcome["action"] == "created" and given.custom_fields:
             store.set_custom_fields(session, request_id, given.custom_fields)
         if given.markdown or given.time_spent is not None:

@@ -117,6 +117,11 @@ def set_custom_fields(session: Session, request_id: int, values: dict[str, str])
         request.references = {**request.references, "custom_fields": values}
 
 
+def set_outcome(session: Session, transid: str, outcome: dict[str, Any]) -> None:
+    session.execute(update(Transaction).where(Transaction.transid == transid)
+                    .values(outcome=outcome))
+
+
 def record_completed(session: Session, row: MailMessage, parameters: dict[str, Any],
                      outcome: dict[str, Any], now: datetime) -> None:
     """The transaction of a mail that became a note (a new request's is process_batches')."""
