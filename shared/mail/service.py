@@ -398,12 +398,13 @@ def _new_requests(session: Session, items: list[_NewRequest], now: datetime,
     a mail's own share is its parsing and its rows)."""
     process_batches(session, [item.batch() for item in items], now, directory)
     outcomes = queries.outcomes(session, [item.row.transid for item in items])
+    done: list[tuple[MailMessage, int | None]] = []
     for item in items:
         row, given = item.row, item.given
         outcome = outcomes.get(row.transid)
         request_id = outcome.get("request_id") if outcome else None
+        done.append((row, request_id))
         if not outcome or request_id is None:
-            _finish(session, row, "processed")
             continue
         if item.ignored or given.ignored:
             store.set_outcome(session, row.transid,
@@ -416,7 +417,9 @@ def _new_requests(session: Session, items: list[_NewRequest], now: datetime,
         if outcome["action"] != "unchanged":  # a note was added: the attachments are below it
             store.save_attachments(session, row, request_id, item.parsed.attachments,
                                    attachment_dir)
-        _finish(session, row, "processed", request_id)
+    store.finish_processed(session, done)
+    observe.after_commit(
+        session, lambda: metrics.mail_processed.labels(result="processed").inc(len(done)))
 
 
 def _mail_batch(row: MailMessage) -> EventBatch:

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from shared.db import dialect
 from shared.db.models import MailAttachment, MailMessage, Note, Person, Request, Transaction
@@ -92,6 +93,19 @@ def take_along(session: Session, mail_ids: Sequence[int], limit: int) -> list[Ma
 def finish(row: MailMessage, status: str, request_id: int | None = None) -> None:
     row.status = status
     row.request_id = request_id
+
+
+def finish_processed(session: Session, done: Sequence[tuple[MailMessage, int | None]]) -> None:
+    """Many messages ``processed`` (each with the request it made or added a note to) in one
+    statement, written at once (a later query of the run sees them, as after a flush)."""
+    if not done:
+        return
+    dialect.update_rows(session, MailMessage, [
+        {"id": row.id, "status": "processed", "request_id": request_id}
+        for row, request_id in done])
+    for row, request_id in done:  # the rows as stored: nothing left for the ORM to write
+        set_committed_value(row, "status", "processed")
+        set_committed_value(row, "request_id", request_id)
 
 
 def add_note(session: Session, *, request_id: int, text: str, internal: bool, markdown: bool,
