@@ -78,7 +78,7 @@ from shared.messaging.publish import Publisher, PublishError, task_message
 from shared.records.directory import Directory, PersonRef, Scope
 from shared.requests.defaults import DEFAULT_SOURCE
 from shared.settings import Settings
-from shared.transactions.failures import Backoff, Fault, classify
+from shared.transactions.failures import Backoff, Fault, classify, isolating
 from shared.transactions.failures import reason as fault_reason
 from shared.transactions.schemas import EventBatch, MailFacts, QueuedEvent
 from shared.transactions.service import process_batches, record_failure
@@ -499,8 +499,8 @@ def process_mail(session: Session, mail_ids: Sequence[int], now: datetime,
     reply to one of them, or to a request one of them may fold into by event matching, looks
     for it, so a run acts as one mail after another would). Each of
     them is still named by a ``mail.process`` task of its own, which finds it done; and if this
-    transaction fails, each is processed again by that task (the caller retries ``mail_ids``
-    one by one).
+    transaction fails, each is processed again by that task (the caller runs ``mail_ids``
+    again in halves).
     """
     config = config or MailConfig()
     rows = store.take(session, mail_ids) + (
@@ -537,51 +537,36 @@ def process_job(mail_ids: Sequence[int], directory: Directory, config: MailConfi
     """Process the messages a worker took together, and up to ``along`` others, in one run
     (:func:`process_mail`); True once each is done, False when the database is unreachable.
 
-    Any other error is first assumed to be one message's: each is processed again alone, and
-    only an error then ends that one ``failed`` with the reason, once (those taken along are
-    processed by the tasks that name them); should even that record fail, the job is logged and
-    acknowledged, and the sweep queues its mail again later. On False ``backoff`` has paused, and
-    the caller gives the messages back to the queue: an outage spends no retry budget, and what
-    committed before it is found done when the messages come back.
+    Any other error is some message's: the job's own are run again in halves (without those
+    taken along, which the tasks that name them process) until each failing one is alone, and
+    that one ends ``failed`` with the reason, once (shared/transactions/failures.py, as the
+    events' runs). Should even that record fail, it stays stored, and the sweep queues it
+    again later. On False ``backoff`` has paused, and the caller gives the messages back to the
+    queue: an outage spends no retry budget, and what committed before it is found done when
+    the messages come back.
     """
     now = datetime.now(UTC)
 
-    def run(ids: Sequence[int], others: int) -> None:
+    def run(ids: Sequence[int], others: int = 0) -> list[int]:
         with session_scope(database_url) as session:
             process_mail(session, ids, now, directory, config, along=others)
+        return []
+
+    def record(mail_id: int, error: BaseException) -> list[int]:
+        with session_scope(database_url) as session:
+            fail_mail(session, mail_id, error, now)
+        return []
 
     try:
-        try:
-            run(mail_ids, along)
-        except Exception as exc:
-            if classify(exc) is Fault.OUTAGE:
-                raise
-            for mail_id in mail_ids:
-                _alone(mail_id, run, now, database_url)
-    except Exception as exc:
-        if classify(exc) is not Fault.OUTAGE:  # recording a failure failed: a bug, not requeued
-            log.error("mail job failed; the sweep queues its mail again", mails=len(mail_ids),
-                      error=fault_reason(exc), exc_info=exc)
-        else:
-            log.warning("database unreachable, mail back to the queue after a pause",
-                        mails=len(mail_ids), error=fault_reason(exc))
-            backoff.pause()
-            return False
+        isolating(lambda: run(mail_ids, along), lambda: mail_ids, run, record, kind="mail",
+                  name=lambda mail_id: {"mail_id": mail_id})
+    except Exception as exc:  # only an outage gets out of isolating
+        log.warning("database unreachable, mail back to the queue after a pause",
+                    mails=len(mail_ids), error=fault_reason(exc))
+        backoff.pause()
+        return False
     backoff.reset()
     return True
-
-
-def _alone(mail_id: int, run: Callable[[Sequence[int], int], None], now: datetime,
-           database_url: str | None) -> None:
-    """Process one message alone; an error that is not an outage ends it ``failed``."""
-    try:
-        run([mail_id], 0)
-    except Exception as exc:
-        if classify(exc) is Fault.OUTAGE:
-            raise
-        log.error("mail failed", mail_id=mail_id, error=fault_reason(exc), exc_info=exc)
-        with session_scope(database_url) as session:
-            fail_mail(session, mail_id, exc, now)
 
 
 def fail_mail(session: Session, mail_id: int, error: BaseException, now: datetime) -> None:

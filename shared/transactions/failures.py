@@ -17,7 +17,8 @@ Halving rather than going one by one: one bad event among n costs about 2·log2(
 instead of n, and the happy path is the one run it always was, with no per-event work added.
 Recording a failure cannot fail on the same bad data (``record_failure`` stores sanitised text);
 should it fail all the same, other than by an outage, the event is logged and dropped rather
-than its message requeued forever.
+than its message requeued forever (a mail stays stored, for the sweep). The Mail API's runs are
+isolated the same way, message by message (shared/mail/service.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from enum import StrEnum
+from typing import Generic, TypeVar
 
 from sqlalchemy.exc import DataError, IntegrityError, StatementError
 
@@ -36,6 +38,7 @@ from shared.transactions.schemas import EventBatch
 log = get_logger(__name__)
 MAX_REASON = 1000
 
+T = TypeVar("T")
 # Processes the batches in one database transaction; returns the delivery ids to queue.
 Run = Callable[[Sequence[EventBatch]], list[int]]
 # Records the one event of the batch as failed by the error; returns the delivery ids to queue.
@@ -93,53 +96,74 @@ class Backoff:
 
 
 def process_isolating(batches: Sequence[EventBatch], run: Run, record: Record) -> list[int]:
-    """``run`` the batches at once; if that fails, find the failing events and ``record`` them.
+    """``run`` the batches at once; if that fails, find the failing events and ``record`` them
+    (:func:`isolating`)."""
+    def singles() -> list[EventBatch]:
+        return [batch if len(batch.events) == 1 else batch.model_copy(update={"events": [event]})
+                for batch in batches for event in batch.events]
+
+    return isolating(lambda: run(batches), singles, run, record, kind="event",
+                     name=lambda single: {"transid": single.events[0].transid})
+
+
+def isolating(run_all: Callable[[], list[int]], singles: Callable[[], Sequence[T]],
+              run: Callable[[Sequence[T]], list[int]],
+              record: Callable[[T, BaseException], list[int]], *, kind: str,
+              name: Callable[[T], dict[str, object]]) -> list[int]:
+    """``run_all`` (the whole job at once); if that fails, find the failing ``singles`` by
+    halving (``run`` on a part) and ``record`` each.
 
     Returns the delivery ids of every run and record. Raises only an outage (module docstring):
-    then some parts may have committed, and the redelivered messages find their events taken.
+    then some parts may have committed, and the redelivered messages find their work taken.
+    ``kind`` and ``name`` are for the logs: what an item is ("event", "mail"), and the fields
+    that name one.
     """
     try:
-        return run(batches)
+        return run_all()
     except Exception as exc:
         if classify(exc) is Fault.OUTAGE:
             raise
         error = exc
-    singles = [batch if len(batch.events) == 1 else batch.model_copy(update={"events": [event]})
-               for batch in batches for event in batch.events]
-    log.warning("run failed, isolating its failing events", events=len(singles),
+    items = list(singles())
+    log.warning(f"run failed, isolating its failing {kind}s", items=len(items),
                 error=reason(error))
-    return _isolate(singles, error, run, record)
+    return _Isolation(run, record, kind, name).isolate(items, error)
 
 
-def _isolate(singles: list[EventBatch], error: Exception, run: Run, record: Record) -> list[int]:
-    """``singles`` (one event each) failed together with ``error``: halve until each failing
-    event is alone, and record it."""
-    if len(singles) == 1:
-        return _fail(singles[0], error, record)
-    middle = len(singles) // 2
-    ids: list[int] = []
-    for part in (singles[:middle], singles[middle:]):
+class _Isolation(Generic[T]):
+    def __init__(self, run: Callable[[Sequence[T]], list[int]],
+                 record: Callable[[T, BaseException], list[int]], kind: str,
+                 name: Callable[[T], dict[str, object]]) -> None:
+        self._run, self._record, self._kind, self._name = run, record, kind, name
+
+    def isolate(self, singles: list[T], error: Exception) -> list[int]:
+        """``singles`` failed together with ``error``: halve until each failing one is alone,
+        and record it."""
+        if len(singles) == 1:
+            return self._fail(singles[0], error)
+        middle = len(singles) // 2
+        ids: list[int] = []
+        for part in (singles[:middle], singles[middle:]):
+            try:
+                ids += self._run(part)
+            except Exception as exc:
+                if classify(exc) is Fault.OUTAGE:
+                    raise
+                ids += self.isolate(part, exc)
+        return ids
+
+    def _fail(self, single: T, error: Exception) -> list[int]:
+        fault = classify(error)
+        named = self._name(single)
+        # A bug gets its traceback; a data error is the caller's, and its reason says enough.
+        (log.error if fault is Fault.BUG else log.warning)(
+            f"{self._kind} failed alone", **named, fault=str(fault), error=reason(error),
+            exc_info=error if fault is Fault.BUG else None)
         try:
-            ids += run(part)
+            return self._record(single, error)
         except Exception as exc:
             if classify(exc) is Fault.OUTAGE:
                 raise
-            ids += _isolate(part, exc, run, record)
-    return ids
-
-
-def _fail(single: EventBatch, error: Exception, record: Record) -> list[int]:
-    fault = classify(error)
-    transid = single.events[0].transid
-    # A bug gets its traceback; a data error is the caller's, and its reason says enough.
-    (log.error if fault is Fault.BUG else log.warning)(
-        "event failed alone", transid=transid, fault=str(fault), error=reason(error),
-        exc_info=error if fault is Fault.BUG else None)
-    try:
-        return record(single, error)
-    except Exception as exc:
-        if classify(exc) is Fault.OUTAGE:
-            raise
-        log.error("event dropped: its failure cannot be recorded", transid=transid,
-                  error=reason(exc))
-        return []
+            log.error(f"{self._kind} failed, and its failure cannot be recorded", **named,
+                      error=reason(exc))
+            return []
