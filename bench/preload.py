@@ -180,7 +180,7 @@ def hot_statements(now: datetime) -> dict[str, str]:
     claim_rows = rows_json(Transaction, [row])
     return {
         "matching (open requests of 3 keys, 24 h)": sql(open_requests_query(
-            {"wdc"}, {"a" * 64, "b" * 64, "c" * 64}, now)),
+            {"wdc"}, {"a" * 64, "b" * 64, "c" * 64}, now, postgres=True)),
         "claim (insert the transactions)": claim_sql.replace(":rows", f"'{claim_rows}'"),
         "GET /v1/transactions/<transid>": sql(
             select(Transaction).where(Transaction.transid == "p" * 32)),

@@ -22,12 +22,25 @@ from datetime import datetime
 from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import JSON, LargeBinary, Table, TextClause, text, update
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    LargeBinary,
+    Table,
+    TextClause,
+    all_,
+    any_,
+    bindparam,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import QueryableAttribute, Session
 
 from shared.db.models import ANY_TEXT, Base
 
+# A column of a table, or a mapped class's attribute for one.
+Column = ColumnElement[Any] | QueryableAttribute[Any]
 _PG = postgresql.dialect()  # type: ignore[no-untyped-call]
 _quote = _PG.identifier_preparer.quote
 # One encoder for every value: json.dumps with options makes a new one each call.
@@ -36,6 +49,25 @@ _compact = json.JSONEncoder(separators=(",", ":")).encode
 
 def is_postgres(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
+
+
+def one_of(column: Column, values: Collection[Any], *, postgres: bool
+           ) -> ColumnElement[bool]:
+    """``column IN values``; on PostgreSQL ``column = ANY(:array)``, one parameter for any
+    number of values. An IN list is a placeholder a value, so each length of list is a new
+    statement: compiled by SQLAlchemy, converted by psycopg (not cached once it is long) and
+    planned by PostgreSQL each time, where the array's is one text, prepared once."""
+    if postgres:
+        return column == any_(bindparam(None, list(values), type_=postgresql.ARRAY(column.type)))
+    return column.in_(values)
+
+
+def none_of(column: Column, values: Collection[Any], *, postgres: bool
+            ) -> ColumnElement[bool]:
+    """``column NOT IN values`` (``column <> ALL(:array)`` on PostgreSQL: :func:`one_of`)."""
+    if postgres:
+        return column != all_(bindparam(None, list(values), type_=postgresql.ARRAY(column.type)))
+    return column.not_in(values)
 
 
 def insert(session: Session, model: type[Base]) -> postgresql.Insert | sqlite.Insert:

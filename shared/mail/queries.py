@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shared.db import dialect
 from shared.db.lookup import LookupUnavailable
 from shared.db.models import Account, MailAttachment, MailMessage, Request, Team, Transaction
 from shared.mail.rules import DirectoryRecipient, Recipient, UnknownRecipient
@@ -90,7 +91,8 @@ def threaded_request(session: Session, account_id: str, message_ids: Sequence[st
 def outcomes(session: Session, transids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
     """The outcome of each of these transactions that exists (None while it has none)."""
     return dict(session.execute(select(Transaction.transid, Transaction.outcome).where(
-        Transaction.transid.in_(transids))).all())
+        dialect.one_of(Transaction.transid, transids,
+                       postgres=dialect.is_postgres(session)))).all())
 
 
 def requests_by_source(session: Session, account_id: str, source: str, source_id: str,

@@ -76,16 +76,17 @@ def take(session: Session, mail_ids: Sequence[int]) -> list[MailMessage]:
     """The messages no worker has processed yet, locked until commit (in id order, so two
     workers taking overlapping sets never wait on each other in a circle)."""
     return [row for row in session.scalars(
-        select(MailMessage).where(MailMessage.id.in_(mail_ids)).order_by(MailMessage.id)
-        .with_for_update()) if row.status == "received"]
+        select(MailMessage).where(dialect.one_of(
+            MailMessage.id, mail_ids, postgres=dialect.is_postgres(session)))
+        .order_by(MailMessage.id).with_for_update()) if row.status == "received"]
 
 
 def take_along(session: Session, mail_ids: Sequence[int], limit: int) -> list[MailMessage]:
     """Up to ``limit`` other messages no worker has processed, oldest first, locked until
     commit; those another worker holds are skipped, not waited for."""
     return list(session.scalars(
-        select(MailMessage).where(MailMessage.status == "received",
-                                  MailMessage.id.not_in(mail_ids))
+        select(MailMessage).where(MailMessage.status == "received", dialect.none_of(
+            MailMessage.id, mail_ids, postgres=dialect.is_postgres(session)))
         .order_by(MailMessage.received_at, MailMessage.id).limit(limit)
         .with_for_update(skip_locked=True)))
 

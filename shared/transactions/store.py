@@ -50,7 +50,8 @@ def lock_match_keys(session: Session, keys: Collection[str]) -> None:
     dialect.lock(session, sorted({int(key[:15], 16) for key in keys}))
 
 
-def open_requests_query(accounts: set[str], keys: set[str], now: datetime) -> Select[Any]:
+def open_requests_query(accounts: set[str], keys: set[str], now: datetime, *,
+                        postgres: bool) -> Select[Any]:
     """The open requests created within the window on any of the keys, newest first: their id,
     match key and updatable columns.
 
@@ -60,8 +61,8 @@ def open_requests_query(accounts: set[str], keys: set[str], now: datetime) -> Se
     return (
         select(Request.id, Request.match_key, *(getattr(Request, name) for name in UPDATABLE))
         .where(
-            Request.account_id.in_(accounts),
-            Request.match_key.in_(keys),
+            dialect.one_of(Request.account_id, accounts, postgres=postgres),
+            dialect.one_of(Request.match_key, keys, postgres=postgres),
             Request.status.not_in(CLOSED_STATUSES),
             Request.created_at >= now - WINDOW,
         ).order_by(Request.created_at.desc(), Request.id.desc())
@@ -71,13 +72,15 @@ def open_requests_query(accounts: set[str], keys: set[str], now: datetime) -> Se
 def open_requests(
     session: Session, accounts: set[str], keys: set[str], now: datetime
 ) -> Result[*tuple[Any, ...]]:
-    return session.execute(open_requests_query(accounts, keys, now))
+    return session.execute(open_requests_query(accounts, keys, now,
+                                               postgres=dialect.is_postgres(session)))
 
 
 def note_hashes(session: Session, request_ids: Collection[int]) -> Result[int, str]:
     """The text hash of every note of the requests: (request id, hash) each."""
     return session.execute(
-        select(Note.request_id, Note.text_hash).where(Note.request_id.in_(request_ids)))
+        select(Note.request_id, Note.text_hash).where(dialect.one_of(
+            Note.request_id, request_ids, postgres=dialect.is_postgres(session))))
 
 
 def insert_requests(session: Session, rows: Sequence[dict[str, Any]]) -> list[tuple[int, str]]:
