@@ -3,6 +3,7 @@ as one group; passing on what threads hand in, in lots, at a bounded rate."""
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -104,9 +105,9 @@ class Coalescer(Generic[T]):
     together when it has passed, from a sender thread that lives while they keep coming (one
     thread for a stream: ``send`` may keep a connection a thread). So a stream costs one
     ``send`` an interval, whatever its rate. The thread is not a daemon: a process that exits
-    normally sends what gathered before it ends. What ``send`` raises there is the thread's end
-    (logged by ``threading.excepthook``; what gathered goes with the next lot): ``send`` should
-    handle its own errors.
+    normally sends what gathered before it ends. What ``send`` raises there loses that lot
+    (``send`` should handle its own errors): it goes to ``threading.excepthook``, and the thread
+    goes on with the next.
     """
 
     def __init__(self, send: Callable[[list[T]], None], interval: float) -> None:
@@ -125,10 +126,15 @@ class Coalescer(Generic[T]):
             if self._sending:
                 return
             if time.monotonic() < self._last + self._interval:
-                self._sending = True
-                threading.Thread(target=self._sender, name="coalescer").start()
-                return
-            lot = self._take()
+                try:
+                    threading.Thread(target=self._sender, name="coalescer").start()
+                except RuntimeError:  # no thread to be had (a process limit): send at once
+                    lot = self._take()
+                else:
+                    self._sending = True
+                    return
+            else:
+                lot = self._take()
         self._send(lot)
 
     def _take(self) -> list[T]:
@@ -146,7 +152,11 @@ class Coalescer(Generic[T]):
                         self._sending = False
                         return
                     lot = self._take()
-                self._send(lot)
+                try:
+                    self._send(lot)
+                except Exception:  # that lot's: the thread goes on with the next
+                    threading.excepthook(threading.ExceptHookArgs(
+                        (*sys.exc_info(), threading.current_thread())))
         except BaseException:
             with self._guard:
                 self._sending = False

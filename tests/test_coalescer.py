@@ -80,12 +80,33 @@ def test_a_send_that_fails_in_the_sender_thread_does_not_stop_later_lots(
     coalescer = Coalescer(sent, INTERVAL)
     coalescer.add([1])
     coalescer.add([0])
-    wait_until(lambda: errors and stream_ended(), 10, 0.01)
+    wait_until(lambda: errors, 10, 0.01)
     assert [str(error) for error in errors] == ["broker gone"]
     coalescer.add([5])
     coalescer.add([6])
     wait_until(lambda: len(sent.lots) == 2, 10, 0.01)
     assert sent.lots == [[1], [5, 6]]
+    assert sent.threads[1] == "coalescer"
+
+
+def test_when_no_thread_can_be_started_the_items_go_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sent = Sent()
+    coalescer = Coalescer(sent, INTERVAL)
+    coalescer.add([1])
+
+    def refused(_: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    with monkeypatch.context() as limited:
+        limited.setattr(threading.Thread, "start", refused)
+        coalescer.add([2])
+    assert sent.lots == [[1], [2]]
+    coalescer.add([3])  # threads again: within the interval, so it waits for its end
+    assert sent.lots == [[1], [2]]
+    wait_until(lambda: len(sent.lots) == 3, 10, 0.01)
+    assert sent.lots == [[1], [2], [3]]
 
 
 def test_a_process_that_exits_sends_what_gathered_first() -> None:

@@ -208,6 +208,29 @@ def test_a_mail_that_fails_is_failed_once_and_its_neighbours_are_processed(
         assert "a bug met by this message alone" in str(failed.error)
 
 
+def test_a_mail_that_fails_in_a_run_it_was_taken_along_to_fails_no_other(
+    db: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A job of one message takes the older stored one along: that one's error ends neither;
+    the job's own message is processed, and the other is left to the task that names it."""
+    poison, own = stored_mail(db, 2)
+    act = service._act
+
+    def failing(session: Any, row: Any, *args: Any, **kwargs: Any) -> Any:
+        if row.id == poison:
+            raise ValueError("a bug met by the message taken along")
+        return act(session, row, *args, **kwargs)
+
+    monkeypatch.setattr(service, "_act", failing)
+    config, backoff = service.MailConfig(), Backoff(sleep=lambda _: None)
+    assert service.process_job([own], Directory(0), config, backoff, along=50,
+                               database_url=db) is True
+    assert mail_statuses(db, [poison, own]) == ["received", "processed"]
+    assert service.process_job([poison], Directory(0), config, backoff, along=50,
+                               database_url=db) is True
+    assert mail_statuses(db, [poison, own]) == ["failed", "processed"]
+
+
 def test_a_mail_whose_failure_cannot_be_recorded_is_left_to_the_sweep_not_requeued(
     db: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:

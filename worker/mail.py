@@ -6,8 +6,9 @@ flush, acknowledgement and reconnect handling): the buffered messages go to a po
 one job, whose mail is processed in one run with up to ALONG other stored messages taken along
 (``process_job``), so a stream of mail costs neither a task nor a transaction a message. A
 database outage gives the job's messages back to the queue after a growing pause; any other
-error is some message's: the job's own are run again in halves until each failing one is
-alone, and only an error then ends that one ``failed`` with the reason, once. A message is never
+error is some message's: the job's own are run again without those taken along, then in
+halves until each failing one is alone, and only an error then ends that one ``failed`` with
+the reason, once. A message is never
 requeued forever. The sweep queues again every message still ``received`` after
 REQUEUE_AFTER: the ``mail.process`` message of an intake that died between its commit and its
 publish, or that the broker refused. Processing is idempotent, so a message queued twice is

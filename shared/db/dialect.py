@@ -26,6 +26,7 @@ from sqlalchemy import (
     JSON,
     ColumnElement,
     LargeBinary,
+    String,
     Table,
     TextClause,
     all_,
@@ -36,6 +37,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import QueryableAttribute, Session
+from sqlalchemy.sql.elements import BindParameter
 
 from shared.db.models import ANY_TEXT, Base
 
@@ -54,11 +56,12 @@ def is_postgres(session: Session) -> bool:
 def one_of(column: Column, values: Collection[Any], *, postgres: bool
            ) -> ColumnElement[bool]:
     """``column IN values``; on PostgreSQL ``column = ANY(:array)``, one parameter for any
-    number of values. An IN list is a placeholder a value, so each length of list is a new
-    statement: compiled by SQLAlchemy, converted by psycopg (not cached once it is long) and
-    planned by PostgreSQL each time, where the array's is one text, prepared once."""
+    number of values. An IN list is a placeholder a value: each length of list is a statement
+    of its own to expand (SQLAlchemy), to convert (psycopg, which stops caching long ones) and
+    to parse and plan (PostgreSQL), and is never used often enough to be prepared. The array's
+    is one text for every run."""
     if postgres:
-        return column == any_(bindparam(None, list(values), type_=postgresql.ARRAY(column.type)))
+        return column == any_(_array(column, values))
     return column.in_(values)
 
 
@@ -66,8 +69,14 @@ def none_of(column: Column, values: Collection[Any], *, postgres: bool
             ) -> ColumnElement[bool]:
     """``column NOT IN values`` (``column <> ALL(:array)`` on PostgreSQL: :func:`one_of`)."""
     if postgres:
-        return column != all_(bindparam(None, list(values), type_=postgresql.ARRAY(column.type)))
+        return column != all_(_array(column, values))
     return column.not_in(values)
+
+
+def _array(column: Column, values: Collection[Any]) -> BindParameter[Any]:
+    # A cast to varchar(n)[] would cut a longer value to a prefix that may match: none for text.
+    kind = String() if isinstance(column.type, String) else column.type
+    return bindparam(None, list(values), type_=postgresql.ARRAY(kind))
 
 
 def insert(session: Session, model: type[Base]) -> postgresql.Insert | sqlite.Insert:

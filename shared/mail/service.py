@@ -500,7 +500,7 @@ def process_mail(session: Session, mail_ids: Sequence[int], now: datetime,
     for it, so a run acts as one mail after another would). Each of
     them is still named by a ``mail.process`` task of its own, which finds it done; and if this
     transaction fails, each is processed again by that task (the caller runs ``mail_ids``
-    again in halves).
+    again without them).
     """
     config = config or MailConfig()
     rows = store.take(session, mail_ids) + (
@@ -537,13 +537,13 @@ def process_job(mail_ids: Sequence[int], directory: Directory, config: MailConfi
     """Process the messages a worker took together, and up to ``along`` others, in one run
     (:func:`process_mail`); True once each is done, False when the database is unreachable.
 
-    Any other error is some message's: the job's own are run again in halves (without those
-    taken along, which the tasks that name them process) until each failing one is alone, and
-    that one ends ``failed`` with the reason, once (shared/transactions/failures.py, as the
-    events' runs). Should even that record fail, it stays stored, and the sweep queues it
-    again later. On False ``backoff`` has paused, and the caller gives the messages back to the
-    queue: an outage spends no retry budget, and what committed before it is found done when
-    the messages come back.
+    Any other error is some message's: the job's own are run again without those taken along
+    (the tasks that name them process them), then, if that fails too, in halves until each
+    failing one is alone, and that one ends ``failed`` with the reason, once
+    (shared/transactions/failures.py, as the events' runs). Should even that record fail, it
+    stays stored, and the sweep queues it again later. On False ``backoff`` has paused, and the
+    caller gives the messages back to the queue: an outage spends no retry budget, and what
+    committed before it is found done when the messages come back.
     """
     now = datetime.now(UTC)
 
@@ -557,8 +557,18 @@ def process_job(mail_ids: Sequence[int], directory: Directory, config: MailConfi
             fail_mail(session, mail_id, error, now)
         return []
 
+    def run_all() -> list[int]:
+        try:
+            return run(mail_ids, along)
+        except Exception as exc:
+            if not along or classify(exc) is Fault.OUTAGE:
+                raise
+        # Without those taken along first: one of them may be what failed (its own task
+        # finds it), and a job of one message would otherwise end it failed at once.
+        return run(mail_ids)
+
     try:
-        isolating(lambda: run(mail_ids, along), lambda: mail_ids, run, record, kind="mail",
+        isolating(run_all, lambda: mail_ids, run, record, kind="mail",
                   name=lambda mail_id: {"mail_id": mail_id})
     except Exception as exc:  # only an outage gets out of isolating
         log.warning("database unreachable, mail back to the queue after a pause",
