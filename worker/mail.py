@@ -1,6 +1,7 @@
 """``mail.process`` (stored messages, shared/mail/service.py) and ``mail.sweep`` (beat).
 
-A message names the mail that intake stored in one transaction (its group commit). The task is
+A message names the mail that an intake process stored (at once, or what it stored in one
+WAKE_INTERVAL while mail streams in: shared/mail/service.py). The task is
 a celery-batches task on ``events.process``'s consumer (worker/events.py: the same buffer,
 flush, acknowledgement and reconnect handling): the buffered messages go to a pool process as
 one job, whose mail is processed in one run with up to ALONG other stored messages taken along
@@ -8,11 +9,10 @@ one job, whose mail is processed in one run with up to ALONG other stored messag
 database outage gives the job's messages back to the queue after a growing pause; any other
 error is some message's: the job's own are run again without those taken along, then in
 halves until each failing one is alone, and only an error then ends that one ``failed`` with
-the reason, once. A message is never
-requeued forever. The sweep queues again every message still ``received`` after
-REQUEUE_AFTER: the ``mail.process`` message of an intake that died between its commit and its
-publish, or that the broker refused. Processing is idempotent, so a message queued twice is
-processed once.
+the reason, once. A message is never requeued forever. The sweep queues again every message
+still ``received`` after REQUEUE_AFTER: the ``mail.process`` message of an intake that died
+between its commit and its publish, or that the broker refused. Processing is idempotent, so
+a message queued twice is processed once.
 """
 
 from __future__ import annotations

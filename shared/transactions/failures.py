@@ -17,8 +17,9 @@ Halving rather than going one by one: one bad event among n costs about 2·log2(
 instead of n, and the happy path is the one run it always was, with no per-event work added.
 Recording a failure cannot fail on the same bad data (``record_failure`` stores sanitised text);
 should it fail all the same, other than by an outage, the event is logged and dropped rather
-than its message requeued forever (a mail stays stored, for the sweep). The Mail API's runs are
-isolated the same way, message by message (shared/mail/service.py).
+than its message requeued forever (a mail stays stored, for the sweep). A Mail API job is
+halved the same way (:func:`isolating`), once a run without the messages it took along has
+failed too (shared/mail/service.py).
 """
 
 from __future__ import annotations
