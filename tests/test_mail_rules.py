@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from email.utils import getaddresses
 
 import pytest
 
@@ -230,6 +231,55 @@ def test_the_message_id_is_read_from_the_header_block_alone() -> None:
         "head@b.org"
     assert mime.message_id_of(b"From: a@b.org\nMessage-ID: <lf@b.org>\n\nbody\n") == "lf@b.org"
     assert mime.message_id_of(head) == "head@b.org"  # headers only, no blank line
+
+
+PLAIN_HEADS = [
+    b"From: a@b.org\r\nMessage-ID: <x.y-1@b.org>\r\n\r\n",
+    b"message-id:<lf@b.org>\nContent-Type: text/plain; charset=\"utf-8\"\n\n",
+    b"Subject: folded\r\n  on two lines\r\nMessage-Id: \t<a@b>\r\n"
+    b"Content-Type: multipart/mixed;boundary=\"==1 2:3/4==\"\r\n\r\n",
+    b"Message-ID: <first@b>\r\nMessage-ID: <second@b>\r\n",
+    b"To: c@d\r\nMessage-ID: <%s@b>\r\n" % (b"n" * 300),
+]
+NOT_PLAIN_HEADS = [
+    b"From someone Mon Nov 30\r\nMessage-ID: <mbox@b>\r\n\r\n",
+    b"Message-ID: <a@b>\r\n  <folded@b>\r\n\r\n",
+    b"Message-ID: <a@b> \r\n\r\n",
+    b"Message-ID: a@b\r\n\r\n",
+    b"Message-ID: <a@b\r\n\r\n",
+    b"Message-ID: <a,b@c>\r\n\r\n",
+    b"Message-ID: <caf\xc3\xa9@b>\r\n\r\n",
+    b"Message-ID: <a@b>\rSubject: lone CR\r\n\r\n",
+    b"Subject: s\r\nnot a header line\r\nMessage-ID: <body@b>\r\n\r\n",
+    b": no name\r\nMessage-ID: <a@b>\r\n\r\n",
+    b"  continued first\r\nMessage-ID: <a@b>\r\n\r\n",
+    b"Message-ID: <a@b>\r\nContent-Type: text/plain; name*=utf-8''r%C3%A9\r\n\r\n",
+    b"Message-ID: <a@b>\r\nContent-Type: (comment) text/plain\r\n\r\n",
+    b"From: a@b.org\r\nSubject: no id\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("head", PLAIN_HEADS + NOT_PLAIN_HEADS)
+def test_a_plain_header_block_is_read_without_the_parser_to_the_parsers_answer(
+        head: bytes) -> None:
+    """Intake reads a plain block's Message-ID itself (a fifth of the listener's work with the
+    parser); any other block goes to the parser."""
+    plain = mime._plain_message_id(head)
+    assert (plain is not None) is (head in PLAIN_HEADS)
+    if plain is not None:
+        assert plain == mime._parsed_message_id(head)
+    assert mime.message_id_of(head + b"body\r\n") == mime._parsed_message_id(head)
+
+
+@pytest.mark.parametrize("value", [
+    "Ellen Brown <ellen.brown@widget.com>", "ellen.brown@widget.com", "O'Brien P=Q <a.b@c>",
+    "x!#$%&*+/=?^_`{|}~-y <l!#$%&'*+/=?^_`{|}~-l.2@d-1.e>", "Single <s@t>",
+    "J. Smith <j@s.com>", "a@x.org, b@x.org", "Two  Spaces <a@b>", "<a@b>", "a@b (Name)",
+    "\"Quoted\" <q@b>", "=?utf-8?q?J=C3=B6rg?= <j@b>", "Name <a@b", "Name<a@b>", "", "@",
+])
+def test_a_plain_from_is_read_as_getaddresses_reads_it(value: str) -> None:
+    assert mime._authors([value]) == getaddresses([value])
+    assert mime._authors([value, value]) == getaddresses([value, value])
 
 
 def test_recipients() -> None:

@@ -21,6 +21,11 @@ same header classes and two savings, neither of which changes a result:
   ``Some Name <addr-spec>`` joined by ``", "``). Everything else is still built by the header
   class, so an unreadable header still quarantines the message whether it is used or not.
 
+The message's own header texts are made once, when their lengths are checked, and looked up by
+name after. Two forms are read by a pattern instead of a parser, each held to the parser's
+answer by a test: a plain header block's Message-ID at intake (:func:`message_id_of`), and a
+From of one plain mailbox (:func:`_authors`, ``getaddresses`` otherwise).
+
 Reading the address headers' raw values with ``email.utils.getaddresses`` was not taken: it
 disagrees with the policy's parser on unusual values (an encoded word in a local part, an
 unterminated angle address), and the sender decides who acts. Nor was compat32 for
@@ -31,7 +36,6 @@ skips the Content-Type read the parser makes at the end, whose failure gives Non
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.headerregistry import (
@@ -48,6 +52,8 @@ from functools import lru_cache
 from html.parser import HTMLParser
 
 MAX_ATTACHMENTS = 20
+# A part's header texts by lower-case name, in the order of the message.
+Headers = dict[str, list[str]]
 _MESSAGE_ID = re.compile(r"<([^<>\s]{1,250})>")
 _MAX_THREAD_IDS = 50
 _PART_HEADER = re.compile(rb"^content-type\s*:", re.IGNORECASE | re.MULTILINE)
@@ -61,6 +67,14 @@ _MAILBOX = rf"(?:{_ATOM}(?: {_ATOM})* <{_ADDR_SPEC}>|{_ADDR_SPEC})"
 _ANYTHING = re.compile(r".*", re.DOTALL)
 _PLAIN_ADDRESSES = re.compile(rf"{_MAILBOX}(?:, {_MAILBOX})*")
 _PLAIN_MESSAGE_ID = re.compile(rf"<{_ADDR_SPEC}>")
+_PLAIN_AUTHOR = re.compile(
+    rf"(?P<name>{_ATOM}(?: {_ATOM})*) <(?P<address>{_ADDR_SPEC})>|(?P<bare>{_ADDR_SPEC})")
+# A header line of a plain header block (:func:`_plain_message_id`): the parser's headerRE
+# with a name, the value after the blanks the policy strips; and a Content-Type of tokens.
+_PLAIN_HEADER = re.compile(rb"(?P<name>[!-9;-~]+):[ \t]*(?P<value>.*)", re.DOTALL)
+_TOKEN = rb"[A-Za-z0-9._+-]+"
+_PLAIN_CONTENT_TYPE = re.compile(
+    rb"%s/%s(?:; ?%s=(?:%s|\"[A-Za-z0-9 ._+=:/-]*\"))*" % (_TOKEN, _TOKEN, _TOKEN, _TOKEN))
 HEADER_CACHE_SIZE = 64
 HEADER_CACHE_VALUE_MAX = 128
 
@@ -174,24 +188,29 @@ def _check_raw(raw: bytes, limits: Limits) -> None:
         raise Quarantined(f"more than {limits.max_headers} header lines")
 
 
-def _walk(message: Message, limits: Limits) -> list[Message]:
-    """Every leaf part, depth first, bounded in depth (iterative: no recursion to exhaust)."""
+def _walk(message: Message, limits: Limits) -> tuple[list[Message], Headers]:
+    """Every leaf part, depth first, bounded in depth (iterative: no recursion to exhaust);
+    and the message's own header texts, read once (every header is read for its length)."""
     leaves: list[Message] = []
+    top: Headers = {}
     stack: list[tuple[Message, int]] = [(message, 0)]
     while stack:
         part, depth = stack.pop()
         if depth > limits.max_depth:
             raise Quarantined(f"MIME parts nested deeper than {limits.max_depth}")
         for name, raw in part.raw_items():
-            if len(name) + len(_HEADERS.text(name, raw)) > limits.max_header_bytes:
+            text = _HEADERS.text(name, raw)
+            if len(name) + len(text) > limits.max_header_bytes:
                 raise Quarantined(f"a header longer than {limits.max_header_bytes} bytes")
+            if part is message:
+                top.setdefault(name.lower(), []).append(text)
         children = part.get_payload() if part.is_multipart() else None
         if isinstance(children, list):
             stack.extend((child, depth + 1) for child in reversed(children)
                          if isinstance(child, Message))
         else:
             leaves.append(part)
-    return leaves
+    return leaves, top
 
 
 class _Text(HTMLParser):
@@ -290,20 +309,16 @@ def _message_id(value: object) -> str | None:
     return text[:250] or None
 
 
-def _texts(message: Message, name: str) -> Iterator[str]:
-    """The text of each ``name`` header (lower case), in order: what ``get_all`` would give,
-    each made only when asked for."""
-    return (_HEADERS.text(key, raw) for key, raw in message.raw_items() if key.lower() == name)
+def _first(headers: Headers, name: str) -> str | None:
+    """The text of the first ``name`` header (lower case), as ``get`` would give it."""
+    found = headers.get(name)
+    return found[0] if found else None
 
 
-def _first(message: Message, name: str) -> str | None:
-    return next(_texts(message, name), None)
-
-
-def _dmarc_passes(message: Message) -> tuple[tuple[str, str], ...]:
+def _dmarc_passes(headers: Headers) -> tuple[tuple[str, str], ...]:
     """RFC 8601 results: the authserv-id, then ``method=result`` clauses and their properties."""
     passes = []
-    for header in _texts(message, "authentication-results"):
+    for header in headers.get("authentication-results", []):
         authserv, *clauses = header.split(";")
         authserv_id = authserv.strip().split(" ")[0].lower()
         for clause in clauses:
@@ -315,9 +330,9 @@ def _dmarc_passes(message: Message) -> tuple[tuple[str, str], ...]:
     return tuple(passes)
 
 
-def _automatic(message: Message) -> bool:
-    submitted = (_first(message, "auto-submitted") or "no").strip().lower()
-    precedence = (_first(message, "precedence") or "").strip().lower()
+def _automatic(headers: Headers) -> bool:
+    submitted = (_first(headers, "auto-submitted") or "no").strip().lower()
+    precedence = (_first(headers, "precedence") or "").strip().lower()
     return submitted != "no" or precedence in ("bulk", "junk", "list")
 
 
@@ -325,6 +340,16 @@ def single_address(*values: object) -> str | None:
     """The one address (addr-spec, lower case) the header values name; None for none or many:
     a list of authors names no one sender to act for."""
     return _single(getaddresses([str(value) for value in values]))
+
+
+def _authors(values: list[str]) -> list[tuple[str, str]]:
+    """``getaddresses(values)``; one plain mailbox (``Some Name <addr-spec>`` or the addr-spec
+    alone, :data:`_PLAIN_AUTHOR`) is read by the pattern, to the same answer
+    (tests/test_mail_rules.py)."""
+    found = _PLAIN_AUTHOR.fullmatch(values[0]) if len(values) == 1 else None
+    if found is None:
+        return getaddresses(values)
+    return [(found["name"] or "", found["address"] or found["bare"])]
 
 
 def _single(named: list[tuple[str, str]]) -> str | None:
@@ -342,13 +367,55 @@ def _display_name(named: list[tuple[str, str]]) -> str:
 def message_id_of(raw: bytes) -> str | None:
     """The Message-ID, from the headers alone (intake's duplicate check); None if unreadable.
     Only the header block is read: intake runs this in the SMTP listener's event loop, where a
-    large body would hold every session."""
+    large body would hold every session. A plain header block is read without the parser
+    (:func:`_plain_message_id`), to the same answer."""
     end = _HEADER_END.search(raw)
+    head = raw[:end.end()] if end else raw
+    plain = _plain_message_id(head)
+    return plain if plain is not None else _parsed_message_id(head)
+
+
+def _parsed_message_id(head: bytes) -> str | None:
     try:
-        return _message_id(_first(BytesHeaderParser(policy=POLICY).parsebytes(
-            raw[:end.end()] if end else raw), "message-id"))
+        parsed = BytesHeaderParser(policy=POLICY).parsebytes(head)
+        return _message_id(next((_HEADERS.text(key, raw) for key, raw in parsed.raw_items()
+                                 if key.lower() == "message-id"), None))
     except Exception:  # an unreadable header is the worker's to quarantine, not intake's
         return None
+
+
+def _plain_message_id(head: bytes) -> str | None:
+    """:func:`_parsed_message_id` of a plain header block, without the parser; None when the
+    block is not plain or has no Message-ID (the parser answers then).
+
+    Plain: ASCII, each line break CRLF or LF, every line a header (``name:``, the parser's
+    name characters) or the continuation of one, the first Message-ID one line of the form
+    ``<addr-spec>``, and each Content-Type (which the parser reads at the end, and may fail
+    on) of a simple form. The parser reads such a block to the same value
+    (tests/test_mail_rules.py holds the two to the same answers)."""
+    if not head.isascii() or head.count(b"\r") != head.count(b"\r\n"):
+        return None
+    found: str | None = None
+    previous = b""
+    for line in head.replace(b"\r\n", b"\n").split(b"\n"):
+        if not line:
+            break
+        if line[0] in b" \t":
+            if not previous or previous == b"message-id":  # folded: the parser unfolds
+                return None
+            continue
+        header = _PLAIN_HEADER.match(line)
+        if header is None:
+            return None
+        previous = header["name"].lower()
+        value = header["value"]
+        if previous == b"message-id" and found is None:
+            if not _PLAIN_MESSAGE_ID.fullmatch(text := value.decode()):
+                return None
+            found = _message_id(text)
+        elif previous == b"content-type" and not _PLAIN_CONTENT_TYPE.fullmatch(value):
+            return None
+    return found
 
 
 def parse(raw: bytes, limits: Limits | None = None) -> ParsedMail:
@@ -358,19 +425,19 @@ def parse(raw: bytes, limits: Limits | None = None) -> ParsedMail:
     try:
         message = message_from_bytes(raw, policy=POLICY)
         assert isinstance(message, EmailMessage)
-        leaves = _walk(message, limits)
+        leaves, headers = _walk(message, limits)
         text, body = _body_text(message)
         attachments = _attachments(leaves, body, limits)
-        subject = _plain(_first(message, "subject"))
-        thread = [*_MESSAGE_ID.findall(_plain(_first(message, "in-reply-to"))),
-                  *reversed(_MESSAGE_ID.findall(_plain(_first(message, "references"))))]
-        message_id = _message_id(_first(message, "message-id"))
-        authors = getaddresses(list(_texts(message, "from")))
+        subject = _plain(_first(headers, "subject"))
+        thread = [*_MESSAGE_ID.findall(_plain(_first(headers, "in-reply-to"))),
+                  *reversed(_MESSAGE_ID.findall(_plain(_first(headers, "references"))))]
+        message_id = _message_id(_first(headers, "message-id"))
+        authors = _authors(headers.get("from", []))
         sender = _single(authors)
-        override = _first(message, "x-4me-from")
-        override_auth = _first(message, "x-4me-auth")
-        dmarc_passes = _dmarc_passes(message)
-        automatic = _automatic(message)
+        override = _first(headers, "x-4me-from")
+        override_auth = _first(headers, "x-4me-auth")
+        dmarc_passes = _dmarc_passes(headers)
+        automatic = _automatic(headers)
         sender_name = _display_name(authors)
     except Quarantined:
         raise
