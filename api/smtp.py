@@ -31,6 +31,7 @@ import ssl
 import weakref
 from collections import Counter
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -45,6 +46,7 @@ from shared.settings import Settings, get_settings
 
 log = get_logger(__name__)
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+PEERS_REMEMBERED = 1024
 # The path of MAIL FROM or RCPT TO as almost every MTA writes it: <dot-atom@host.name>, then the
 # parameters after spaces or tabs (:meth:`PeerLimitedSMTP._getaddr`).
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
@@ -76,10 +78,16 @@ class MailHandler:
         self._rate = LocalLimiter(per_minute / 60, max(1, int(per_minute)))
         self._destinations: weakref.WeakKeyDictionary[Envelope, list[Destination]] = \
             weakref.WeakKeyDictionary()
+        self._allowed_address = lru_cache(maxsize=PEERS_REMEMBERED)(self._in_networks)
 
     def _allowed(self, peer: object) -> bool:
+        return self._allowed_address(peer_address(peer))
+
+    def _in_networks(self, text: str) -> bool:
+        """Whether the address ``text`` is in an accepted network; remembered for the last
+        PEERS_REMEMBERED peers (their MTAs send message after message)."""
         try:
-            address = ipaddress.ip_address(peer_address(peer))
+            address = ipaddress.ip_address(text)
         except ValueError:
             return False
         return any(address in network for network in self._networks)
