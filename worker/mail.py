@@ -63,7 +63,9 @@ def ids_in(request: Any) -> list[int]:
 
 class MailBatches(EventBatches):
     """``events.process``'s consumer (its flush, acknowledgement and reconnects), cutting the
-    buffered messages into jobs of at most JOB_IDS mail ids."""
+    buffered messages into jobs of at most JOB_IDS mail ids, with the mail's own batch wait."""
+
+    flush_interval = get_settings().mail_batch_wait_seconds
 
     def flush(self, requests: Sequence[Any]) -> None:
         for job in runs(requests, lambda request: max(1, len(ids_in(request))), JOB_IDS):
