@@ -188,7 +188,8 @@ class CommitGroups:
 
 class PeerLimitedSMTP(SMTP):
     """aiosmtpd's SMTP session, refused (421) beyond ``limit`` connections from one address,
-    reading the address of MAIL and RCPT for less (:meth:`_getaddr`)."""
+    reading the address of MAIL and RCPT for less (:meth:`_getaddr`), and with one idle timer
+    (:meth:`_reset_timeout`)."""
 
     def __init__(self, handler: MailHandler, *, connections: Counter[str], limit: int,
                  **options: Any) -> None:
@@ -197,6 +198,8 @@ class PeerLimitedSMTP(SMTP):
         self._limit = limit
         self._peer: str | None = None
         self._refused = False
+        self._deadline = 0.0
+        self._timer_armed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.transport is None:  # not the STARTTLS upgrade of a connection counted already
@@ -222,6 +225,30 @@ class PeerLimitedSMTP(SMTP):
 
     def eof_received(self) -> bool | None:
         return False if self._refused else super().eof_received()
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """aiosmtpd's (the session closes after ``duration``, by default its timeout, without a
+        command), with one timer a session instead of a new one at every command: the
+        deadline moves, and a timer that comes before it sets itself again for the rest
+        (:meth:`_on_timer`). A deadline sooner than the timer's (a shorter ``duration``) sets
+        a new one. tests/test_smtp_contract.py holds aiosmtpd to the names this uses."""
+        self._deadline = self.loop.time() + (duration or self._timeout_duration)
+        if not self._timer_armed or self._timeout_handle is None \
+                or self._timeout_handle.when() > self._deadline:
+            self._arm(self._deadline)
+
+    def _arm(self, when: float) -> None:
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+        self._timeout_handle = self.loop.call_at(when, self._on_timer)
+        self._timer_armed = True
+
+    def _on_timer(self) -> None:
+        if self.loop.time() < self._deadline:
+            self._arm(self._deadline)
+            return
+        self._timer_armed = False
+        self._timeout_cb()  # type: ignore[no-untyped-call]
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd's own (the address and the parameters that follow it; (None, None) for a

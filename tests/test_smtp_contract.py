@@ -1,15 +1,22 @@
-"""The contract with aiosmtpd's private ``SMTP._getaddr`` that api/smtp.py's listener overrides
-to read the addresses of MAIL and RCPT for less: aiosmtpd must still read them through it, and
-the override must answer every path as aiosmtpd's own does.
+"""The contract with aiosmtpd's private ``SMTP._getaddr`` and ``SMTP._reset_timeout`` that
+api/smtp.py's listener overrides: to read the addresses of MAIL and RCPT for less (aiosmtpd must
+still read them through it, and the override must answer every path as aiosmtpd's own does),
+and to keep one idle timer a session (aiosmtpd must still reset it at every command, and an
+idle session must still end after the timeout, a busy one not before).
 
 Each test names what an upgrade removed or changed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import random
+import socket
+import threading
+import time
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -74,3 +81,69 @@ def test_a_plain_path_is_read_without_aiosmtpd(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(SMTP, "_getaddr", refuse)
     assert listener()._getaddr("<ellen.brown@widget.com> SIZE=500") == (
         "ellen.brown@widget.com", "SIZE=500")
+
+
+def test_aiosmtpd_resets_its_idle_timer_at_every_command_through_reset_timeout() -> None:
+    for method in (SMTP.connection_made, SMTP._handle_client):
+        assert "self._reset_timeout(" in inspect.getsource(method), \
+            f"aiosmtpd's {method.__name__} no longer calls SMTP._reset_timeout"
+    assert list(inspect.signature(SMTP._reset_timeout).parameters) == ["self", "duration"], \
+        "SMTP._reset_timeout(self, duration) changed its signature"
+    assert "self._timeout_handle.cancel()" in inspect.getsource(SMTP.connection_lost), \
+        "aiosmtpd's connection_lost no longer cancels SMTP._timeout_handle"
+    session = SMTP(object(), timeout=7)
+    assert session._timeout_duration == 7, "SMTP._timeout_duration no longer holds the timeout"
+    assert callable(session._timeout_cb), "SMTP._timeout_cb is gone"
+
+
+IDLE_S = 0.4
+
+
+@pytest.fixture(scope="module")
+def idle_listener() -> Iterator[int]:
+    """The listener's session class on a loop of its own, with a short idle timeout."""
+    loop = asyncio.new_event_loop()
+    server = loop.run_until_complete(loop.create_server(
+        lambda: PeerLimitedSMTP(object(), connections=Counter(), limit=10,  # type: ignore[arg-type]
+                                timeout=IDLE_S), "127.0.0.1", 0))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield server.sockets[0].getsockname()[1]
+
+    async def shut() -> None:
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run_coroutine_threadsafe(shut(), loop).result(5)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    loop.close()
+
+
+def answer(connection: socket.socket) -> bytes:
+    """One reply line, or b"" once the listener closed the connection."""
+    data = b""
+    while not data.endswith(b"\r\n"):
+        chunk = connection.recv(1024)
+        if not chunk:
+            return data
+        data += chunk
+    return data
+
+
+def test_a_busy_session_outlives_the_timeout_and_an_idle_one_ends_after_it(
+        idle_listener: int) -> None:
+    with socket.create_connection(("127.0.0.1", idle_listener), timeout=10) as connection:
+        assert answer(connection).startswith(b"220")
+        until = time.monotonic() + 3 * IDLE_S
+        while time.monotonic() < until:  # a command every quarter of the timeout
+            connection.sendall(b"NOOP\r\n")
+            assert answer(connection).startswith(b"250"), "a busy session was closed"
+            time.sleep(IDLE_S / 4)
+        last = time.monotonic()
+        connection.sendall(b"NOOP\r\n")
+        assert answer(connection).startswith(b"250")
+        while answer(connection):  # the listener closes it: recv gives b""
+            pass
+        idle = time.monotonic() - last
+    assert IDLE_S * 0.9 <= idle < IDLE_S + 2, f"closed after {idle:.2f} s idle"
