@@ -93,8 +93,8 @@ class Settings(BaseSettings):
     worker_batch_events: int = Field(default=1000, ge=1)
     # The same wait for mail.process messages. Longer than the events': a stream of mail is a
     # few wake-ups a second (shared/mail/service.WAKE_INTERVAL), and a mail job's statements
-    # cost as much for ten messages as for a hundred, while a mail's sender waits minutes for
-    # an answer anyway (bench/README.md, session 8).
+    # cost as much for ten messages as for a hundred, and a quarter second more is nothing to
+    # the people who read mail (bench/README.md, session 8).
     mail_batch_wait_seconds: float = Field(default=0.25, gt=0)
     notify_timeout_seconds: float = Field(default=10.0, gt=0)
     # Notify URL delivery (shared/notify/; docs/api.md "Deliveries"). notify_timeout_seconds is the
