@@ -91,10 +91,9 @@ class Settings(BaseSettings):
     worker_batch_size: int = Field(default=200, ge=1)
     worker_batch_wait_seconds: float = Field(default=0.1, gt=0)
     worker_batch_events: int = Field(default=1000, ge=1)
-    # The same wait for mail.process messages. Longer than the events': a stream of mail is a
-    # few wake-ups a second (shared/mail/service.WAKE_INTERVAL), and a mail job's statements
-    # cost as much for ten messages as for a hundred, and a quarter second more is nothing to
-    # the people who read mail (bench/README.md, session 8).
+    # The same wait for mail.process messages while mail streams in. Longer than the events': a
+    # mail job's statements cost as much for ten messages as for a hundred (bench/README.md,
+    # session 8). The last mail of a stream, or one alone, waits only worker/mail.QUIET_FLUSH.
     mail_batch_wait_seconds: float = Field(default=0.25, gt=0)
     notify_timeout_seconds: float = Field(default=10.0, gt=0)
     # Notify URL delivery (shared/notify/; docs/api.md "Deliveries"). notify_timeout_seconds is the

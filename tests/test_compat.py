@@ -27,6 +27,7 @@ from kombu.transport import virtual
 from tests.conftest import wait_until
 from tests.resilience.harness import private_redis
 from worker.events import EventBatches, process
+from worker.mail import QUIET_FLUSH, MailBatches
 
 
 class Pool:
@@ -97,6 +98,27 @@ def test_reconnect_rearms_the_flush_timer_and_gives_back_dropped_jobs() -> None:
 
     assert time.monotonic() - started < task.flush_interval + 0.5
     assert sorted(request.id for request in pool.jobs[1]) == ["request-1", "request-2"]
+
+
+def test_a_mail_buffer_goes_soon_after_its_last_message_not_at_the_batch_wait() -> None:
+    pool = Pool()
+    task = MailBatches()
+    task.flush_interval = 60  # the batch wait: never reached here
+    consumer = _consumer(pool)
+    task.Strategy(task, process.app, consumer)
+    started = time.monotonic()
+    for number in range(3):  # a short stream: each message moves the flush on
+        task._buffer.put(_mail_request(number))
+        task.quiet(consumer.timer)
+    wait_until(lambda: _run_due(consumer.timer) and pool.jobs, 5, 0.01)
+
+    assert time.monotonic() - started >= QUIET_FLUSH
+    assert [request.id for request in pool.jobs[0]] == ["request-0", "request-1", "request-2"]
+
+
+def _mail_request(number: int) -> SimpleNamespace:
+    return SimpleNamespace(**{**vars(_request(number)), "args": ([number],),
+                              "_payload": (([number],), {}, {}), "name": "mail.process"})
 
 
 def _parameters(function: Any) -> list[str]:

@@ -28,7 +28,7 @@ from sqlalchemy import select
 from api import create_app
 from shared.db.engine import session_scope
 from shared.db.models import Account, MailMessage, Note, Request
-from tests.conftest import REPO, require_tool, wait_until
+from tests.conftest import REPO, redis_db_url, require_tool, wait_until
 from tests.test_worker import Stack, redis_postgres, wait_done
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
@@ -347,3 +347,22 @@ def test_a_task_queued_before_the_group_commit_names_one_id_and_is_processed(
     configure(broker_url=redis_postgres.broker, database_url=redis_postgres.database)
     make_celery().send_task(MAIL_PROCESS, args=[mail_id], queue=MAIL_QUEUE)
     assert processed(redis_postgres.database, message_id(message))["status"] == "processed"
+
+
+def test_a_mail_alone_is_processed_without_waiting_out_the_batch_wait(
+    request: pytest.FixtureRequest, postgres_url: str, tmp_path: Path,
+) -> None:
+    """The batch wait gathers a stream of mail into jobs; a mail that nothing follows goes
+    QUIET_FLUSH after it came (worker/mail.py), not after the wait."""
+    stack = Stack(redis_db_url(request, offset=5), postgres_url, tmp_path / "worker.log",
+                  mail_batch_wait_seconds="600")
+    listener = Listener(stack, tmp_path / "smtp.log")
+    try:
+        message = mail("Alone.", subject=f"Lone mail {uuid.uuid4().hex[:6]}")
+        with listener.client() as client:
+            client.send_message(message)
+        assert processed(postgres_url, message_id(message), timeout=60)["status"] == \
+            "processed"
+    finally:
+        listener.stop()
+        stack.worker.stop()

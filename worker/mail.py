@@ -3,8 +3,9 @@
 A message names the mail that an intake process stored (at once, or what it stored in one
 WAKE_INTERVAL while mail streams in: shared/mail/service.py). The task is
 a celery-batches task on ``events.process``'s consumer (worker/events.py: the same buffer,
-flush, acknowledgement and reconnect handling): the buffered messages go to a pool process as
-one job, whose mail is processed in one run with up to ALONG other stored messages taken along
+flush, acknowledgement and reconnect handling), with a batch wait of its own
+(``EVENTDESK_MAIL_BATCH_WAIT_SECONDS``) cut short QUIET_FLUSH after the last message: the
+buffered messages go to a pool process as one job, whose mail is processed in one run with up to ALONG other stored messages taken along
 (``process_job``), so a stream of mail costs neither a task nor a transaction a message. A
 database outage gives the job's messages back to the queue after a growing pause; any other
 error is some message's: the job's own are run again without those taken along, then in
@@ -22,12 +23,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from celery_batches import SimpleRequest
+from celery_batches import Batches, SimpleRequest
 
 from shared.batching import runs
 from shared.db.engine import session_scope
 from shared.mail.queries import pending
-from shared.mail.service import MailConfig, process_job
+from shared.mail.service import WAKE_INTERVAL, MailConfig, process_job
 from shared.messaging import MAIL_PROCESS, MAIL_QUEUE, MAIL_SWEEP
 from shared.records.directory import Directory
 from shared.settings import get_settings
@@ -49,6 +50,10 @@ SWEEP_LIMIT = 1000
 ALONG = 50
 # Mail ids in one job at most (a message naming more is a job alone).
 JOB_IDS = 500
+# A buffer that no new message joins for this long goes at once, without the rest of the batch
+# wait: the last mail of a stream, or one alone, waits this long. Longer than intake's
+# WAKE_INTERVAL, so a stream (a message every WAKE_INTERVAL) still goes in batch-wait jobs.
+QUIET_FLUSH = 2.5 * WAKE_INTERVAL
 
 
 def ids_in(request: Any) -> list[int]:
@@ -63,9 +68,26 @@ def ids_in(request: Any) -> list[int]:
 
 class MailBatches(EventBatches):
     """``events.process``'s consumer (its flush, acknowledgement and reconnects), cutting the
-    buffered messages into jobs of at most JOB_IDS mail ids, with the mail's own batch wait."""
+    buffered messages into jobs of at most JOB_IDS mail ids, with the mail's own batch wait,
+    and a flush QUIET_FLUSH after the last message that came."""
 
     flush_interval = get_settings().mail_batch_wait_seconds
+    _quiet: Any = None  # the quiet flush's timer entry
+
+    def Strategy(self, task: Batches, app: Any, consumer: Any) -> Any:  # noqa: N802 - Celery's name
+        handler = super().Strategy(task, app, consumer)
+
+        def on_message(*args: Any, **kwargs: Any) -> None:
+            handler(*args, **kwargs)
+            self.quiet(consumer.timer)
+
+        return on_message
+
+    def quiet(self, timer: Any) -> None:
+        """Flush QUIET_FLUSH from now, unless another message comes first (then from then)."""
+        if self._quiet is not None:
+            self._quiet.cancel()
+        self._quiet = timer.call_after(QUIET_FLUSH, self._do_flush)
 
     def flush(self, requests: Sequence[Any]) -> None:
         for job in runs(requests, lambda request: max(1, len(ids_in(request))), JOB_IDS):
