@@ -106,14 +106,19 @@ def test_a_mail_buffer_goes_soon_after_its_last_message_not_at_the_batch_wait() 
     task.flush_interval = 60  # the batch wait: never reached here
     consumer = _consumer(pool)
     task.Strategy(task, process.app, consumer)
+    # The batch wait's timer, as celery-batches arms it at a stream's first message.
+    task._tref = consumer.timer.call_repeatedly(task.flush_interval, task._do_flush)
     started = time.monotonic()
     for number in range(3):  # a short stream: each message moves the flush on
         task._buffer.put(_mail_request(number))
         task.quiet(consumer.timer)
+    assert [entry for _, _, entry in consumer.timer.queue
+            if not entry.canceled and entry is not task._tref] == [task._quiet]
     wait_until(lambda: _run_due(consumer.timer) and pool.jobs, 5, 0.01)
 
     assert time.monotonic() - started >= QUIET_FLUSH
     assert [request.id for request in pool.jobs[0]] == ["request-0", "request-1", "request-2"]
+    assert task._tref is None  # the next stream's first message starts a whole batch wait
 
 
 def _mail_request(number: int) -> SimpleNamespace:

@@ -1,11 +1,11 @@
 """``mail.process`` (stored messages, shared/mail/service.py) and ``mail.sweep`` (beat).
 
 A message names the mail that an intake process stored (at once, or what it stored in one
-WAKE_INTERVAL while mail streams in: shared/mail/service.py). The task is
-a celery-batches task on ``events.process``'s consumer (worker/events.py: the same buffer,
-flush, acknowledgement and reconnect handling), with a batch wait of its own
-(``EVENTDESK_MAIL_BATCH_WAIT_SECONDS``) cut short QUIET_FLUSH after the last message: the
-buffered messages go to a pool process as one job, whose mail is processed in one run with up to ALONG other stored messages taken along
+WAKE_INTERVAL while mail streams in: shared/mail/service.py). The task is a celery-batches task
+on ``events.process``'s consumer (worker/events.py: the same buffer, flush, acknowledgement and
+reconnect handling), with a batch wait of its own (``EVENTDESK_MAIL_BATCH_WAIT_SECONDS``) cut
+short QUIET_FLUSH after the last message: the buffered messages go to a pool process as one
+job, whose mail is processed in one run with up to ALONG other stored messages taken along
 (``process_job``), so a stream of mail costs neither a task nor a transaction a message. A
 database outage gives the job's messages back to the queue after a growing pause; any other
 error is some message's: the job's own are run again without those taken along, then in
@@ -87,7 +87,16 @@ class MailBatches(EventBatches):
         """Flush QUIET_FLUSH from now, unless another message comes first (then from then)."""
         if self._quiet is not None:
             self._quiet.cancel()
-        self._quiet = timer.call_after(QUIET_FLUSH, self._do_flush)
+        self._quiet = timer.call_after(QUIET_FLUSH, self._flush_quiet)
+
+    def _flush_quiet(self) -> None:
+        """Flush, and stop the batch wait's timer once nothing is left: the next stream's first
+        message starts it again (celery-batches arms it while ``_tref`` is None), so its first
+        job gathers a whole batch wait, not what is left of this one's."""
+        self._do_flush()
+        if self._tref is not None and self._buffer.empty() and self._pending.empty():
+            self._tref.cancel()
+            self._tref = None
 
     def flush(self, requests: Sequence[Any]) -> None:
         for job in runs(requests, lambda request: max(1, len(ids_in(request))), JOB_IDS):

@@ -391,7 +391,7 @@ def _plain_message_id(head: bytes) -> str | None:
     Plain: ASCII, each line break CRLF or LF, every line a header (``name:``, the parser's
     name characters) or the continuation of one, the first Message-ID one line of the form
     ``<addr-spec>``, and each Content-Type (which the parser reads at the end, and may fail
-    on) of a simple form. The parser reads such a block to the same value
+    on) one line of a simple form. The parser reads such a block to the same value
     (tests/test_mail_rules.py holds the two to the same answers)."""
     if not head.isascii() or head.count(b"\r") != head.count(b"\r\n"):
         return None
@@ -401,7 +401,7 @@ def _plain_message_id(head: bytes) -> str | None:
         if not line:
             break
         if line[0] in b" \t":
-            if not previous or previous == b"message-id":  # folded: the parser unfolds
+            if previous in (b"", b"message-id", b"content-type"):  # the parser unfolds them
                 return None
             continue
         header = _PLAIN_HEADER.match(line)
