@@ -39,12 +39,17 @@ def listener() -> PeerLimitedSMTP:
     return PeerLimitedSMTP(object(), connections=Counter(), limit=1)  # type: ignore[arg-type]
 
 
+def assert_called_through(name: str, parameters: list[str], *callers: Any) -> None:
+    """aiosmtpd's ``callers`` still call ``SMTP.<name>``, whose parameters are still these."""
+    for caller in callers:
+        assert f"self.{name}(" in inspect.getsource(caller), \
+            f"aiosmtpd's {caller.__name__} no longer calls SMTP.{name}"
+    assert list(inspect.signature(getattr(SMTP, name)).parameters) == parameters, \
+        f"SMTP.{name}({', '.join(parameters)}) changed its signature"
+
+
 def test_aiosmtpd_reads_mail_and_rcpt_addresses_through_getaddr() -> None:
-    for command in (SMTP.smtp_MAIL, SMTP.smtp_RCPT):
-        assert "self._getaddr(" in inspect.getsource(command), \
-            f"aiosmtpd's {command.__name__} no longer calls SMTP._getaddr"
-    assert list(inspect.signature(SMTP._getaddr).parameters) == ["self", "arg"], \
-        "SMTP._getaddr(self, arg) changed its signature"
+    assert_called_through("_getaddr", ["self", "arg"], SMTP.smtp_MAIL, SMTP.smtp_RCPT)
 
 
 def fuzzed(count: int) -> list[str]:
@@ -84,11 +89,8 @@ def test_a_plain_path_is_read_without_aiosmtpd(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_aiosmtpd_resets_its_idle_timer_at_every_command_through_reset_timeout() -> None:
-    for method in (SMTP.connection_made, SMTP._handle_client):
-        assert "self._reset_timeout(" in inspect.getsource(method), \
-            f"aiosmtpd's {method.__name__} no longer calls SMTP._reset_timeout"
-    assert list(inspect.signature(SMTP._reset_timeout).parameters) == ["self", "duration"], \
-        "SMTP._reset_timeout(self, duration) changed its signature"
+    assert_called_through("_reset_timeout", ["self", "duration"], SMTP.connection_made,
+                          SMTP._handle_client)
     assert "self._timeout_handle.cancel()" in inspect.getsource(SMTP.connection_lost), \
         "aiosmtpd's connection_lost no longer cancels SMTP._timeout_handle"
     session = SMTP(object(), timeout=7)
