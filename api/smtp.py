@@ -78,14 +78,11 @@ class MailHandler:
         self._rate = LocalLimiter(per_minute / 60, max(1, int(per_minute)))
         self._destinations: weakref.WeakKeyDictionary[Envelope, list[Destination]] = \
             weakref.WeakKeyDictionary()
-        self._allowed_address = lru_cache(maxsize=PEERS_REMEMBERED)(self._in_networks)
-
-    def _allowed(self, peer: object) -> bool:
-        return self._allowed_address(peer_address(peer))
+        # Remembered for the last PEERS_REMEMBERED peers: their MTAs send message after message.
+        self._allowed = lru_cache(maxsize=PEERS_REMEMBERED)(self._in_networks)
 
     def _in_networks(self, text: str) -> bool:
-        """Whether the address ``text`` is in an accepted network; remembered for the last
-        PEERS_REMEMBERED peers (their MTAs send message after message)."""
+        """Whether the address ``text`` is in an accepted network."""
         try:
             address = ipaddress.ip_address(text)
         except ValueError:
@@ -96,10 +93,11 @@ class MailHandler:
         self, server: SMTP, session: Session, envelope: Envelope, address: str,  # noqa: ARG002
         mail_options: list[str],
     ) -> str:
-        if not self._allowed(session.peer):
+        peer = peer_address(session.peer)
+        if not self._allowed(peer):
             metrics.mail_received.labels(result="refused_peer").inc()
             return "550 5.7.1 mail is not accepted from your network"
-        if self._rate.take({peer_address(session.peer): 1}) is not None:
+        if self._rate.take({peer: 1}) is not None:
             metrics.mail_received.labels(result="refused_peer").inc()
             return "451 4.7.1 too many messages from your address, try again later"
         envelope.mail_from = address
