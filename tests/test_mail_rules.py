@@ -8,6 +8,8 @@ from email.message import EmailMessage
 from email.utils import getaddresses
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shared.mail import mime
 from shared.mail.mime import MAX_ATTACHMENTS, Limits, Quarantined, html_to_text, parse
@@ -271,6 +273,88 @@ def test_a_plain_header_block_is_read_without_the_parser_to_the_parsers_answer(
     if plain is not None:
         assert plain == mime._parsed_message_id(head)
     assert mime.message_id_of(head + b"body\r\n") == mime._parsed_message_id(head)
+
+
+PLAIN_MESSAGES = [
+    REPRESENTATIVE[0],
+    bytes(mail("caf\u00e9 \u2603 8-bit")),  # utf-8, 8bit
+    b"From: a@b.org\nSubject: no MIME headers\n\nline\r\nnul\x00 and lone\rCR\n",
+    b"From: a@b.org\r\nContent-Type: text/plain; charset=us-ascii\r\n"
+    b"Content-Transfer-Encoding: 8BIT\r\n\r\ncaf\xc3\xa9 read as ASCII\r\n",
+    b"Subject: folded\r\n\ttwice\r\n  over\r\nContent-Type: TEXT/Plain;CHARSET=\"UTF-8\"\r\n"
+    b"From: =?utf-8?q?J=C3=B6rg?= <j@b.org>\r\nIn-Reply-To: <p@x>\r\n\r\n",
+    b"From: a@b.org\r\nTo: a@b,<\r\n\r\nan unreadable header quarantines\r\n",
+    b"From: a@b.org\r\nX-Long: %s\r\n\r\ntoo long a header\r\n" % (b"v" * 70_000),
+]
+NOT_PLAIN_MESSAGES = [
+    *REPRESENTATIVE[1:],
+    b"From: a@b.org\r\nSubject: no blank line\r\n",
+    b"From: a@b.org\r\nSubject: caf\xc3\xa9\r\n\r\nbody\r\n",
+    b"From: a@b.org\r\nSubject: a\x0cform feed\r\n\r\nbody\r\n",
+    b"From: a@b.org\r\nContent-Type: text/plain; charset=utf-16\r\n\r\nbody\r\n",
+    b"From: a@b.org\r\nContent-Type: text/plain; charset=utf-8; format=flowed\r\n\r\nb\r\n",
+    b"From: a@b.org\r\nContent-Type: text/plain\r\nContent-Type: text/html\r\n\r\nb\r\n",
+    b"From: a@b.org\r\nContent-Type: text/plain;\r\n charset=utf-8\r\n\r\nbody\r\n",
+    b"From: a@b.org\r\nContent-Transfer-Encoding: base64\r\n\r\nYm9keQ==\r\n",
+    b"From: a@b.org\r\nContent-Transfer-Encoding: 7bit\r\n"
+    b"Content-Transfer-Encoding: base64\r\n\r\nYm9keQ==\r\n",
+    b"From: a@b.org\r\nContent-Disposition: attachment; filename=a.txt\r\n\r\nbody\r\n",
+]
+
+
+def _outcome(read: object, raw: bytes) -> object:
+    """What a reading of ``raw`` gives, or the error it raises (its kind and text)."""
+    assert callable(read)
+    try:
+        return read(raw, Limits())
+    except Exception as exc:  # the parser's errors are many: each must be the same
+        return type(exc), str(exc)
+
+
+@pytest.mark.parametrize("raw", PLAIN_MESSAGES + NOT_PLAIN_MESSAGES)
+def test_a_message_of_one_plain_text_is_read_without_the_parser_to_the_parsers_answer(
+        raw: bytes) -> None:
+    """A worker reads the most common small mail (one text/plain part, 7bit or 8bit, of plain
+    headers) itself: the parser was three quarters of its reading. Any other goes to the
+    parser."""
+    plain = _outcome(mime._read_plain, raw)
+    assert (plain is not None) is (raw in PLAIN_MESSAGES)
+    if plain is not None:
+        assert plain == _outcome(mime._read_parsed, raw)
+
+
+_NAMES = ["From", "To", "Subject", "Message-ID", "In-Reply-To", "References", "X-4me-From",
+          "Authentication-Results", "Auto-Submitted", "MIME-Version", "content-type",
+          "Content-Type", "CONTENT-TRANSFER-ENCODING", "Content-Disposition", "X-Other"]
+_VALUES = ["text/plain", 'text/plain; charset="utf-8"', "TEXT/PLAIN; CHARSET=US-ASCII",
+           "text/plain;charset=utf-8", 'text/plain; charset="utf-8', "text/plain; charset=latin1",
+           "text/html", "multipart/mixed; boundary=b", "7bit", "8Bit", "base64", " 7bit",
+           "quoted-printable", "inline", "Ellen Brown <e@b.org>", "a@b, c@d", "<m@x>", "a@b,<",
+           "=?utf-8?q?caf=C3=A9?=", "auto-replied", "1.0", ""]
+_TEXT = st.text(st.sampled_from("aZ <>@,;:=?\"()\\\t-.\x00\x0c\u00e9"), max_size=12)
+
+
+@st.composite
+def _messages(draw: st.DrawFn) -> bytes:
+    eol = draw(st.sampled_from(["\r\n", "\n"]))
+    lines = []
+    for _ in range(draw(st.integers(0, 6))):
+        name = draw(st.sampled_from(_NAMES))
+        value = draw(st.one_of(st.sampled_from(_VALUES), _TEXT))
+        fold = draw(st.sampled_from(["", f"{eol} ", f"{eol}\t", f"{eol}  x"]))
+        blanks = draw(st.sampled_from(["", " ", " \t"]))
+        lines.append(f"{name}:{blanks}{value}{fold}{eol}")
+    body = draw(st.binary(max_size=20) | st.sampled_from([b"line\r\n", "\u00e9\r\n".encode()]))
+    blank = draw(st.sampled_from([eol, ""]))
+    return "".join(lines).encode("utf-8", "surrogateescape") + blank.encode() + body
+
+
+@settings(max_examples=600, deadline=None)
+@given(_messages())
+def test_any_message_read_without_the_parser_reads_as_the_parser_reads_it(raw: bytes) -> None:
+    plain = _outcome(mime._read_plain, raw)
+    if plain is not None:
+        assert plain == _outcome(mime._read_parsed, raw)
 
 
 @pytest.mark.parametrize("value", [

@@ -36,6 +36,7 @@ skips the Content-Type read the parser makes at the end, whose failure gives Non
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.headerregistry import (
@@ -69,12 +70,19 @@ _PLAIN_ADDRESSES = re.compile(rf"{_MAILBOX}(?:, {_MAILBOX})*")
 _PLAIN_MESSAGE_ID = re.compile(rf"<{_ADDR_SPEC}>")
 _PLAIN_AUTHOR = re.compile(
     rf"(?P<name>{_ATOM}(?: {_ATOM})*) <(?P<address>{_ADDR_SPEC})>|(?P<bare>{_ADDR_SPEC})")
-# A header line of a plain header block (:func:`_plain_message_id`): the parser's headerRE
-# with a name, the value after the blanks the policy strips; and a Content-Type of tokens.
-_PLAIN_HEADER = re.compile(rb"(?P<name>[!-9;-~]+):[ \t]*(?P<value>.*)", re.DOTALL)
-_TOKEN = rb"[A-Za-z0-9._+-]+"
+# A plain header block (:func:`_plain_headers`): lines of printable ASCII and tabs, a header
+# line the parser's headerRE with a name, its value after the blanks the policy strips.
+_PLAIN_BLOCK = re.compile(rb"[\t\n\r -~]*")
+_PLAIN_HEADER = re.compile(r"(?P<name>[!-9;-~]+):[ \t]*(?P<value>.*)", re.DOTALL)
+# A Content-Type of tokens (:func:`_plain_message_id`); one of a text read as it is
+# (:func:`_read_plain`), whose charset decodes it as the parser's content manager does.
+_WORD = r"[A-Za-z0-9._+-]+"
 _PLAIN_CONTENT_TYPE = re.compile(
-    rb"%s/%s(?:; ?%s=(?:%s|\"[A-Za-z0-9 ._+=:/-]*\"))*" % (_TOKEN, _TOKEN, _TOKEN, _TOKEN))
+    rf"{_WORD}/{_WORD}(?:; ?{_WORD}=(?:{_WORD}|\"[A-Za-z0-9 ._+=:/-]*\"))*")
+_PLAIN_TEXT_TYPE = re.compile(
+    r'text/plain(?:; ?charset=(?P<quote>"?)(?P<charset>us-ascii|utf-8)(?P=quote))?',
+    re.IGNORECASE)
+_PLAIN_ENCODING = re.compile(r"7bit|8bit", re.IGNORECASE)
 HEADER_CACHE_SIZE = 64
 HEADER_CACHE_VALUE_MAX = 128
 
@@ -188,6 +196,18 @@ def _check_raw(raw: bytes, limits: Limits) -> None:
         raise Quarantined(f"more than {limits.max_headers} header lines")
 
 
+def _texts(items: Iterable[tuple[str, str]], limits: Limits) -> Headers:
+    """The texts of a part's headers (name, raw value), each read (it may be too long, or
+    unreadable) as policy.default reads it."""
+    texts: Headers = {}
+    for name, raw in items:
+        text = _HEADERS.text(name, raw)
+        if len(name) + len(text) > limits.max_header_bytes:
+            raise Quarantined(f"a header longer than {limits.max_header_bytes} bytes")
+        texts.setdefault(name.lower(), []).append(text)
+    return texts
+
+
 def _walk(message: Message, limits: Limits) -> tuple[list[Message], Headers]:
     """Every leaf part, depth first, bounded in depth (iterative: no recursion to exhaust);
     and the message's own header texts, read once (every header is read for its length)."""
@@ -198,12 +218,9 @@ def _walk(message: Message, limits: Limits) -> tuple[list[Message], Headers]:
         part, depth = stack.pop()
         if depth > limits.max_depth:
             raise Quarantined(f"MIME parts nested deeper than {limits.max_depth}")
-        for name, raw in part.raw_items():
-            text = _HEADERS.text(name, raw)
-            if len(name) + len(text) > limits.max_header_bytes:
-                raise Quarantined(f"a header longer than {limits.max_header_bytes} bytes")
-            if part is message:
-                top.setdefault(name.lower(), []).append(text)
+        headers = _texts(part.raw_items(), limits)
+        if part is message:
+            top = headers
         children = part.get_payload() if part.is_multipart() else None
         if isinstance(children, list):
             stack.extend((child, depth + 1) for child in reversed(children)
@@ -263,7 +280,12 @@ def _body_text(message: EmailMessage) -> tuple[str, Message | None]:
     text = _decoded(body)
     if body.get_content_type() == "text/html":
         text = html_to_text(text)
-    return text.replace("\r\n", "\n").replace("\x00", ""), body
+    return _clean(text), body
+
+
+def _clean(text: str) -> str:
+    """A body's text with LF line breaks, and without NUL (PostgreSQL refuses it in text)."""
+    return text.replace("\r\n", "\n").replace("\x00", "")
 
 
 def _attachment(part: Message, limits: Limits) -> Attachment | None:
@@ -384,38 +406,97 @@ def _parsed_message_id(head: bytes) -> str | None:
         return None
 
 
-def _plain_message_id(head: bytes) -> str | None:
-    """:func:`_parsed_message_id` of a plain header block, without the parser; None when the
-    block is not plain or has no Message-ID (the parser answers then).
+def _plain_headers(head: bytes) -> tuple[list[tuple[str, str]], int | None] | None:
+    """The raw items (name, value) the parser makes of a plain header block, and where the
+    blank line that ends it ends (None without one); None when the block is not plain.
 
-    Plain: ASCII, each line break CRLF or LF, every line a header (``name:``, the parser's
-    name characters) or the continuation of one, the first Message-ID one line of the form
-    ``<addr-spec>``, and each Content-Type (which the parser reads at the end, and may fail
-    on) one line of a simple form. The parser reads such a block to the same value
-    (tests/test_mail_rules.py holds the two to the same answers)."""
-    if not head.isascii() or head.count(b"\r") != head.count(b"\r\n"):
+    Plain: printable ASCII and tabs, each line break CRLF or LF, every line a header (``name:``,
+    the parser's name characters) or the continuation of one. The parser splits such a block
+    into the same lines, and its policy makes each value of them so (``header_source_parse``):
+    the first line's after the blanks, the continuations as they are, the line break at the
+    end taken off."""
+    if head.count(b"\r") != head.count(b"\r\n") or not _PLAIN_BLOCK.fullmatch(head):
         return None
-    found: str | None = None
-    previous = b""
-    for line in head.replace(b"\r\n", b"\n").split(b"\n"):
-        if not line:
+    items: list[tuple[str, str]] = []
+    end: int | None = None
+    read = 0
+    for line in head.decode().splitlines(keepends=True):
+        read += len(line)
+        if line in ("\r\n", "\n"):
+            end = read
             break
-        if line[0] in b" \t":
-            if previous in (b"", b"message-id", b"content-type"):  # the parser unfolds them
+        if line[0] in " \t":
+            if not items:
                 return None
+            name, value = items[-1]
+            items[-1] = (name, value + line)
             continue
         header = _PLAIN_HEADER.match(line)
         if header is None:
             return None
-        previous = header["name"].lower()
-        value = header["value"]
-        if previous == b"message-id" and found is None:
-            if not _PLAIN_MESSAGE_ID.fullmatch(text := value.decode()):
+        items.append((header["name"], header["value"]))
+    return [(name, value.rstrip("\r\n")) for name, value in items], end
+
+
+def _plain_message_id(head: bytes) -> str | None:
+    """:func:`_parsed_message_id` of a plain header block (:func:`_plain_headers`), without the
+    parser; None when the block is not plain, or its first Message-ID is not one line of the
+    form ``<addr-spec>``, or a Content-Type (which the parser reads at the end, and may fail
+    on) is not one line of a simple form: the parser answers then. tests/test_mail_rules.py
+    holds the two to the same answers."""
+    plain = _plain_headers(head)
+    if plain is None:
+        return None
+    found: str | None = None
+    for name, value in plain[0]:
+        lower = name.lower()
+        if lower == "message-id" and found is None:
+            if not _PLAIN_MESSAGE_ID.fullmatch(value):
                 return None
-            found = _message_id(text)
-        elif previous == b"content-type" and not _PLAIN_CONTENT_TYPE.fullmatch(value):
+            found = _message_id(value)
+        elif lower == "content-type" and not _PLAIN_CONTENT_TYPE.fullmatch(value):
             return None
     return found
+
+
+Read = tuple[Headers, str, list[Attachment]]  # the message's header texts, text, attachments
+
+
+def _read_plain(raw: bytes, limits: Limits) -> Read | None:
+    """:func:`_read_parsed` of a message of one text/plain part whose content is read as it is,
+    without the parser; None for any other message (the parser reads it).
+
+    Such a message: a plain header block (:func:`_plain_headers`) and its blank line; at most
+    one Content-Type, ``text/plain`` with at most a charset, ``us-ascii`` or ``utf-8``; at most
+    one Content-Transfer-Encoding, ``7bit`` or ``8bit``; no Content-Disposition. Its text is
+    the bytes after the blank line, decoded with the charset (ASCII without one) as the
+    content manager decodes them. tests/test_mail_rules.py holds the two to the same answers,
+    and to the same quarantines."""
+    head = _HEADER_END.search(raw)
+    plain = _plain_headers(raw[:head.end()]) if head is not None else None
+    if plain is None or plain[1] is None:
+        return None
+    items, end = plain
+    headers = {name.lower(): value for name, value in items}
+    named = [name.lower() for name, _ in items]
+    if "content-disposition" in headers or named.count("content-type") > 1 \
+            or named.count("content-transfer-encoding") > 1:
+        return None
+    kind = _PLAIN_TEXT_TYPE.fullmatch(headers.get("content-type", "text/plain"))
+    encoding = headers.get("content-transfer-encoding", "7bit")
+    if kind is None or not _PLAIN_ENCODING.fullmatch(encoding):
+        return None
+    text = raw[end:].decode(kind["charset"] or "ascii", "replace")
+    return _texts(items, limits), _clean(text), []
+
+
+def _read_parsed(raw: bytes, limits: Limits) -> Read:
+    """The message's header texts, text and attachments, by the parser."""
+    message = message_from_bytes(raw, policy=POLICY)
+    assert isinstance(message, EmailMessage)
+    leaves, headers = _walk(message, limits)
+    text, body = _body_text(message)
+    return headers, text, _attachments(leaves, body, limits)
 
 
 def parse(raw: bytes, limits: Limits | None = None) -> ParsedMail:
@@ -423,11 +504,7 @@ def parse(raw: bytes, limits: Limits | None = None) -> ParsedMail:
     limits = limits or Limits()
     _check_raw(raw, limits)
     try:
-        message = message_from_bytes(raw, policy=POLICY)
-        assert isinstance(message, EmailMessage)
-        leaves, headers = _walk(message, limits)
-        text, body = _body_text(message)
-        attachments = _attachments(leaves, body, limits)
+        headers, text, attachments = _read_plain(raw, limits) or _read_parsed(raw, limits)
         subject = _plain(_first(headers, "subject"))
         thread = [*_MESSAGE_ID.findall(_plain(_first(headers, "in-reply-to"))),
                   *reversed(_MESSAGE_ID.findall(_plain(_first(headers, "references"))))]
