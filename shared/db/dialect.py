@@ -36,6 +36,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import QueryableAttribute, Session
 from sqlalchemy.sql.elements import BindParameter
 
@@ -43,14 +44,18 @@ from shared.db.models import ANY_TEXT, Base
 
 # A column of a table, or a mapped class's attribute for one.
 Column = ColumnElement[Any] | QueryableAttribute[Any]
+# What runs a statement: an ORM session, or a connection where none is needed (mail intake's
+# group commit: shared/db/engine.HeldConnection).
+Executor = Session | Connection
 _PG = postgresql.dialect()  # type: ignore[no-untyped-call]
 _quote = _PG.identifier_preparer.quote
 # One encoder for every value: json.dumps with options makes a new one each call.
 _compact = json.JSONEncoder(separators=(",", ":")).encode
 
 
-def is_postgres(session: Session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
+def is_postgres(executor: Executor) -> bool:
+    bind = executor.get_bind() if isinstance(executor, Session) else executor
+    return bind.dialect.name == "postgresql"
 
 
 def one_of(column: Column, values: Collection[Any], *, postgres: bool
@@ -99,7 +104,7 @@ def lock(session: Session, ids: Collection[int]) -> None:
 
 
 def insert_rows(
-    session: Session, model: type[Base], rows: Sequence[dict[str, Any]], *,
+    session: Executor, model: type[Base], rows: Sequence[dict[str, Any]], *,
     returning: tuple[str, ...] = (), skip_conflicts_on: tuple[str, ...] = (),
 ) -> list[tuple[Any, ...]]:
     """Insert the rows (all with the same keys) in one statement; returns the ``returning``

@@ -174,12 +174,13 @@ def dispose_engines() -> None:
     _sessionmakers.clear()
 
 
-class HeldSession:
-    """Sessions on one connection held from one use to the next, for a caller that writes
-    small groups back to back (mail intake's group commit): no pool checkout, pre-ping and
-    reset a group, and on PostgreSQL no BEGIN and COMMIT round trips either, as its
-    connection commits each statement by itself. So a caller's writes must each be one
-    statement (reads may follow); on SQLite a use is one transaction.
+class HeldConnection:
+    """One connection held from one use to the next, for a caller that writes small groups back
+    to back (mail intake's group commit): no pool checkout, pre-ping and reset a group, and on
+    PostgreSQL no BEGIN and COMMIT round trips either, as its connection commits each
+    statement by itself. So a caller's writes must each be one statement (reads may follow);
+    on SQLite a use is one transaction. A use gets the Connection itself: an ORM session's own
+    work was most of a small group's commit (bench/README.md).
 
     A connection left idle for ``idle`` seconds goes back to the pool, and the next use takes
     one again (pinged there, as :func:`session_scope`'s are): so a database restarted during
@@ -196,13 +197,12 @@ class HeldSession:
         self._used = 0.0
 
     @contextmanager
-    def __call__(self) -> Iterator[Session]:
+    def __call__(self) -> Iterator[Connection]:
         with self._lock:
             connection = self._connection()
             try:
-                with Session(bind=connection, expire_on_commit=False) as session:
-                    yield session
-                    session.commit()
+                with connection.begin():
+                    yield connection
             except BaseException:
                 self._held = None
                 connection.invalidate()  # its state is unknown: never used again

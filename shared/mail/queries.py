@@ -54,10 +54,10 @@ def email_policy(session: Session, account_id: str) -> EmailPolicy:
     return EmailPolicy.model_validate(stored or {})
 
 
-def stored(session: Session, account_id: str, message_id: str
+def stored(executor: dialect.Executor, account_id: str, message_id: str
            ) -> tuple[int, str, str] | None:
     """The id, transid and status of the account's stored message with this Message-ID."""
-    row = session.execute(select(MailMessage.id, MailMessage.transid, MailMessage.status).where(
+    row = executor.execute(select(MailMessage.id, MailMessage.transid, MailMessage.status).where(
         MailMessage.account_id == account_id, MailMessage.message_id == message_id)).first()
     return (row.id, row.transid, row.status) if row is not None else None
 

@@ -49,7 +49,7 @@ from sqlalchemy.orm import Session
 from shared import metrics, observe
 from shared.batching import Coalescer, GroupRunner, runs
 from shared.cache import TTLCache
-from shared.db.engine import HeldSession, session_scope
+from shared.db.engine import HeldConnection, session_scope
 from shared.db.models import MailMessage
 from shared.ids import make_transid
 from shared.logs import get_logger
@@ -97,7 +97,7 @@ MAX_GROUP_BYTES = 16 * 1024 * 1024
 WAKE_INTERVAL = 0.02
 # Intake's groups are committed one after the other (the SMTP listener's CommitGroups, the HTTP
 # intake's group runner): one connection of the process, held between them, serves them all.
-_STORE = HeldSession()
+_STORE = HeldConnection()
 atexit.register(_STORE.close)
 
 
@@ -234,8 +234,8 @@ class MailIntake:
 
     def _commit(self, group: list[Accepting]) -> None:
         try:
-            with _STORE() as session:
-                saved = store.save(session, [entry.mail for entry in group])
+            with _STORE() as connection:
+                saved = store.save(connection, [entry.mail for entry in group])
         except Exception as exc:
             if len(group) > 1 and classify(exc) is not Fault.OUTAGE:
                 # Not the database's outage but one message's: it must not refuse the others.

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from shared.db import dialect
+from shared.db.dialect import Executor
 from shared.db.models import MailAttachment, MailMessage, Note, Person, Request, Transaction
 from shared.mail.mime import Attachment
 from shared.mail.queries import Destination, attachment_path, stored
@@ -35,9 +36,9 @@ class NewMail:
     now: datetime
 
 
-def save(session: Session, mails: Sequence[NewMail]) -> list[tuple[int | None, str]]:
+def save(connection: Executor, mails: Sequence[NewMail]) -> list[tuple[int | None, str]]:
     """Store the messages in one statement (atomic even where each statement commits by
-    itself: intake's HeldSession on PostgreSQL); returns, for each in order, the id of a row to
+    itself: intake's HeldConnection on PostgreSQL); returns, for each in order, the id of a row to
     queue and the message's transid.
 
     A message already stored for its account (same Message-ID: the sender did not see our
@@ -51,7 +52,7 @@ def save(session: Session, mails: Sequence[NewMail]) -> list[tuple[int | None, s
     # groups that hold the same two resent messages in opposite orders may deadlock: the
     # database ends one, an outage for its senders, who send again.)
     inserted: dict[str, int] = dict(dialect.insert_rows(
-        session, MailMessage,
+        connection, MailMessage,
         [{"transid": mail.transid, "account_id": mail.destination.account_id,
           "recipient": mail.destination.address, "team_id": mail.destination.team_id,
           "message_id": mail.message_id, "raw": mail.raw, "peer": mail.peer[:64],
@@ -63,7 +64,7 @@ def save(session: Session, mails: Sequence[NewMail]) -> list[tuple[int | None, s
             saved.append((inserted[mail.transid], mail.transid))
             continue
         # Only the Message-ID can be taken: a transid is new for every message.
-        known = stored(session, mail.destination.account_id, mail.message_id) \
+        known = stored(connection, mail.destination.account_id, mail.message_id) \
             if mail.message_id is not None else None
         if known is None:
             raise RuntimeError(f"mail {mail.transid} conflicts with no stored message")

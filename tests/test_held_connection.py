@@ -1,4 +1,4 @@
-"""``HeldSession`` (shared/db/engine.py): the connection mail intake keeps from one group commit
+"""``HeldConnection`` (shared/db/engine.py): the connection mail intake keeps from one group commit
 to the next, and what happens when the database drops it."""
 
 from __future__ import annotations
@@ -9,15 +9,15 @@ from pathlib import Path
 import psycopg
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
 
-from shared.db.engine import HeldSession, database_unreachable, dispose_engines, get_engine
+from shared.db.engine import HeldConnection, database_unreachable, dispose_engines, get_engine
 from tests.conftest import PG_ADMIN
 
 
-def backend(session: Session) -> int:
-    pid = session.execute(text("SELECT pg_backend_pid()")).scalar()
+def backend(connection: Connection) -> int:
+    pid = connection.execute(text("SELECT pg_backend_pid()")).scalar()
     assert isinstance(pid, int)
     return pid
 
@@ -30,22 +30,22 @@ def terminate(pid: int) -> None:
 
 @pytest.mark.postgres
 def test_one_connection_serves_use_after_use(postgres_url: str) -> None:
-    held = HeldSession(url=postgres_url)
+    held = HeldConnection(url=postgres_url)
     pids = []
     for _ in range(3):
-        with held() as session:
-            pids.append(backend(session))
+        with held() as connection:
+            pids.append(backend(connection))
     assert len(set(pids)) == 1
     dispose_engines()  # as a fork or a new statement timeout does: the engine is a new one
-    with held() as session:
-        assert backend(session) != pids[0]
+    with held() as connection:
+        assert backend(connection) != pids[0]
 
 
 def test_closing_gives_the_connection_back_to_the_pool(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'held.sqlite'}"
-    held = HeldSession(url=url)
-    with held() as session:
-        session.execute(text("SELECT 1"))
+    held = HeldConnection(url=url)
+    with held() as connection:
+        connection.execute(text("SELECT 1"))
     assert get_engine(url).pool.checkedout() == 1  # type: ignore[attr-defined]
     held.close()
     assert get_engine(url).pool.checkedout() == 0  # type: ignore[attr-defined]
@@ -55,43 +55,43 @@ def test_closing_gives_the_connection_back_to_the_pool(tmp_path: Path) -> None:
 def test_a_connection_dropped_under_load_fails_one_use_then_is_replaced(
     postgres_url: str,
 ) -> None:
-    held = HeldSession(url=postgres_url)
-    with held() as session:
-        first = backend(session)
+    held = HeldConnection(url=postgres_url)
+    with held() as connection:
+        first = backend(connection)
     terminate(first)
-    with pytest.raises(OperationalError) as caught, held() as session:
-        backend(session)
+    with pytest.raises(OperationalError) as caught, held() as connection:
+        backend(connection)
     assert database_unreachable(caught.value)  # mail intake answers 451: nothing was stored
-    with held() as session:
-        assert backend(session) != first
+    with held() as connection:
+        assert backend(connection) != first
 
 
 @pytest.mark.postgres
 def test_a_connection_dropped_in_a_quiet_spell_costs_nothing(postgres_url: str) -> None:
-    held = HeldSession(idle=0, url=postgres_url)
-    with held() as session:
-        first = backend(session)
+    held = HeldConnection(idle=0, url=postgres_url)
+    with held() as connection:
+        first = backend(connection)
     terminate(first)
-    with held() as session:  # back to the pool, and taken again with its ping
-        assert backend(session) != first
+    with held() as connection:  # back to the pool, and taken again with its ping
+        assert backend(connection) != first
 
 
-def write_then_fail(held: HeldSession, table: str) -> None:
-    with held() as session:
-        session.execute(text(f"INSERT INTO {table} VALUES (1)"))
+def write_then_fail(held: HeldConnection, table: str) -> None:
+    with held() as connection:
+        connection.execute(text(f"INSERT INTO {table} VALUES (1)"))
         raise RuntimeError("after the write")
 
 
-def writes_kept(held: HeldSession) -> int:
+def writes_kept(held: HeldConnection) -> int:
     """Rows kept of a use that failed after its write."""
     table = f"held_{uuid.uuid4().hex[:8]}"
-    with held() as session:
-        session.execute(text(f"CREATE TABLE {table} (n integer)"))
+    with held() as connection:
+        connection.execute(text(f"CREATE TABLE {table} (n integer)"))
     with pytest.raises(RuntimeError):
         write_then_fail(held, table)
-    with held() as session:
-        kept = session.execute(text(f"SELECT count(*) FROM {table}")).scalar()
-        session.execute(text(f"DROP TABLE {table}"))
+    with held() as connection:
+        kept = connection.execute(text(f"SELECT count(*) FROM {table}")).scalar()
+        connection.execute(text(f"DROP TABLE {table}"))
     assert isinstance(kept, int)
     return kept
 
@@ -99,8 +99,8 @@ def writes_kept(held: HeldSession) -> int:
 @pytest.mark.postgres
 def test_on_postgresql_each_statement_commits_by_itself(postgres_url: str) -> None:
     """Why a caller's writes must each be one statement."""
-    assert writes_kept(HeldSession(url=postgres_url)) == 1
+    assert writes_kept(HeldConnection(url=postgres_url)) == 1
 
 
 def test_on_sqlite_a_use_is_one_transaction(tmp_path: Path) -> None:
-    assert writes_kept(HeldSession(url=f"sqlite:///{tmp_path / 'held.sqlite'}")) == 0
+    assert writes_kept(HeldConnection(url=f"sqlite:///{tmp_path / 'held.sqlite'}")) == 0
