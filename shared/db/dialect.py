@@ -104,24 +104,24 @@ def lock(session: Session, ids: Collection[int]) -> None:
 
 
 def insert_rows(
-    session: Executor, model: type[Base], rows: Sequence[dict[str, Any]], *,
+    executor: Executor, model: type[Base], rows: Sequence[dict[str, Any]], *,
     returning: tuple[str, ...] = (), skip_conflicts_on: tuple[str, ...] = (),
 ) -> list[tuple[Any, ...]]:
     """Insert the rows (all with the same keys) in one statement; returns the ``returning``
     columns of each row inserted, in no particular order. A row that conflicts with one stored
     on the ``skip_conflicts_on`` columns is skipped (``ON CONFLICT DO NOTHING``)."""
-    if is_postgres(session):
+    if is_postgres(executor):
         statement = json_insert(model, tuple(rows[0]), returning, skip_conflicts_on)
-        result = session.execute(statement, {"rows": rows_json(model, rows)})
+        result = executor.execute(statement, {"rows": rows_json(model, rows)})
         return [tuple(row) for row in result] if returning else []
     lite = sqlite.insert(model)
     if skip_conflicts_on:
         lite = lite.on_conflict_do_nothing(index_elements=list(skip_conflicts_on))
     if not returning:
-        session.execute(lite, rows)
+        executor.execute(lite, rows)
         return []
     columns = _table(model).c
-    return [tuple(row) for row in session.execute(
+    return [tuple(row) for row in executor.execute(
         lite.returning(*(columns[name] for name in returning)), rows)]
 
 

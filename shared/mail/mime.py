@@ -26,7 +26,8 @@ name after. Three forms are read without the parser, each held to the parser's a
 test: the most common small mail, one text/plain part of plain headers (:func:`_read_plain`:
 the parser was three quarters of reading it); a plain header block's Message-ID at intake
 (:func:`message_id_of`); and a From of one plain mailbox (:func:`_authors`, ``getaddresses``
-otherwise). The header values are still read by the header classes, the limits checked alike.
+otherwise). Each header value is still read as the parser path reads it
+(:class:`_HeaderFactory`), and the limits are checked alike.
 
 Reading the address headers' raw values with ``email.utils.getaddresses`` was not taken: it
 disagrees with the policy's parser on unusual values (an encoded word in a local part, an
@@ -442,10 +443,10 @@ def _plain_headers(head: bytes) -> tuple[list[tuple[str, str]], int | None] | No
 
 def _plain_message_id(head: bytes) -> str | None:
     """:func:`_parsed_message_id` of a plain header block (:func:`_plain_headers`), without the
-    parser; None when the block is not plain, or its first Message-ID is not one line of the
-    form ``<addr-spec>``, or a Content-Type (which the parser reads at the end, and may fail
-    on) is not one line of a simple form: the parser answers then. tests/test_mail_rules.py
-    holds the two to the same answers."""
+    parser; None when the block is not plain, or has no Message-ID, or its first one is not one
+    line of the form ``<addr-spec>``, or a Content-Type (which the parser reads at the end, and
+    may fail on) is not one line of a simple form: the parser answers then.
+    tests/test_mail_rules.py holds the two to the same answers."""
     plain = _plain_headers(head)
     if plain is None:
         return None
