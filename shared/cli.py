@@ -306,9 +306,12 @@ def run(*, host: str, port: int, smtp_port: int, metrics_port: int | None, demo:
 
     def listening() -> bool:
         # Connecting, not binding: a probe bound for an instant could make gunicorn's bind fail.
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-            if probe.connect_ex((host, port)) != 0:
-                return False
+        # Both doors: the SMTP listener may bind after the API, and mail sent once this is
+        # announced must find it.
+        for door in (port, smtp_port):
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+                if probe.connect_ex((host, door)) != 0:
+                    return False
         click.echo(f"eventdesk listening on http://{host}:{port} and smtp://{host}:{smtp_port}"
                    "  (Ctrl-C stops)")
         return True

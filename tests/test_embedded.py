@@ -91,6 +91,11 @@ class Service:
         except OSError:
             return False
 
+    def announced(self) -> bool:
+        """Whether ``run`` has said it is listening: on both ports, HTTP and SMTP."""
+        assert self.proc.poll() is None, self.output()
+        return "eventdesk listening on" in self.output()
+
 
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[Service]:
@@ -190,7 +195,7 @@ def test_demo_takes_the_mail_one_liners_of_docs_mail(tmp_path: Path) -> None:
     assert len(lines) == 2
     running = Service(tmp_path, "--smtp-port", str(smtp_port))
     try:
-        wait_until(running.up, 60, 0.3)
+        wait_until(running.announced, 60, 0.3)  # as a user waits: for what run says
         for line in lines:
             subprocess.run(line.replace("2525", str(smtp_port)), shell=True, check=True,
                            timeout=30)
