@@ -179,8 +179,8 @@ class HeldConnection:
     to back (mail intake's group commit): no pool checkout, pre-ping and reset a group, and on
     PostgreSQL no BEGIN and COMMIT round trips either, as its connection commits each
     statement by itself. So a caller's writes must each be one statement (reads may follow);
-    on SQLite a use is one transaction. A use gets the Connection itself: an ORM session's own
-    work was most of a small group's commit (bench/README.md).
+    on SQLite a use is one transaction. A use gets the Connection itself: through an ORM session
+    on it, a small group's commit cost its caller 1.5 to 3 times the CPU (bench/README.md).
 
     A connection left idle for ``idle`` seconds goes back to the pool, and the next use takes
     one again (pinged there, as :func:`session_scope`'s are): so a database restarted during
