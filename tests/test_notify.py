@@ -289,6 +289,7 @@ class Receiver:
                     answer = outer.answers.pop(0) if outer.answers else outer.default
                     outer.in_flight += 1
                     outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
+                answered = False
                 try:
                     if answer.delay and not outer.wait_unless_gone(self.connection, answer.delay):
                         return
@@ -297,12 +298,18 @@ class Receiver:
                         self.send_header(name, value)
                     self.send_header("content-length", "2")
                     self.end_headers()
+                    # No longer in flight once the body is on its way: the client may send its
+                    # next request as soon as it has it, before this thread runs again.
+                    with lock:
+                        outer.in_flight -= 1
+                    answered = True
                     self.wfile.write(b"ok")
                 except OSError:
                     pass  # the client gave up (a timeout): nothing to answer
                 finally:
-                    with lock:
-                        outer.in_flight -= 1
+                    if not answered:
+                        with lock:
+                            outer.in_flight -= 1
 
             def log_message(self, *args: Any) -> None:
                 pass
