@@ -17,7 +17,6 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from shared.db import dialect
-from shared.db.dialect import Executor
 from shared.db.models import MailAttachment, MailMessage, Note, Person, Request, Transaction
 from shared.mail.mime import Attachment
 from shared.mail.queries import Destination, attachment_path, stored
@@ -36,10 +35,10 @@ class NewMail:
     now: datetime
 
 
-def save(connection: Executor, mails: Sequence[NewMail]) -> list[tuple[int | None, str]]:
+def save(connection: dialect.Executor, mails: Sequence[NewMail]) -> list[tuple[int | None, str]]:
     """Store the messages in one statement (atomic even where each statement commits by
-    itself: intake's HeldConnection on PostgreSQL); returns, for each in order, the id of a row to
-    queue and the message's transid.
+    itself: intake's HeldConnection on PostgreSQL); returns, for each in order, the id of a row
+    to queue and the message's transid.
 
     A message already stored for its account (same Message-ID: the sender did not see our
     answer and sends it again, or sends it twice at once, the copies perhaps in the same call)
