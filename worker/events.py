@@ -88,13 +88,21 @@ class EventBatches(Batches):  # type: ignore[misc]
                 del self._in_pool[key]
                 for request in requests:
                     self._buffer.put(request)
-        if self._tref is not None:
-            self._tref.cancel()  # a Celery that does not clear its timers would fire it twice
-            self._tref = None
+        self._stop_timer()  # a Celery that does not clear its timers would fire it twice
         handler = super().Strategy(task, app, consumer)
-        if not (self._buffer.empty() and self._pending.empty()):
+        if self._holding():
             self._tref = consumer.timer.call_repeatedly(self.flush_interval, self._do_flush)
         return handler
+
+    def _holding(self) -> bool:
+        """Whether requests wait in celery-batches' buffer or its pending queue."""
+        return not (self._buffer.empty() and self._pending.empty())
+
+    def _stop_timer(self) -> None:
+        """Cancel the flush timer; celery-batches arms it again at the next message."""
+        if self._tref is not None:
+            self._tref.cancel()
+            self._tref = None
 
     def flush(self, requests: Sequence[Any]) -> None:
         for job in runs(requests, events_in, settings.worker_batch_events):

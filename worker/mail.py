@@ -94,9 +94,8 @@ class MailBatches(EventBatches):
         message starts it again (celery-batches arms it while ``_tref`` is None), so its first
         job gathers a whole batch wait, not what is left of this one's."""
         self._do_flush()
-        if self._tref is not None and self._buffer.empty() and self._pending.empty():
-            self._tref.cancel()
-            self._tref = None
+        if not self._holding():
+            self._stop_timer()
 
     def flush(self, requests: Sequence[Any]) -> None:
         for job in runs(requests, lambda request: max(1, len(ids_in(request))), JOB_IDS):
