@@ -1,8 +1,9 @@
 """gunicorn settings for the api role: ``gunicorn -c python:api.gunicorn_conf api.wsgi:app``.
 
 JSON logs for gunicorn's own lines and, with ``EVENTDESK_ACCESS_LOG=true``, the access log
-(``shared.logs``), the multiprocess metrics bookkeeping when a worker process exits, and a
-control socket of each instance's own.
+(``shared.logs``), the multiprocess metrics bookkeeping when a worker process exits, the
+garbage collector settled in each worker process once the app is loaded (``shared.collector``),
+and a control socket of each instance's own.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from gunicorn import glogging
 
-from shared import logs, metrics
+from shared import collector, logs, metrics
 from shared.settings import get_settings
 
 _settings = get_settings()
@@ -35,6 +36,10 @@ class Logger(glogging.Logger):  # type: ignore[misc]
 
 
 logger_class = Logger
+
+
+def post_worker_init(_worker: Any) -> None:
+    collector.settle()
 
 
 def child_exit(_server: Any, worker: Any) -> None:

@@ -36,7 +36,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from shared import metrics
+from shared import collector, metrics
 from shared.logs import get_logger
 from shared.mail.queries import Destination
 from shared.mail.rules import BadRecipient
@@ -302,6 +302,7 @@ def serve(host: str, port: int) -> None:
         host, port))
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, loop.stop)
+    collector.settle()
     log.info("smtp listening", host=host, port=port, starttls=context is not None)
     try:
         loop.run_forever()
