@@ -4,7 +4,8 @@ PostgreSQL is the throughput target (DESIGN 2, "Throughput design"): many rows g
 statement over a JSON array of them (``json_to_recordset``), whose columns are named and typed
 from the table's metadata, so a column added to a model needs no edit here or in a store. SQLite,
 the embedded default, takes the same rows as executemany: a statement that stays the same for
-every batch, so it is compiled once.
+every batch, so it is compiled once. Intake's group commit of a few raw mails
+(:func:`insert_few`) goes to psycopg itself, as a VALUES list of binary parameters.
 
 PostgreSQL de-escapes every string of the array, and a ``\\u0000`` fails the statement (and with
 it every row of the run). So the value of a JSON column marked ``ANY_TEXT`` (shared/db/models.py:
@@ -22,6 +23,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any, cast
 
+import psycopg
 from sqlalchemy import (
     JSON,
     ColumnElement,
@@ -37,6 +39,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import QueryableAttribute, Session
 from sqlalchemy.sql.elements import BindParameter
 
@@ -51,6 +54,10 @@ _PG = postgresql.dialect()  # type: ignore[no-untyped-call]
 _quote = _PG.identifier_preparer.quote
 # One encoder for every value: json.dumps with options makes a new one each call.
 _compact = json.JSONEncoder(separators=(",", ":")).encode
+# Rows at most that insert_few sends as one VALUES list (a parameter a value, far below
+# PostgreSQL's 65,535 for any table here; a statement text for each number of rows, each
+# prepared by psycopg once used often); more go through insert_rows.
+FEW_ROWS = 64
 
 
 def is_postgres(executor: Executor) -> bool:
@@ -125,6 +132,55 @@ def insert_rows(
         lite.returning(*(columns[name] for name in returning)), rows)]
 
 
+def insert_few(
+    executor: Executor, model: type[Base], rows: Sequence[dict[str, Any]], *,
+    returning: tuple[str, ...] = (), skip_conflicts_on: tuple[str, ...] = (),
+) -> list[tuple[Any, ...]]:
+    """:func:`insert_rows` for a few rows of plain values (text, numbers, bytes, aware
+    datetimes; no JSON column): intake's group commit of raw mails. On PostgreSQL, up to
+    FEW_ROWS rows go to psycopg itself, as one VALUES statement with a binary parameter a value:
+    the JSON array's base64 and JSON text, and SQLAlchemy's execution around it, were most of
+    the CPU such a group cost (bench/README.md, session 10). psycopg's errors come out as
+    SQLAlchemy's (an unreachable database as its OperationalError), as from insert_rows."""
+    if len(rows) > FEW_ROWS or not is_postgres(executor):
+        return insert_rows(executor, model, rows, returning=returning,
+                           skip_conflicts_on=skip_conflicts_on)
+    names = tuple(rows[0])
+    statement = _values_insert(model, names, len(rows), returning, skip_conflicts_on)
+    values = [_plain(row[name]) for row in rows for name in names]
+    connection = executor.connection() if isinstance(executor, Session) else executor
+    driver = connection.connection.driver_connection
+    assert isinstance(driver, psycopg.Connection)
+    try:
+        with driver.cursor() as cursor:
+            cursor.execute(statement, values, binary=True)
+            return [tuple(row) for row in cursor.fetchall()] if returning else []
+    except psycopg.Error as exc:
+        raise DBAPIError.instance(statement, values, exc, psycopg.Error,
+                                  hide_parameters=True) from exc
+
+
+def _plain(value: object) -> object:
+    """A value as :func:`insert_few` gives it to psycopg."""
+    if isinstance(value, datetime) and value.tzinfo is None:
+        raise TypeError(f"naive datetime {value!r} given to a UTC column")
+    if isinstance(value, dict | list):
+        raise TypeError("insert_few takes plain values; JSON goes through insert_rows")
+    return value
+
+
+@cache
+def _values_insert(
+    model: type[Base], names: tuple[str, ...], count: int, returning: tuple[str, ...] = (),
+    skip_conflicts_on: tuple[str, ...] = (),
+) -> str:
+    """PostgreSQL's ``INSERT`` of ``count`` rows into the columns ``names``, as psycopg takes it:
+    a placeholder a value (an INSERT's VALUES list takes each value as its column's type)."""
+    row = "(" + ", ".join(["%s"] * len(names)) + ")"
+    return _insert(_table(model), names, "VALUES " + ", ".join([row] * count), returning,
+                   skip_conflicts_on)
+
+
 def update_rows(session: Session, model: type[Base], rows: Sequence[dict[str, Any]]) -> None:
     """Update the stored rows named by each row's primary key with its other values; every row
     gives the same columns."""
@@ -142,16 +198,20 @@ def json_insert(
     """PostgreSQL's ``INSERT`` of the rows given as the JSON array ``:rows`` (:func:`rows_json`)
     into the columns ``names``."""
     table = _table(model)
-    columns = ", ".join(_quote(name) for name in names)
     selected = ", ".join(_value(table, name) for name in names)
+    rows = f"SELECT {selected} FROM {_recordset(table, names)}"  # noqa: S608 - the metadata's
+    return text(_insert(table, names, rows, returning, skip_conflicts_on))
+
+
+def _insert(table: Table, names: Sequence[str], rows: str, returning: tuple[str, ...],
+            skip_conflicts_on: tuple[str, ...]) -> str:
+    """``INSERT`` of ``rows`` (a query or a VALUES list) into the columns ``names``."""
+    columns = ", ".join(_quote(name) for name in names)
     conflict = (f" ON CONFLICT ({', '.join(map(_quote, skip_conflicts_on))}) DO NOTHING"
                 if skip_conflicts_on else "")
     tail = f" RETURNING {', '.join(map(_quote, returning))}" if returning else ""
-    # The table and column names are the metadata's; the values are the parameter.
-    return text(
-        f"INSERT INTO {_quote(table.name)} ({columns}) "  # noqa: S608
-        f"SELECT {selected} FROM {_recordset(table, names)}{conflict}{tail}"
-    )
+    # The table and column names are the metadata's; the values are parameters.
+    return f"INSERT INTO {_quote(table.name)} ({columns}) {rows}{conflict}{tail}"
 
 
 @cache

@@ -50,7 +50,7 @@ def save(connection: dialect.Executor, mails: Sequence[NewMail]) -> list[tuple[i
     # In the order received: ids follow it, and a worker acts on a run in id order. (Two
     # groups that hold the same two resent messages in opposite orders may deadlock: the
     # database ends one, an outage for its senders, who send again.)
-    inserted: dict[str, int] = dict(dialect.insert_rows(
+    inserted: dict[str, int] = dict(dialect.insert_few(
         connection, MailMessage,
         [{"transid": mail.transid, "account_id": mail.destination.account_id,
           "recipient": mail.destination.address, "team_id": mail.destination.team_id,

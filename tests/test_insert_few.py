@@ -1,0 +1,121 @@
+"""``dialect.insert_few`` (shared/db/dialect.py): intake's group commit of a few raw mails, given
+to psycopg itself on PostgreSQL. What it stores, skips and refuses is what ``insert_rows``
+would: the rows as given, the conflicts skipped, bad values refused (never cut), and the
+database's errors as SQLAlchemy's, so intake tells an outage (451) from a bad message."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import select, text
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
+
+from shared.db import dialect
+from shared.db.engine import HeldConnection, database_unreachable, session_scope
+from shared.db.models import MailMessage
+from tests.conftest import PG_ADMIN
+
+RETURNING = ("transid", "id")
+SKIP = ("account_id", "message_id")
+NOW = datetime(2026, 11, 30, 12, 0, 0, 123456, tzinfo=UTC)
+# Every byte value, a NUL and a CR LF among them: a raw message is bytes, whatever they are.
+EVERY_BYTE = bytes(range(256))
+
+
+def row(**given: Any) -> dict[str, Any]:
+    return {"transid": uuid.uuid4().hex, "account_id": "wdc",
+            "recipient": "wdc@mail.eventdesk.local", "team_id": None,
+            "message_id": f"<{uuid.uuid4().hex}@test>", "raw": EVERY_BYTE,
+            "peer": "smtp 127.0.0.1", "received_at": NOW, "status": "received", **given}
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def held(request: pytest.FixtureRequest) -> Iterator[HeldConnection]:
+    connection = HeldConnection(url=request.getfixturevalue(f"{request.param}_url"))
+    yield connection
+    connection.close()
+
+
+def insert(held: HeldConnection, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    with held() as connection:
+        return dialect.insert_few(connection, MailMessage, rows, returning=RETURNING,
+                                  skip_conflicts_on=SKIP)
+
+
+def stored(held: HeldConnection, transids: list[str]) -> dict[str, dict[str, Any]]:
+    with held() as connection:
+        found = connection.execute(select(*MailMessage.__table__.c).where(
+            MailMessage.transid.in_(transids))).mappings()
+        return {item["transid"]: dict(item) for item in found}
+
+
+@pytest.mark.parametrize("count", [1, 3, dialect.FEW_ROWS, dialect.FEW_ROWS + 1])
+def test_the_rows_are_stored_as_given_and_their_ids_returned(
+    held: HeldConnection, count: int,
+) -> None:
+    # A column of NULLs in every row (team_id) is typed as its column, not as text.
+    rows = [row(recipient=f"support.wdc@mail.eventdesk.local — {number} ✓")
+            for number in range(count)]
+    returned = dict(insert(held, rows))
+    assert sorted(returned) == sorted(given["transid"] for given in rows)
+    kept = stored(held, list(returned))
+    for given in rows:
+        found = kept[given["transid"]]
+        assert found["id"] == returned[given["transid"]]
+        assert {name: found[name] for name in given} == given
+
+
+def test_a_row_that_conflicts_is_skipped_and_the_others_stored(held: HeldConnection) -> None:
+    first = row()
+    insert(held, [first])
+    again, other = row(message_id=first["message_id"]), row()
+    assert [transid for transid, _ in insert(held, [again, other])] == [other["transid"]]
+
+
+@pytest.mark.postgres
+def test_a_value_too_long_for_its_column_is_refused_not_cut(postgres_url: str) -> None:
+    held = HeldConnection(url=postgres_url)
+    with pytest.raises(DataError):
+        insert(held, [row(transid="t" * 65)])
+
+
+@pytest.mark.postgres
+def test_a_naive_datetime_is_refused(postgres_url: str) -> None:
+    held = HeldConnection(url=postgres_url)
+    with pytest.raises(TypeError):
+        insert(held, [row(received_at=datetime(2026, 11, 30, 12, 0))])
+
+
+@pytest.mark.postgres
+def test_a_row_the_database_refuses_is_sqlalchemys_integrity_error(postgres_url: str) -> None:
+    held = HeldConnection(url=postgres_url)
+    with pytest.raises(IntegrityError) as caught:
+        insert(held, [row(account_id="no-such-account")])
+    assert not database_unreachable(caught.value)  # one message's: the others are stored
+
+
+@pytest.mark.postgres
+def test_a_connection_the_database_ended_is_an_outage(postgres_url: str) -> None:
+    held = HeldConnection(url=postgres_url)
+    with held() as connection:
+        pid = connection.execute(text("SELECT pg_backend_pid()")).scalar()
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    with pytest.raises(OperationalError) as caught:
+        insert(held, [row()])
+    assert database_unreachable(caught.value)  # intake answers 451: the sender retries
+    assert insert(held, [row()])  # and the next group has a new connection
+
+
+@pytest.mark.postgres
+def test_in_a_session_the_rows_wait_for_its_commit(postgres_url: str) -> None:
+    given = row()
+    with session_scope(postgres_url) as session:
+        dialect.insert_few(session, MailMessage, [given])
+        assert not stored(HeldConnection(url=postgres_url), [given["transid"]])
+    assert stored(HeldConnection(url=postgres_url), [given["transid"]])
