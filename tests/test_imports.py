@@ -25,7 +25,7 @@ MAY_IMPORT = {
 # shared's core: anything in shared may use it; it uses no domain, except the domains' wire
 # models (schemas), which cross the broker and import no domain logic themselves.
 CORE = {"settings", "ids", "logs", "codes", "cache", "metrics", "observe", "batching", "probe",
-        "db", "messaging"}
+        "collector", "db", "messaging"}
 # The domains in layers: a domain imports its own layer's and lower layers' domains, never a
 # higher one's but its wire models (as the core may). Layer 1 is what the service knows (records,
 # the request rules, notification delivery), layer 2 what it does with an event, layer 3 the
