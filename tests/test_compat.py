@@ -24,6 +24,7 @@ from kombu.asynchronous.timer import Timer
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 
+from shared.db import dialect
 from tests.conftest import wait_until
 from tests.resilience.harness import private_redis
 from worker.events import EventBatches, process
@@ -223,3 +224,11 @@ def test_kombu_sqlalchemy_transport_polls_by_its_class_attribute() -> None:
 
     assert isinstance(sqlalchemy.Transport.polling_interval, int | float), (
         "kombu.transport.sqlalchemy.Transport.polling_interval")
+
+
+def test_psycopg_keeps_the_conversion_of_insert_fews_statements() -> None:
+    """dialect.insert_few gives psycopg at most FEW_PARAMETERS values: a query of more is
+    converted anew at every execution (psycopg's own limit), costing what insert_few saves."""
+    from psycopg import _queries
+
+    assert dialect.FEW_PARAMETERS <= _queries.MAX_CACHED_STATEMENT_PARAMS

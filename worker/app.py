@@ -16,9 +16,10 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init
 from kombu import Queue
 
+from shared import collector
 from shared.db.engine import dispose_engines, use_statement_timeout
 from shared.messaging import (
     EVENTS_QUEUE,
@@ -106,3 +107,11 @@ app = make_celery()
 def _fresh_engines(**_: Any) -> None:
     # A forked child must not reuse the parent's pooled database connections.
     dispose_engines()
+
+
+@worker_init.connect
+@worker_process_init.connect
+def _settle_collector(**_: Any) -> None:
+    # In the main process before its pool forks, and in each pool process after its set-up:
+    # connected last, so it runs after every other receiver (here and in worker/signals.py).
+    collector.settle()

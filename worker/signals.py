@@ -7,8 +7,6 @@
 - ``task_prerun``/``task_postrun``: task duration, and ``task_id``/``task`` bound to every log
   line logged while the task runs; ``task_failure``, ``task_retry``: their counters.
 - ``worker_process_shutdown``: multiprocess bookkeeping for a pool process that exits.
-- ``worker_init`` (the main process, before its pool forks) and ``worker_process_init`` (each
-  pool process): the garbage collector settled (``shared.collector``).
 """
 
 from __future__ import annotations
@@ -24,13 +22,12 @@ from celery.signals import (
     task_postrun,
     task_prerun,
     task_retry,
-    worker_init,
     worker_process_init,
     worker_process_shutdown,
     worker_ready,
 )
 
-from shared import collector, logs, metrics
+from shared import logs, metrics
 from shared.logs import get_logger
 from shared.messaging import QUEUES
 from shared.settings import get_settings
@@ -70,12 +67,6 @@ def _serve_metrics(**_: Any) -> None:
                     "port (0: none)", host=host, port=port, error=str(exc))
         return
     log.info("metrics exporter listening", host=host, port=port)
-
-
-@worker_init.connect
-@worker_process_init.connect
-def _settle_collector(**_: Any) -> None:
-    collector.settle()
 
 
 @worker_process_init.connect

@@ -5,7 +5,7 @@ statement over a JSON array of them (``json_to_recordset``), whose columns are n
 from the table's metadata, so a column added to a model needs no edit here or in a store. SQLite,
 the embedded default, takes the same rows as executemany: a statement that stays the same for
 every batch, so it is compiled once. Intake's group commit of a few raw mails
-(:func:`insert_few`) goes to psycopg itself, as a VALUES list of binary parameters.
+(:func:`insert_few`) goes to psycopg itself, as a VALUES list of a parameter a value.
 
 PostgreSQL de-escapes every string of the array, and a ``\\u0000`` fails the statement (and with
 it every row of the run). So the value of a JSON column marked ``ANY_TEXT`` (shared/db/models.py:
@@ -54,10 +54,10 @@ _PG = postgresql.dialect()  # type: ignore[no-untyped-call]
 _quote = _PG.identifier_preparer.quote
 # One encoder for every value: json.dumps with options makes a new one each call.
 _compact = json.JSONEncoder(separators=(",", ":")).encode
-# Rows at most that insert_few sends as one VALUES list (a parameter a value, far below
-# PostgreSQL's 65,535 for any table here; a statement text for each number of rows, each
-# prepared by psycopg once used often); more go through insert_rows.
-FEW_ROWS = 64
+# Values at most that insert_few sends as one VALUES list (5 mails of 9 columns): psycopg
+# converts a query of more parameters anew at every execution, which costs more than the JSON
+# array saves (bench/README.md, session 10). tests/test_compat.py holds psycopg to it.
+FEW_PARAMETERS = 50
 
 
 def is_postgres(executor: Executor) -> bool:
@@ -137,23 +137,25 @@ def insert_few(
     returning: tuple[str, ...] = (), skip_conflicts_on: tuple[str, ...] = (),
 ) -> list[tuple[Any, ...]]:
     """:func:`insert_rows` for a few rows of plain values (text, numbers, bytes, aware
-    datetimes; no JSON column): intake's group commit of raw mails. On PostgreSQL, up to
-    FEW_ROWS rows go to psycopg itself, as one VALUES statement with a binary parameter a value:
-    the JSON array's base64 and JSON text, and SQLAlchemy's execution around it, were most of
-    the CPU such a group cost (bench/README.md, session 10). psycopg's errors come out as
-    SQLAlchemy's (an unreachable database as its OperationalError), as from insert_rows."""
-    if len(rows) > FEW_ROWS or not is_postgres(executor):
+    datetimes; no JSON column) through a Connection that its caller drops on any error
+    (intake's HeldConnection). On PostgreSQL with psycopg, up to FEW_PARAMETERS values go to
+    psycopg itself, as one VALUES statement with a parameter a value (the bytes as bytes): the
+    JSON array's base64 and JSON text, and SQLAlchemy's execution around it, were most of the
+    CPU a small group cost (bench/README.md, session 10). psycopg's errors come out as
+    SQLAlchemy's (an unreachable database as its OperationalError), as from insert_rows.
+    Anything else (more values, SQLite, an ORM Session, whose rollback must know of an
+    error) goes through insert_rows."""
+    names = tuple(rows[0])
+    driver = None if isinstance(executor, Session) or len(rows) * len(names) > FEW_PARAMETERS \
+        else executor.connection.driver_connection
+    if not isinstance(driver, psycopg.Connection):
         return insert_rows(executor, model, rows, returning=returning,
                            skip_conflicts_on=skip_conflicts_on)
-    names = tuple(rows[0])
     statement = _values_insert(model, names, len(rows), returning, skip_conflicts_on)
     values = [_plain(row[name]) for row in rows for name in names]
-    connection = executor.connection() if isinstance(executor, Session) else executor
-    driver = connection.connection.driver_connection
-    assert isinstance(driver, psycopg.Connection)
     try:
         with driver.cursor() as cursor:
-            cursor.execute(statement, values, binary=True)
+            cursor.execute(statement, values)
             return [tuple(row) for row in cursor.fetchall()] if returning else []
     except psycopg.Error as exc:
         raise DBAPIError.instance(statement, values, exc, psycopg.Error,
