@@ -134,7 +134,7 @@ class MailHandler:
         except TooLarge as exc:  # aiosmtpd refuses most before, at the same limit
             metrics.mail_received.labels(result="too_large").inc()
             return f"552 5.3.4 {exc}"
-        await asyncio.gather(*(self._groups.commit(entry) for entry in entries))
+        await self._groups.commit(entries)
         failed = next((entry.error for entry in entries if entry.error is not None), None)
         if failed is not None:  # the database's, or this message's: the sender retries
             log.warning("mail not stored", error=repr(failed)[:200])
@@ -152,13 +152,14 @@ class CommitGroups:
 
     def __init__(self, intake: MailIntake) -> None:
         self._intake = intake
-        self._gathering: list[tuple[Accepting, asyncio.Future[None]]] = []
+        self._gathering: list[tuple[list[Accepting], asyncio.Future[None]]] = []
         self._committing: asyncio.Task[None] | None = None
 
-    async def commit(self, entry: Accepting) -> None:
-        """Returns once ``entry`` is committed, or has the error that kept it out."""
+    async def commit(self, entries: list[Accepting]) -> None:
+        """Returns once each of ``entries`` (a message's, one a recipient: always in the same
+        group) is committed, or has the error that kept it out."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._gathering.append((entry, done))
+        self._gathering.append((entries, done))
         if self._committing is None:
             self._committing = asyncio.create_task(self._drain())
         await done
@@ -168,11 +169,11 @@ class CommitGroups:
         try:
             while self._gathering:
                 group, self._gathering = self._gathering, []
+                entries = [entry for message, _ in group for entry in message]
                 try:
-                    await loop.run_in_executor(None, self._intake.commit,
-                                               [entry for entry, _ in group])
+                    await loop.run_in_executor(None, self._intake.commit, entries)
                 except BaseException as exc:  # commit gives each its outcome: a bug, or the end
-                    for entry, _ in group:
+                    for entry in entries:
                         entry.error = exc  # nothing promised: the senders try again
                     if not isinstance(exc, Exception):  # the loop is stopping
                         raise

@@ -42,11 +42,14 @@ class HeldIntake:
 
 
 async def crowd(intake: HeldIntake, cancel_one: bool = False) -> list[Accepting]:
+    """Sessions of one message each, but the last one's, for two recipients."""
     groups = CommitGroups(intake)  # type: ignore[arg-type]
-    entries = [entry(number) for number in range(5)]
-    first = asyncio.create_task(groups.commit(entries[0]))
+    entries = [entry(number) for number in range(6)]
+    first = asyncio.create_task(groups.commit(entries[:1]))
     await asyncio.get_running_loop().run_in_executor(None, intake.entered.wait, 10)
-    others = [asyncio.create_task(groups.commit(item)) for item in entries[1:]]
+    others = [asyncio.create_task(groups.commit(message))
+              for message in ([item] for item in entries[1:4])] + [
+        asyncio.create_task(groups.commit(entries[4:]))]
     await asyncio.sleep(0)  # let each of them reach its wait
     if cancel_one:
         others[0].cancel()  # its connection dropped while it waited
@@ -58,8 +61,8 @@ async def crowd(intake: HeldIntake, cancel_one: bool = False) -> list[Accepting]
 def test_sessions_arriving_during_a_commit_are_the_next_group() -> None:
     intake = HeldIntake()
     entries = asyncio.run(crowd(intake))
-    assert intake.groups == [["t0"], ["t1", "t2", "t3", "t4"]]
-    assert [item.mail_id for item in entries] == [0, 1, 2, 3, 4]
+    assert intake.groups == [["t0"], ["t1", "t2", "t3", "t4", "t5"]]
+    assert [item.mail_id for item in entries] == [0, 1, 2, 3, 4, 5]
     assert all(item.error is None for item in entries)
 
 
@@ -67,10 +70,10 @@ def test_a_session_gone_while_it_waited_does_not_stop_its_group() -> None:
     intake = HeldIntake()
     entries = asyncio.run(crowd(intake, cancel_one=True))
     # Committed all the same (the sender will send it again and find it stored).
-    assert intake.groups == [["t0"], ["t1", "t2", "t3", "t4"]]
-    assert [item.mail_id for item in entries[2:]] == [2, 3, 4]
+    assert intake.groups == [["t0"], ["t1", "t2", "t3", "t4", "t5"]]
+    assert [item.mail_id for item in entries[2:]] == [2, 3, 4, 5]
 
 
 def test_an_unexpected_error_of_a_commit_is_every_session_s_error_of_its_group() -> None:
     entries = asyncio.run(crowd(HeldIntake(fail=True)))
-    assert [str(item.error) for item in entries] == ["bug"] * 5
+    assert [str(item.error) for item in entries] == ["bug"] * 6
