@@ -315,7 +315,10 @@ class WorkerKiller:
                 self.workers[self.kills % 2] = self._start(f"worker-{self.kills}-new")
             else:
                 for pid in children(victim.proc.pid):
-                    os.kill(pid, signal.SIGKILL)
+                    # A pool process killed last round may be reaped between the listing
+                    # and this kill: gone already, as the kill wants.
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
             self.kills += 1
 
     def start(self) -> None:
