@@ -231,4 +231,5 @@ def test_psycopg_keeps_the_conversion_of_insert_fews_statements() -> None:
     converted anew at every execution (psycopg's own limit), costing what insert_few saves."""
     from psycopg import _queries
 
-    assert dialect.FEW_PARAMETERS <= _queries.MAX_CACHED_STATEMENT_PARAMS
+    assert dialect.FEW_PARAMETERS <= _queries.MAX_CACHED_STATEMENT_PARAMS, (
+        "psycopg._queries.MAX_CACHED_STATEMENT_PARAMS")
