@@ -227,9 +227,18 @@ def test_kombu_sqlalchemy_transport_polls_by_its_class_attribute() -> None:
 
 
 def test_psycopg_keeps_the_conversion_of_insert_fews_statements() -> None:
-    """dialect.insert_few gives psycopg at most FEW_PARAMETERS values: a query of more is
-    converted anew at every execution (psycopg's own limit), costing what insert_few saves."""
+    """dialect.insert_few gives psycopg at most FEW_PARAMETERS values: a query of more, or a
+    longer one, is converted anew at every execution (psycopg's own limits), costing what
+    insert_few saves. Its longest statement: every column of the mail table, as many rows as
+    fit."""
     from psycopg import _queries
+
+    from shared.db.models import MailMessage
 
     assert dialect.FEW_PARAMETERS <= _queries.MAX_CACHED_STATEMENT_PARAMS, (
         "psycopg._queries.MAX_CACHED_STATEMENT_PARAMS")
+    names = tuple(MailMessage.__table__.c.keys())
+    longest = dialect._values_insert(MailMessage, names, dialect.FEW_PARAMETERS // len(names),
+                                     ("transid", "id"), ("account_id", "message_id"))
+    assert len(longest) <= _queries.MAX_CACHED_STATEMENT_LENGTH, (
+        "psycopg._queries.MAX_CACHED_STATEMENT_LENGTH")

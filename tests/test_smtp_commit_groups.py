@@ -52,7 +52,7 @@ async def crowd(intake: HeldIntake, cancel_one: bool = False) -> list[Accepting]
         asyncio.create_task(groups.commit(entries[4:]))]
     await asyncio.sleep(0)  # let each of them reach its wait
     if cancel_one:
-        others[0].cancel()  # its connection dropped while it waited
+        others[-1].cancel()  # its connection dropped while it waited (two recipients)
     intake.release.set()
     await asyncio.wait_for(asyncio.gather(first, *others, return_exceptions=True), 10)
     return entries
@@ -69,9 +69,10 @@ def test_sessions_arriving_during_a_commit_are_the_next_group() -> None:
 def test_a_session_gone_while_it_waited_does_not_stop_its_group() -> None:
     intake = HeldIntake()
     entries = asyncio.run(crowd(intake, cancel_one=True))
-    # Committed all the same (the sender will send it again and find it stored).
+    # Committed all the same, both recipients' (the sender will send it again and find it
+    # stored), and the others with it.
     assert intake.groups == [["t0"], ["t1", "t2", "t3", "t4", "t5"]]
-    assert [item.mail_id for item in entries[2:]] == [2, 3, 4, 5]
+    assert [item.mail_id for item in entries] == [0, 1, 2, 3, 4, 5]
 
 
 def test_an_unexpected_error_of_a_commit_is_every_session_s_error_of_its_group() -> None:

@@ -113,5 +113,6 @@ def _fresh_engines(**_: Any) -> None:
 @worker_process_init.connect
 def _settle_collector(**_: Any) -> None:
     # In the main process before its pool forks, and in each pool process after its set-up:
-    # connected last, so it runs after every other receiver (here and in worker/signals.py).
+    # connected after worker/signals.py's receivers (imported above) and _fresh_engines, it
+    # runs after them.
     collector.settle()

@@ -313,13 +313,20 @@ class WorkerKiller:
                 victim.proc.wait()
                 victim.stop()
                 self.workers[self.kills % 2] = self._start(f"worker-{self.kills}-new")
-            else:
-                for pid in children(victim.proc.pid):
-                    # A pool process killed last round may be reaped between the listing
-                    # and this kill: gone already, as the kill wants.
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
+            elif not self._kill_pool(victim):
+                continue  # nothing was killed: the round does not count
             self.kills += 1
+
+    @staticmethod
+    def _kill_pool(victim: Worker) -> bool:
+        """SIGKILL each pool process of ``victim``; whether any was there to kill. One may
+        exit, or be reaped, between the listing and its kill: gone already, as the kill wants."""
+        killed = False
+        for pid in children(victim.proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                killed = True
+        return killed
 
     def start(self) -> None:
         self._thread.start()
