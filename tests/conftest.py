@@ -24,6 +24,8 @@ import psycopg
 import pytest
 import redis
 from flask.testing import FlaskClient
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
 
 from shared.db.engine import dispose_engines, session_scope
 from shared.db.migrate import upgrade
@@ -73,6 +75,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for name in SERVERS:
             if item.get_closest_marker(name):
                 item.add_marker(pytest.mark.usefixtures(f"_{name}_up"))
+
+
+def backend(connection: Connection) -> int:
+    """The PostgreSQL server process behind ``connection``."""
+    pid = connection.execute(text("SELECT pg_backend_pid()")).scalar()
+    assert isinstance(pid, int)
+    return pid
+
+
+def terminate(pid: int) -> None:
+    """What a database restart does to a connection: the server ends it."""
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
 
 
 @pytest.fixture(scope="session")

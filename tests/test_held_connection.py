@@ -6,26 +6,12 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-import psycopg
 import pytest
 from sqlalchemy import text
-from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
 
 from shared.db.engine import HeldConnection, database_unreachable, dispose_engines, get_engine
-from tests.conftest import PG_ADMIN
-
-
-def backend(connection: Connection) -> int:
-    pid = connection.execute(text("SELECT pg_backend_pid()")).scalar()
-    assert isinstance(pid, int)
-    return pid
-
-
-def terminate(pid: int) -> None:
-    """What a database restart does to the connection: the server ends it."""
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+from tests.conftest import backend, terminate
 
 
 @pytest.mark.postgres

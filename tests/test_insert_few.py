@@ -10,15 +10,14 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
 import pytest
-from sqlalchemy import event, select, text
+from sqlalchemy import event, select
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 
 from shared.db import dialect
 from shared.db.engine import HeldConnection, database_unreachable, get_engine, session_scope
 from shared.db.models import MailMessage
-from tests.conftest import PG_ADMIN
+from tests.conftest import backend, terminate
 
 RETURNING = ("transid", "id")
 SKIP = ("account_id", "message_id")
@@ -141,9 +140,8 @@ def test_a_row_the_database_refuses_is_sqlalchemys_integrity_error(
 @pytest.mark.postgres
 def test_a_connection_the_database_ended_is_an_outage(pg_held: HeldConnection) -> None:
     with pg_held() as connection:
-        pid = connection.execute(text("SELECT pg_backend_pid()")).scalar()
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        pid = backend(connection)
+    terminate(pid)
     with pytest.raises(OperationalError) as caught:
         insert(pg_held, [row()])
     assert database_unreachable(caught.value)  # intake answers 451: the sender retries
