@@ -208,12 +208,14 @@ def test_the_hand_built_envelope_is_what_celery_sends(
 
 
 def test_redis_py_connection_keeps_what_the_lua_publish_calls() -> None:
-    """shared/publish.LuaScript talks to a redis-py Connection directly, skipping the client."""
+    """shared/messaging/publish.LuaScript makes redis-py Connections as the pool would, and talks
+    to them directly, skipping the client."""
     connection = redis.Connection
     for name in ("send_command", "read_response", "can_read", "disconnect"):
         assert callable(getattr(connection, name, None)), f"redis.Connection.{name}"
-    assert callable(getattr(redis.ConnectionPool, "make_connection", None)), (
-        "redis.ConnectionPool.make_connection")
+    pool = redis.ConnectionPool.from_url("redis://127.0.0.1:1/0", client_name="x")
+    assert issubclass(pool.connection_class, redis.Connection), "ConnectionPool.connection_class"
+    assert pool.connection_kwargs["client_name"] == "x", "ConnectionPool.connection_kwargs"
     assert issubclass(redis.exceptions.NoScriptError, redis.ResponseError), "NoScriptError"
 
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from xml.sax.saxutils import escape
 
@@ -18,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from api import create_app
-from shared.messaging.publish import RedisLimiter
+from shared.messaging.publish import Limited, RedisLimiter
 from tests.conftest import queued_messages
 
 pytestmark = pytest.mark.redis
@@ -240,6 +242,39 @@ def test_a_group_is_charged_all_its_keys_or_none(broker: str) -> None:
     assert redis.Redis.from_url(broker).llen("events") == 0
     assert limiter.take({"key:b": 5}, "events", "message") is None
     assert redis.Redis.from_url(broker).lrange("events", 0, -1) == [b"message"]
+
+
+def test_publishing_threads_that_come_and_go_share_a_few_connections(broker: str) -> None:
+    """The mail intake's wake-up thread lives for one stream; a listener sees thousands. Each
+    such thread's publish goes through, on a connection an earlier thread used."""
+    limiter = RedisLimiter(broker, rate=1000, burst=1000)
+    server = redis.Redis.from_url(broker)
+    database = int(broker.rsplit("/", 1)[1])
+
+    def connections() -> int:
+        return sum(1 for entry in server.client_list()
+                   if entry["name"] == "eventdesk-api" and int(entry["db"]) == database)
+
+    before = connections()
+    for number in range(150):  # redis-py's pool refuses its 101st connection
+        thread = threading.Thread(target=limiter.take, args=({}, "mail", f"m{number}"))
+        thread.start()
+        thread.join()
+    assert server.llen("mail") == 150
+    assert connections() - before == 1
+
+    # At once, each caller has a connection of its own: every reply reaches its own caller.
+    barrier = threading.Barrier(8)
+
+    def publish(sender: int) -> list[Limited | None]:
+        barrier.wait()
+        return [limiter.take({}, "mail", f"{sender}-{n}") for n in range(50)]
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = [answer for answers in pool.map(publish, range(8)) for answer in answers]
+    assert answers == [None] * 400
+    assert server.llen("mail") == 550
+    assert connections() - before <= 8
 
 
 def test_broker_down_is_7005_and_nothing_queued(

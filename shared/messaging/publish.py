@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -113,14 +114,19 @@ return '0'
 
 
 class LuaScript:
-    """One Lua script, called with EVALSHA on a Redis connection of the calling thread's own.
+    """One Lua script, called with EVALSHA on a Redis connection held only for the call.
 
     redis-py's ``Redis.execute_command`` (pool checkout, retry and observability wrappers) costs
-    several times the round trip itself on the hot path, so each thread keeps one connection
-    and talks to it directly. A connection made before a fork is never reused by the child.
-    No retry here: a command that may have run is not sent twice. What redis-py's pool does on
-    checkout is kept: an idle connection that has something to read (the server closed it, say
-    after a Redis restart) is replaced before the command is sent, so that is not an error.
+    several times the round trip itself on the hot path, so a call takes an idle connection of
+    this script's own (a lock-free deque) and talks to it directly. Held per call, not per
+    thread: callers that come and go (the mail intake's wake-up thread lives for one stream)
+    reuse the same few connections, as many as ever called at once. redis-py's pool would count
+    every connection a thread kept and never released, and refuse the 101st ("Too many
+    connections"): the mail listener then stopped queueing anything. A connection made before a
+    fork is never reused by the child. No retry here: a command that may have run is not sent
+    twice. What redis-py's pool does on checkout is kept: an idle connection that has something
+    to read (the server closed it, say after a Redis restart) is reconnected before the command
+    is sent, so that is not an error.
     """
 
     def __init__(self, url: str, script: str) -> None:
@@ -129,19 +135,22 @@ class LuaScript:
         )
         self._script = script
         self._sha = hashlib.sha1(script.encode()).hexdigest()  # noqa: S324 - Redis's script id
-        self._local = threading.local()
+        self._pid = os.getpid()
+        self._idle: deque[Any] = deque()
 
     def _connection(self) -> Any:
-        held: tuple[int, Any] | None = getattr(self._local, "held", None)
-        if held is None or held[0] != os.getpid():
-            held = self._local.held = (os.getpid(), self._pool.make_connection())
-        connection = held[1]
+        if self._pid != os.getpid():  # a forked child: the parent's sockets are not its own
+            self._pid, self._idle = os.getpid(), deque()
+        try:
+            connection = self._idle.pop()
+        except IndexError:
+            return self._pool.connection_class(**self._pool.connection_kwargs)
         try:
             stale = connection.can_read()  # nothing is owed on an idle connection
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             stale = True
         if stale:
-            connection.disconnect()
+            connection.disconnect()  # connects again on the command
         return connection
 
     def __call__(self, keys: list[str], args: list[Any]) -> Any:
@@ -159,6 +168,8 @@ class LuaScript:
             # Whatever happened mid-command, the connection's state is unknown: start afresh.
             connection.disconnect()
             raise
+        finally:
+            self._idle.append(connection)
 
     def ping(self) -> None:
         redis.Redis(connection_pool=self._pool).ping()
