@@ -159,7 +159,8 @@ def test_mail_answered_250_by_killed_listeners_becomes_one_request_each(tmp_path
                 killer.start()
                 senders.send_all()
                 killer.join()
-                tally = wait_until(lambda: settled(database, senders.run), 120, 0.5)
+                tally = wait_until(
+                    lambda: settled(database, senders.run, tmp_path / "smtp.log"), 120, 0.5)
         finally:
             worker.stop()
 
@@ -186,7 +187,8 @@ def test_mail_processed_by_killed_workers_becomes_one_request_each(
                 killer.start()
                 senders.send_all()
                 killer.stop()
-                tally = wait_until(lambda: settled(database, senders.run), 120, 0.5)
+                tally = wait_until(
+                    lambda: settled(database, senders.run, tmp_path / "smtp.log"), 120, 0.5)
         finally:
             killer.close()
 
@@ -209,8 +211,16 @@ def kill_while_sending(listener: Listener, senders: Senders) -> None:
         listener.start()
 
 
-def settled(database: str, run: str) -> dict[str, int] | None:
+def assert_all_queued(log: Path) -> None:
+    """The broker is up all along: every stored message's task is queued at once, none left
+    for the sweep, which comes only minutes later (the run would never settle in time)."""
+    unqueued = [line for line in log.read_text().splitlines() if "not queued" in line]
+    assert not unqueued, unqueued[:3]
+
+
+def settled(database: str, run: str, log: Path) -> dict[str, int] | None:
     """What became of the run's messages, once none is left unprocessed."""
+    assert_all_queued(log)
     with session_scope(database) as session:
         statuses = dict(session.execute(
             select(MailMessage.status, func.count()).where(
