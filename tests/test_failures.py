@@ -21,6 +21,7 @@ from sqlalchemy.exc import (
 
 from shared.codes import Code
 from shared.transactions.failures import (
+    Backoff,
     Fault,
     classify,
     failure_code,
@@ -179,3 +180,15 @@ def test_a_bug_fails_the_event_too_never_retried_forever() -> None:
     database = Database(KeyError("outcome"))
     process_isolating([batch("a", "poison")], database.run, database.record)
     assert database.committed == {"a": "completed", "poison": "failed: KeyError: 'outcome'"}
+
+
+def test_the_outage_pause_doubles_to_30_s_and_stays_there_however_long_the_outage() -> None:
+    pauses: list[float] = []
+    backoff = Backoff(sleep=pauses.append)
+    for _ in range(2000):  # 2000 pauses: over 16 hours of an outage
+        backoff.pause()
+    assert pauses[:8] == [0.5, 1, 2, 4, 8, 16, 30, 30]
+    assert set(pauses[6:]) == {30}
+    backoff.reset()
+    backoff.pause()
+    assert pauses[-1] == 0.5

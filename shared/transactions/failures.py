@@ -86,9 +86,11 @@ class Backoff:
         self._outages = 0
 
     def pause(self) -> None:
-        """Wait the next pause of this outage."""
+        """Wait the next pause of this outage (however long it lasts: the count stops growing
+        once the pause is the longest, so it never overflows a float)."""
         delay = min(self.MOST, self.FIRST * 2 ** self._outages)
-        self._outages += 1
+        if delay < self.MOST:
+            self._outages += 1
         self._sleep(delay)
 
     def reset(self) -> None:
