@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 
 from shared import collector, metrics
 from shared.logs import get_logger
@@ -225,6 +225,20 @@ class PeerLimitedSMTP(SMTP):
 
     def eof_received(self) -> bool | None:
         return False if self._refused else super().eof_received()
+
+    async def smtp_STARTTLS(self, arg: str) -> None:  # noqa: N802 - aiosmtpd's command name
+        """aiosmtpd's, ending the session when the handshake it started did not complete.
+
+        A client that goes silent mid-handshake is closed by the idle timer; Python's TLS layer,
+        closed mid-handshake, resolves aiosmtpd's handshake waiter as if it had succeeded and
+        never reports the connection lost. The session then waited forever for a command and
+        kept its peer's place: after ``EVENTDESK_SMTP_PEER_CONNECTIONS`` such stalls (a gateway
+        restarted, a NAT entry dropped), every connection from that peer was refused (421)
+        until a restart. aiosmtpd ends a failed handshake's session on TLSSetupException."""
+        await super().smtp_STARTTLS(arg)
+        assert self.session is not None
+        if self._original_transport is not None and self.session.ssl is None:
+            raise TLSSetupException("the TLS handshake did not complete")
 
     def _reset_timeout(self, duration: float | None = None) -> None:
         """aiosmtpd's (the session closes after ``duration``, by default its timeout, without a

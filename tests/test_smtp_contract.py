@@ -13,16 +13,21 @@ import asyncio
 import inspect
 import random
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiosmtpd.smtp import SMTP
 
 from api.smtp import PeerLimitedSMTP
+from tests.conftest import require_tool, wait_until
 
 PATHS = [
     "<ellen.brown@widget.com>", "<wdc@mail.eventdesk.local> SIZE=500",
@@ -101,25 +106,32 @@ def test_aiosmtpd_resets_its_idle_timer_at_every_command_through_reset_timeout()
 IDLE_S = 1.0
 
 
-@pytest.fixture(scope="module")
-def idle_listener() -> Iterator[int]:
-    """The listener's session class on a loop of its own, with a short idle timeout."""
+@contextmanager
+def serving(session: Callable[[], PeerLimitedSMTP]) -> Iterator[int]:
+    """Sessions made by ``session`` on a loop of their own: the port."""
     loop = asyncio.new_event_loop()
-    server = loop.run_until_complete(loop.create_server(
-        lambda: PeerLimitedSMTP(object(), connections=Counter(), limit=10,  # type: ignore[arg-type]
-                                timeout=IDLE_S), "127.0.0.1", 0))
+    server = loop.run_until_complete(loop.create_server(session, "127.0.0.1", 0))
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    yield server.sockets[0].getsockname()[1]
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        async def shut() -> None:
+            server.close()
+            await server.wait_closed()
 
-    async def shut() -> None:
-        server.close()
-        await server.wait_closed()
+        asyncio.run_coroutine_threadsafe(shut(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
 
-    asyncio.run_coroutine_threadsafe(shut(), loop).result(5)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
-    loop.close()
+
+@pytest.fixture(scope="module")
+def idle_listener() -> Iterator[int]:
+    """The listener's session class, with a short idle timeout."""
+    with serving(lambda: PeerLimitedSMTP(
+            object(), connections=Counter(), limit=10, timeout=IDLE_S)) as port:  # type: ignore[arg-type]
+        yield port
 
 
 def answer(connection: socket.socket) -> bytes:
@@ -149,3 +161,36 @@ def test_a_busy_session_outlives_the_timeout_and_an_idle_one_ends_after_it(
             pass
         idle = time.monotonic() - last
     assert IDLE_S * 0.9 <= idle < IDLE_S + 2, f"closed after {idle:.2f} s idle"
+
+
+def test_a_session_silent_mid_tls_handshake_ends_after_the_timeout_and_frees_its_place(
+        tmp_path: Path) -> None:
+    """Python's TLS layer closed mid-handshake tells aiosmtpd neither of a failure nor of a lost
+    connection: the session must still end, and its peer's place come free."""
+    openssl = require_tool("openssl", "openssl")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    places: Counter[str] = Counter()  # shared by the sessions, as the listener's
+    with serving(lambda: PeerLimitedSMTP(
+            object(), connections=places, limit=1, tls_context=context,  # type: ignore[arg-type]
+            timeout=IDLE_S)) as port:
+
+        def greeting() -> bytes:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as other:
+                return answer(other)
+
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as stalled:
+            assert answer(stalled).startswith(b"220")
+            stalled.sendall(b"EHLO client\r\n")
+            while not answer(stalled).startswith(b"250 "):
+                pass
+            stalled.sendall(b"STARTTLS\r\n")
+            assert answer(stalled).startswith(b"220")
+            # The client now goes silent instead of starting the handshake.
+            assert greeting().startswith(b"421"), "the stalled session holds the only place"
+            wait_until(lambda: greeting().startswith(b"220"), 5 * IDLE_S, 0.1)
+            assert answer(stalled) == b"", "the stalled session is closed"
