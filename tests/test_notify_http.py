@@ -7,7 +7,10 @@ import asyncio
 import contextlib
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Coroutine, Iterator
+from ipaddress import IPv4Address
+from typing import Any
 
 import pytest
 
@@ -197,3 +200,40 @@ def test_an_internationalised_url_is_written_as_ascii() -> None:
     assert target.request == (b"POST /hooks/%C3%BC%20ber?name=%C3%A9 HTTP/1.1\r\n"
                               b"host: xn--bcher-kva.example:8080\r\n")
     assert (target.host, target.port) == ("bücher.example", 8080)
+
+
+def test_a_receiver_whose_dns_is_slow_holds_up_no_other_receiver(
+        scripted: type[Scripted]) -> None:
+    """Its lanes wait on one lookup at a time (each giving up at the connect timeout), so the
+    threads that lookups run in stay free for the other receivers."""
+    fast = scripted(*[b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"] * 4)
+    port = fast.server.getsockname()[1]
+    slow_running, slow_most = 0, 0
+    guard = threading.Lock()
+
+    def resolve(host: str, _: int) -> list[IPv4Address]:
+        nonlocal slow_running, slow_most
+        if host == "slow.test":
+            with guard:
+                slow_running += 1
+                slow_most = max(slow_most, slow_running)
+            time.sleep(2)
+            with guard:
+                slow_running -= 1
+        return [IPv4Address("127.0.0.1")]
+
+    async def run() -> tuple[list[AttemptResult], list[AttemptResult]]:
+        async with Sender(connect_timeout=0.5, read_timeout=1, allow=LOCALHOST,
+                          resolve=resolve) as sender:
+            def posts(host: str, lanes: int) -> list[Coroutine[Any, Any, AttemptResult]]:
+                return [sender.post(f"http://{host}:{port}/hook", b"{}", {}, lane)
+                        for lane in range(lanes)]
+
+            slow = await asyncio.gather(*posts("slow.test", 16))
+            slow += await asyncio.gather(*posts("slow.test", 16))  # lookups still running
+            return slow, await asyncio.gather(*posts("fast.test", 4))
+
+    slow, others = asyncio.run(run())
+    assert {result.error for result in slow} == {"NameResolutionError"}
+    assert [result.status_code for result in others] == [200] * 4
+    assert slow_most == 1

@@ -141,14 +141,38 @@ def system_resolver(host: str, port: int) -> list[IPAddress]:
     return found
 
 
-async def _resolve_within(
-    resolve: Resolver, host: str, port: int, timeout: float
-) -> list[IPAddress]:
-    """``resolve`` in a thread (getaddrinfo blocks), with a time limit (it has none of its own)."""
-    try:
-        return list(await asyncio.wait_for(asyncio.to_thread(resolve, host, port), timeout))
-    except TimeoutError:
-        raise NameResolutionError(f"{host}: no answer within {timeout} s") from None
+class _Lookups:
+    """Name lookups in threads (getaddrinfo blocks, and has no time limit of its own), one at a
+    time for a host and port.
+
+    A lookup given up on at its caller's time limit still holds its thread until the resolver
+    answers. Each lane of a receiver whose DNS answers slowly would start one of its own, every
+    attempt: they filled the event loop's small thread pool (6 threads on two cores), and every
+    other receiver's new connection then failed its lookup. So callers wait on the lookup that
+    runs for their host, each within its own time limit, and a new one starts only once it
+    answered.
+    """
+
+    def __init__(self, resolve: Resolver) -> None:
+        self._resolve = resolve
+        self._running: dict[tuple[str, int], asyncio.Future[Sequence[IPAddress]]] = {}
+
+    async def __call__(self, host: str, port: int, timeout: float) -> list[IPAddress]:
+        key = (host, port)
+        running = self._running.get(key)
+        if running is None:
+            running = self._running[key] = asyncio.ensure_future(
+                asyncio.to_thread(self._resolve, host, port))
+            running.add_done_callback(lambda done: self._answered(key, done))
+        try:
+            return list(await asyncio.wait_for(asyncio.shield(running), timeout))
+        except TimeoutError:
+            raise NameResolutionError(f"{host}: no answer within {timeout} s") from None
+
+    def _answered(self, key: tuple[str, int], done: asyncio.Future[Sequence[IPAddress]]) -> None:
+        del self._running[key]
+        if not done.cancelled():
+            done.exception()  # seen, even when every caller had given up on it
 
 
 @functools.cache
@@ -374,11 +398,11 @@ class _Connection(asyncio.Protocol):
 
 
 async def _connect(
-    target: Target, *, allow: Sequence[IPNetwork], resolve: Resolver, timeout: float,
+    target: Target, *, allow: Sequence[IPNetwork], lookup: _Lookups, timeout: float,
     verify: ssl.SSLContext | None,
 ) -> _Connection:
     """A connection to a checked address of the target's host (see the module doc)."""
-    addresses = await _resolve_within(resolve, target.host, target.port, timeout)
+    addresses = await lookup(target.host, target.port, timeout)
     check_addresses(target.host, addresses, allow)
     context = (verify or default_ssl_context()) if target.scheme == "https" else None
     error: Exception | None = None
@@ -422,7 +446,7 @@ class Sender:
         self._read_timeout = read_timeout
         self._deadline = connect_timeout + read_timeout
         self._allow = allow
-        self._resolve = resolve
+        self._lookup = _Lookups(resolve)
         self._verify = verify
         self._connections: dict[tuple[str, str, int, int], _Connection] = {}
 
@@ -456,7 +480,7 @@ class Sender:
             return found
         if found is not None:
             found.close()
-        return await _connect(target, allow=self._allow, resolve=self._resolve,
+        return await _connect(target, allow=self._allow, lookup=self._lookup,
                               timeout=self._connect_timeout, verify=self._verify)
 
     async def post(
