@@ -26,6 +26,7 @@ from shared.db.models import (
     SupportAgreement,
     Team,
 )
+from shared.records.directory import Directory
 from shared.records.importer import (
     KINDS,
     RecordsError,
@@ -556,3 +557,17 @@ def test_create_and_revoke_keys(sqlite_db: str) -> None:
             assert revoke_key(session, not_an_id) is Revoked.NO_SUCH_KEY
         assert find_key(session, plaintext) is None
         assert find_key(session, other) is None
+
+
+def test_the_directory_remembers_accounts_that_do_not_exist_up_to_a_bound(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Reference names such as ``HTTP@web-17`` ask for an account of every suffix: a process
+    that lives for months keeps at most MAX_MISSES of those that do not exist."""
+    monkeypatch.setattr(Directory, "MAX_MISSES", 50)
+    directory = Directory(ttl=3600)
+    with session_scope(sqlite_url) as session:
+        assert directory.account(session, "wdc") is not None
+        for number in range(1000):
+            assert directory.account(session, f"web-{number}") is None
+        assert 1 < len(directory) <= 51

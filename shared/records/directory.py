@@ -191,12 +191,20 @@ def load_account(session: Session, account_id: str) -> AccountRecords | None:
 
 
 class Directory:
-    """Per-process cache of :class:`AccountRecords`, refreshed after ``ttl`` seconds."""
+    """Per-process cache of :class:`AccountRecords`, refreshed after ``ttl`` seconds.
+
+    Accounts that do not exist are remembered too (an ``@suffix`` of a reference name asks for
+    one, and a monitoring tool's names such as ``HTTP@web-17`` ask for many), but at most
+    MAX_MISSES of them: a process that lives for months would otherwise keep every suffix it
+    ever saw."""
+
+    MAX_MISSES = 4096
 
     def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._ttl = ttl
         self._clock = clock
         self._accounts: dict[str, tuple[float, AccountRecords | None]] = {}
+        self._misses = 0  # misses remembered since the last pruning: at least those held
         self._lock = threading.Lock()
 
     def account(self, session: Session, account_id: str) -> AccountRecords | None:
@@ -206,9 +214,18 @@ class Directory:
             return hit[1]
         records = load_account(session, account_id)
         with self._lock:
+            if records is None and hit is None:
+                self._misses += 1
+                if self._misses > self.MAX_MISSES:
+                    self._accounts = {known: entry for known, entry in self._accounts.items()
+                                      if entry[1] is not None}
+                    self._misses = 1
             self._accounts[account_id] = (now + self._ttl, records)
         return records
 
+    def __len__(self) -> int:
+        """The accounts remembered, those that do not exist included."""
+        return len(self._accounts)
 
     def forget(self, account_id: str) -> None:
         """Load the account again on its next use (a record of it was just written)."""
