@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
+from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException, syntax
 
 from shared import collector, metrics
 from shared.logs import get_logger
@@ -226,15 +226,22 @@ class PeerLimitedSMTP(SMTP):
     def eof_received(self) -> bool | None:
         return False if self._refused else super().eof_received()
 
+    @syntax("STARTTLS", when="tls_context")
     async def smtp_STARTTLS(self, arg: str) -> None:  # noqa: N802 - aiosmtpd's command name
-        """aiosmtpd's, ending the session when the handshake it started did not complete.
+        """aiosmtpd's, refused once TLS is up (RFC 3207 4.2), and ending the session when the
+        handshake it started did not complete.
 
         A client that goes silent mid-handshake is closed by the idle timer; Python's TLS layer,
         closed mid-handshake, resolves aiosmtpd's handshake waiter as if it had succeeded and
         never reports the connection lost. The session then waited forever for a command and
         kept its peer's place: after ``EVENTDESK_SMTP_PEER_CONNECTIONS`` such stalls (a gateway
         restarted, a NAT entry dropped), every connection from that peer was refused (421)
-        until a restart. aiosmtpd ends a failed handshake's session on TLSSetupException."""
+        until a restart. aiosmtpd ends a failed handshake's session on TLSSetupException. A
+        second STARTTLS, inside the first's TLS, would stall the same way unseen (the session
+        has its TLS details from the first), so it is refused."""
+        if self._tls_protocol is not None:
+            await self.push("554 5.5.1 TLS already active")
+            return
         await super().smtp_STARTTLS(arg)
         assert self.session is not None
         if self._original_transport is not None and self.session.ssl is None:

@@ -70,6 +70,18 @@ def require_tool(name: str, package: str) -> str:
     pytest.skip(message)
 
 
+def self_signed(directory: Path, name: str = "localhost") -> tuple[Path, Path]:
+    """A certificate for ``name`` (its CN and subjectAltName) and its key, made by openssl."""
+    openssl = require_tool("openssl", "openssl")
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    subprocess.run([
+        openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={name}",
+        "-addext", f"subjectAltName=DNS:{name}",
+    ], check=True, capture_output=True)
+    return cert, key
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         for name in SERVERS:

@@ -213,6 +213,8 @@ def test_redis_py_connection_keeps_what_the_lua_publish_calls() -> None:
     connection = redis.Connection
     for name in ("send_command", "read_response", "can_read", "disconnect"):
         assert callable(getattr(connection, name, None)), f"redis.Connection.{name}"
+    assert isinstance(getattr(connection, "is_connected", None), property), (
+        "redis.Connection.is_connected")
     pool = redis.ConnectionPool.from_url("redis://127.0.0.1:1/0", client_name="x")
     assert issubclass(pool.connection_class, redis.Connection), "ConnectionPool.connection_class"
     assert pool.connection_kwargs["client_name"] == "x", "ConnectionPool.connection_kwargs"

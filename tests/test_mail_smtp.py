@@ -28,7 +28,7 @@ from sqlalchemy import select
 from api import create_app
 from shared.db.engine import session_scope
 from shared.db.models import Account, MailMessage, Note, Request
-from tests.conftest import REPO, redis_db_url, require_tool, wait_until
+from tests.conftest import REPO, redis_db_url, self_signed, wait_until
 from tests.test_worker import Stack, redis_postgres, wait_done
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
@@ -261,11 +261,7 @@ def test_per_peer_connection_and_message_limits(redis_postgres: Stack, tmp_path:
 def test_starttls_when_a_certificate_is_configured(
     redis_postgres: Stack, tmp_path: Path,
 ) -> None:
-    openssl = require_tool("openssl", "openssl")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
+    cert, key = self_signed(tmp_path)
     secure = Listener(redis_postgres, tmp_path / "smtp.log", smtp_tls_cert=str(cert),
                       smtp_tls_key=str(key))
     try:

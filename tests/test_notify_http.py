@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import socket
 import threading
-import time
 from collections.abc import Coroutine, Iterator
 from ipaddress import IPv4Address
 from typing import Any
@@ -208,6 +207,7 @@ def test_a_receiver_whose_dns_is_slow_holds_up_no_other_receiver(
     threads that lookups run in stay free for the other receivers."""
     fast = scripted(*[b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"] * 4)
     port = fast.server.getsockname()[1]
+    answered = threading.Event()  # the slow name's resolver answers only at the end
     slow_running, slow_most = 0, 0
     guard = threading.Lock()
 
@@ -217,7 +217,7 @@ def test_a_receiver_whose_dns_is_slow_holds_up_no_other_receiver(
             with guard:
                 slow_running += 1
                 slow_most = max(slow_most, slow_running)
-            time.sleep(2)
+            answered.wait(30)
             with guard:
                 slow_running -= 1
         return [IPv4Address("127.0.0.1")]
@@ -229,9 +229,12 @@ def test_a_receiver_whose_dns_is_slow_holds_up_no_other_receiver(
                 return [sender.post(f"http://{host}:{port}/hook", b"{}", {}, lane)
                         for lane in range(lanes)]
 
-            slow = await asyncio.gather(*posts("slow.test", 16))
-            slow += await asyncio.gather(*posts("slow.test", 16))  # lookups still running
-            return slow, await asyncio.gather(*posts("fast.test", 4))
+            try:
+                slow = await asyncio.gather(*posts("slow.test", 16))
+                slow += await asyncio.gather(*posts("slow.test", 16))  # the lookup still runs
+                return slow, await asyncio.gather(*posts("fast.test", 4))
+            finally:
+                answered.set()
 
     slow, others = asyncio.run(run())
     assert {result.error for result in slow} == {"NameResolutionError"}

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import random
+import re
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -27,7 +27,7 @@ import pytest
 from aiosmtpd.smtp import SMTP
 
 from api.smtp import PeerLimitedSMTP
-from tests.conftest import require_tool, wait_until
+from tests.conftest import self_signed, wait_until
 
 PATHS = [
     "<ellen.brown@widget.com>", "<wdc@mail.eventdesk.local> SIZE=500",
@@ -163,34 +163,60 @@ def test_a_busy_session_outlives_the_timeout_and_an_idle_one_ends_after_it(
     assert IDLE_S * 0.9 <= idle < IDLE_S + 2, f"closed after {idle:.2f} s idle"
 
 
-def test_a_session_silent_mid_tls_handshake_ends_after_the_timeout_and_frees_its_place(
-        tmp_path: Path) -> None:
-    """Python's TLS layer closed mid-handshake tells aiosmtpd neither of a failure nor of a lost
-    connection: the session must still end, and its peer's place come free."""
-    openssl = require_tool("openssl", "openssl")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
+TLS_IDLE_S = 3.0  # room for the checks made while a session stalls, on a loaded machine
+
+
+@pytest.fixture
+def tls_listener(tmp_path: Path) -> Iterator[int]:
+    """The listener's session class with STARTTLS, one place for a peer, a short idle timeout."""
+    cert, key = self_signed(tmp_path)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     places: Counter[str] = Counter()  # shared by the sessions, as the listener's
     with serving(lambda: PeerLimitedSMTP(
             object(), connections=places, limit=1, tls_context=context,  # type: ignore[arg-type]
-            timeout=IDLE_S)) as port:
+            timeout=TLS_IDLE_S)) as port:
+        yield port
 
-        def greeting() -> bytes:
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as other:
-                return answer(other)
 
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as stalled:
-            assert answer(stalled).startswith(b"220")
-            stalled.sendall(b"EHLO client\r\n")
-            while not answer(stalled).startswith(b"250 "):
-                pass
-            stalled.sendall(b"STARTTLS\r\n")
-            assert answer(stalled).startswith(b"220")
-            # The client now goes silent instead of starting the handshake.
-            assert greeting().startswith(b"421"), "the stalled session holds the only place"
-            wait_until(lambda: greeting().startswith(b"220"), 5 * IDLE_S, 0.1)
-            assert answer(stalled) == b"", "the stalled session is closed"
+def starttls(connection: socket.socket) -> bytes:
+    """EHLO, then STARTTLS: the answer to it."""
+    connection.sendall(b"EHLO client\r\n")
+    ehlo = b""
+    while not re.search(rb"(^|\n)250 [^\n]*\n$", ehlo):  # up to its last line
+        more = answer(connection)
+        assert more, f"closed after {ehlo!r}"
+        ehlo += more
+    connection.sendall(b"STARTTLS\r\n")
+    return answer(connection)
+
+
+def greeting(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        return answer(connection)
+
+
+def test_a_session_silent_mid_tls_handshake_ends_after_the_timeout_and_frees_its_place(
+        tls_listener: int) -> None:
+    """Python's TLS layer closed mid-handshake tells aiosmtpd neither of a failure nor of a lost
+    connection: the session must still end, and its peer's place come free."""
+    with socket.create_connection(("127.0.0.1", tls_listener), timeout=10) as stalled:
+        assert answer(stalled).startswith(b"220")
+        assert starttls(stalled).startswith(b"220")
+        # The client now goes silent instead of starting the handshake.
+        assert greeting(tls_listener).startswith(b"421"), "the stalled session has the place"
+        wait_until(lambda: greeting(tls_listener).startswith(b"220"), 5 * TLS_IDLE_S, 0.1)
+        assert answer(stalled) == b"", "the stalled session is closed"
+
+
+def test_starttls_inside_tls_is_refused(tls_listener: int) -> None:
+    """RFC 3207 4.2; a second handshake, stalled, would hold its place unseen."""
+    client = ssl.create_default_context()
+    client.check_hostname, client.verify_mode = False, ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", tls_listener), timeout=10) as plain:
+        assert answer(plain).startswith(b"220")
+        assert starttls(plain).startswith(b"220")
+        with client.wrap_socket(plain) as secure:
+            assert starttls(secure).startswith(b"554")
+            secure.sendall(b"HELP STARTTLS\r\n")
+            assert answer(secure).startswith(b"250 Syntax: STARTTLS")

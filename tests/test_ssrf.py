@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import socket
 import ssl
-import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,7 +20,7 @@ import pytest
 
 from shared.notify.http import post, system_resolver
 from shared.notify.ssrf import IPAddress, check_address, parse_networks
-from tests.conftest import require_tool
+from tests.conftest import self_signed
 
 pytestmark = pytest.mark.xdist_group("ssrf")
 
@@ -237,17 +236,6 @@ def test_a_rebinding_name_is_refused_even_when_one_address_is_allowed(canary: Ca
 # TLS: connecting to the checked IP keeps SNI and certificate verification on the host name
 
 
-def _certificate(directory: Path, name: str) -> tuple[Path, Path]:
-    openssl = require_tool("openssl", "openssl")
-    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
-    subprocess.run([
-        openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={name}",
-        "-addext", f"subjectAltName=DNS:{name}",
-    ], check=True, capture_output=True)
-    return cert, key
-
-
 class TLSServer:
     def __init__(self, cert: Path, key: Path) -> None:
         self.sni: list[str | None] = []
@@ -280,7 +268,7 @@ class TLSServer:
 
 
 def test_tls_keeps_sni_and_verifies_the_host_name(tmp_path: Path) -> None:
-    cert, key = _certificate(tmp_path, "canary.test")
+    cert, key = self_signed(tmp_path, "canary.test")
     server = TLSServer(cert, key)
     try:
         trusting = ssl.create_default_context(cafile=str(cert))

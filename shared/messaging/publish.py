@@ -140,11 +140,14 @@ class LuaScript:
 
     def _connection(self) -> Any:
         if self._pid != os.getpid():  # a forked child: the parent's sockets are not its own
-            self._pid, self._idle = os.getpid(), deque()
+            self._idle = deque()
+            self._pid = os.getpid()
         try:
             connection = self._idle.pop()
         except IndexError:
             return self._pool.connection_class(**self._pool.connection_kwargs)
+        if not connection.is_connected:  # ended by an error: it connects on the command
+            return connection
         try:
             stale = connection.can_read()  # nothing is owed on an idle connection
         except (redis.ConnectionError, redis.TimeoutError, OSError):

@@ -147,10 +147,11 @@ class _Lookups:
 
     A lookup given up on at its caller's time limit still holds its thread until the resolver
     answers. Each lane of a receiver whose DNS answers slowly would start one of its own, every
-    attempt: they filled the event loop's small thread pool (6 threads on two cores), and every
-    other receiver's new connection then failed its lookup. So callers wait on the lookup that
-    runs for their host, each within its own time limit, and a new one starts only once it
-    answered.
+    attempt: they filled the event loop's small thread pool (6 threads on two cores), and the
+    new connections of receivers on other, responsive names then failed their lookups. So
+    callers wait on the lookup that runs for their host, each within its own time limit, and a
+    new one starts only once it answered. (A resolver slow for every name still fills the pool:
+    then every lookup is slow anyway.)
     """
 
     def __init__(self, resolve: Resolver) -> None:

@@ -214,7 +214,8 @@ class Directory:
             return hit[1]
         records = load_account(session, account_id)
         with self._lock:
-            if records is None and hit is None:
+            held = self._accounts.get(account_id)
+            if records is None and (held is None or held[1] is not None):
                 self._misses += 1
                 if self._misses > self.MAX_MISSES:
                     self._accounts = {known: entry for known, entry in self._accounts.items()
@@ -223,8 +224,8 @@ class Directory:
             self._accounts[account_id] = (now + self._ttl, records)
         return records
 
-    def __len__(self) -> int:
-        """The accounts remembered, those that do not exist included."""
+    def remembered(self) -> int:
+        """How many accounts are remembered, those that do not exist included."""
         return len(self._accounts)
 
     def forget(self, account_id: str) -> None:
