@@ -20,8 +20,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from api import create_app
-from shared.messaging.publish import Limited, RedisLimiter
+from shared.messaging import EVENTS_PROCESS, EVENTS_QUEUE
+from shared.messaging.publish import (
+    PUBLISH_TIMEOUT,
+    Limited,
+    PublishError,
+    RedisLimiter,
+    make_publisher,
+    task_message,
+)
 from tests.conftest import queued_messages
+from tests.resilience.proxy import TcpProxy
 
 pytestmark = pytest.mark.redis
 
@@ -364,3 +373,36 @@ def test_status_and_delivery_endpoints_need_a_valid_key(
 ) -> None:
     answer = client.open(path, method=method, headers=headers)
     assert (answer.status_code, answer.get_json()) == (401, {"message": "authentication failed"})
+
+
+@pytest.mark.rabbitmq
+def test_a_rabbitmq_that_stops_answering_is_an_error_in_seconds_then_a_new_connection(
+    rabbitmq_url: str,
+) -> None:
+    """A publish waits at most PUBLISH_TIMEOUT for RabbitMQ's confirm (the api answers 7005,
+    not a request held open), and the next one does not wait on the old connection."""
+    vhost = rabbitmq_url.rsplit("/", 1)[1]
+    with TcpProxy(5672) as proxy:
+        publisher = make_publisher(f"amqp://guest:guest@127.0.0.1:{proxy.port}/{vhost}", None,
+                                   1000, 1000)
+
+        def publish() -> Limited | None:  # a message of no batches: the worker acknowledges it
+            return publisher.publish(task_message(EVENTS_PROCESS, EVENTS_QUEUE, "[]"), {})
+
+        assert publish() is None
+        proxy.blackhole()
+        outcome: list[BaseException | Limited | None] = []
+
+        def stalled() -> None:
+            try:
+                outcome.append(publish())
+            except BaseException as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=stalled, daemon=True)  # a hang must not hold the run
+        thread.start()
+        thread.join(PUBLISH_TIMEOUT + 10)
+        assert outcome, "the publish still waits"
+        assert isinstance(outcome[0], PublishError), outcome
+        proxy.restore()
+        assert publish() is None

@@ -286,6 +286,14 @@ def declare_queues(broker_url: str) -> None:
             queue(channel).declare()
 
 
+# The longest a publish waits: for a producer, to write the message, for RabbitMQ's confirm. A
+# broker that stops answering (a dropped route; a resource alarm blocks publishers) is then an
+# answer in seconds (503, the caller tries again) rather than a request held open for as long as
+# it lasts. After a write or confirm timed out, the broker may yet take the message when it
+# answers again: an event the caller sends again is then processed twice.
+PUBLISH_TIMEOUT = 5.0
+
+
 class KombuPublisher:
     """Any kombu transport through a producer pool; RabbitMQ with publisher confirms."""
 
@@ -308,19 +316,28 @@ class KombuPublisher:
             return limited
         queue = self._queues[message.queue]
         try:
-            with producers[self._connection].acquire(block=True, timeout=5) as producer:
-                producer.publish(
-                    message.body.encode(),
-                    routing_key=message.queue,
-                    exchange="",
-                    declare=[queue],
-                    content_type="application/json",
-                    content_encoding="utf-8",
-                    headers=message.headers(),
-                    correlation_id=message.task_id,
-                    delivery_mode=2,
-                    retry=False,
-                )
+            with producers[self._connection].acquire(
+                    block=True, timeout=PUBLISH_TIMEOUT) as producer:
+                try:
+                    producer.publish(
+                        message.body.encode(),
+                        routing_key=message.queue,
+                        exchange="",
+                        declare=[queue],
+                        content_type="application/json",
+                        content_encoding="utf-8",
+                        headers=message.headers(),
+                        correlation_id=message.task_id,
+                        delivery_mode=2,
+                        retry=False,
+                        timeout=PUBLISH_TIMEOUT,  # the write, and the wait for the confirm
+                    )
+                except Exception:
+                    # Failed part-way, this connection may still owe the message's confirm,
+                    # which would be taken for the next message's: the next publish connects
+                    # afresh (collect: no closing handshake with a broker that may not answer).
+                    producer.connection.collect()
+                    raise
         except Exception as exc:  # kombu raises the transport's own errors, whichever broker
             raise PublishError(f"{type(exc).__name__}: {exc}") from exc
         return None
