@@ -317,6 +317,21 @@ def test_database_down_on_a_cache_miss_is_7005(
     assert (status, [e["code"] for e in entries]) == (503, ["7005"])
 
 
+def test_ready_while_the_broker_answers_even_with_the_database_down(
+    make_client: Callable[..., FlaskClient],
+) -> None:
+    """A readiness probe takes the pod out of service: only for what stops the intake."""
+    database_down = make_client(database_url="postgresql+psycopg://nobody@127.0.0.1:1/none")
+    answer = database_down.get("/readyz")
+    assert answer.status_code == 200
+    assert answer.get_json()["status"] == "ready"
+    assert answer.get_json()["database"].startswith("unreachable")
+    broker_down = make_client(broker_url="redis://127.0.0.1:1/0")
+    answer = broker_down.get("/readyz")
+    assert answer.status_code == 503
+    assert answer.get_json()["broker"].startswith("unreachable")
+
+
 def test_message_carries_what_the_worker_needs(client: FlaskClient, broker: str) -> None:
     body = {"expiry": "2099-01-01T00:00:00", "notifyurl": "https://example.com/hook",
             "events": [{**GOOD_EVENT, "parameters": {"host": "db1", "count": 3, "ok": True}}]}
