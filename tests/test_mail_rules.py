@@ -109,6 +109,9 @@ def test_attachments_at_most_twenty_and_the_rest_counted() -> None:
     (b"".join(b"Content-Type: multipart/mixed; boundary=b%d\n\n--b%d\n" % (i, i)
               for i in range(30)) + b"Content-Type: text/plain\n\nx", "nested deeper"),
     (b"".join(b"X-H%d: v\n" % i for i in range(2500)) + b"\nbody", "header lines"),
+    # Parts need no headers: 2,000 of them behind one Content-Type, its boundary folded.
+    (b"Content-Type: multipart/mixed;\n boundary=\"b b\"\n\n" + b"--b b\n\nx\n" * 2_000,
+     "more than 500 MIME parts"),
     # 1,500 bytes decoded from base64, over a limit of 1,000.
     (b"Content-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: text/plain\n\nsee\n"
      b"--b\nContent-Type: application/octet-stream\nContent-Disposition: attachment; "
@@ -128,6 +131,53 @@ def test_not_mime_at_all_and_broken_encodings_are_read_without_crashing() -> Non
     broken = (b"From: a@b.org\nSubject: =?x-unknown?q?oops?=\nContent-Type: text/plain; "
               b"charset=x-nonsense\nContent-Transfer-Encoding: base64\n\n!!!notbase64\xff")
     assert parse(broken).sender == "a@b.org"
+
+
+def test_a_multipart_of_a_few_parts_is_read_whatever_its_text_says_of_boundaries() -> None:
+    text = "boundary=x\n" + "--x\n" * 600  # a body that talks about MIME is not parts
+    message = mail(text)
+    message.add_attachment(b"data", maintype="application", subtype="octet-stream",
+                           filename="a.bin")
+    parsed = parse(bytes(message))
+    assert parsed.text.startswith("boundary=x")
+    assert [a.filename for a in parsed.attachments] == ["a.bin"]
+
+
+@pytest.mark.parametrize(("charset", "body"), [
+    # punycode's decoding takes time that grows with the square of the text: minutes for MBs.
+    ("punycode", "\u00e9a".encode("punycode") * 20_000),
+    ("unicode_escape", b"caf\\u00e9"),
+    ("raw-unicode-escape", b"caf\\u00e9"),
+])
+def test_a_codec_that_is_no_mail_charset_is_read_as_utf8(charset: str, body: bytes) -> None:
+    raw = (b"From: a@b.org\nContent-Type: text/plain; charset=" + charset.encode()
+           + b"\nContent-Transfer-Encoding: 8bit\n\n" + body)
+    assert parse(raw).text == body.decode()
+
+
+def test_a_body_that_decodes_to_a_lone_surrogate_is_read_with_a_replacement() -> None:
+    raw = b"From: a@b.org\nContent-Type: text/plain; charset=utf-7\n\nbefore +2AA- after\n"
+    text = parse(raw).text
+    assert text.strip() == "before \ufffd after"
+    text.encode()  # the database takes it
+
+
+@pytest.mark.parametrize("sender", [
+    b"=?utf-8?q?new=00person?=@example.com",  # a NUL, in an encoded word
+    b"=?utf-8?q?new=01person?=@example.com",  # another control character
+    b"a" * 250 + b"@example.com",  # no mailbox is longer than 254 characters
+])
+def test_a_from_no_mailbox_can_have_is_no_sender(sender: bytes) -> None:
+    # Else a person created for it could not be stored, and the mail would fail, not be refused.
+    assert parse(b"From: " + sender + b"\nSubject: x\n\nbody\n").sender is None
+
+
+def test_an_attachment_type_that_is_no_token_is_kept_as_octet_stream() -> None:
+    raw = (b"From: a@b.org\nContent-Type: multipart/mixed; boundary=B\n\n--B\n"
+           b"Content-Type: text/plain\n\nsee\n--B\nContent-Type: application/x-\xe2\x82\xac\n"
+           b"Content-Disposition: attachment; filename=a.bin\n\nx\n--B--\n")
+    (attachment,) = parse(raw).attachments
+    assert attachment.content_type == "application/octet-stream"
 
 
 # Messages whose headers take every way through mime's header reading: plain values read as

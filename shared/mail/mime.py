@@ -38,6 +38,7 @@ skips the Content-Type read the parser makes at the end, whose failure gives Non
 
 from __future__ import annotations
 
+import codecs
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -60,7 +61,16 @@ MAX_ATTACHMENTS = 20
 Headers = dict[str, list[str]]
 _MESSAGE_ID = re.compile(r"<([^<>\s]{1,250})>")
 _MAX_THREAD_IDS = 50
+MAX_ADDRESS = 254
+# RFC 2045's token characters, either side of the slash.
+_TOKEN_TYPE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,127}/[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,127}")
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _PART_HEADER = re.compile(rb"^content-type\s*:", re.IGNORECASE | re.MULTILINE)
+# The boundary of a multipart's Content-Type (on its first line or a folded one).
+_BOUNDARY = re.compile(
+    rb'^content-type\s*:[^\r\n]*(?:\r?\n[ \t][^\r\n]*)*?boundary\s*=\s*'
+    rb'(?:"([^"\r\n]{1,200})"|([^\s;"]{1,200}))', re.IGNORECASE | re.MULTILINE)
 _HEADER_LINE = re.compile(rb"^[!-9;-~]+\s*:", re.MULTILINE)
 
 # The forms read without the header classes (see the module docstring): atext as the parser's
@@ -192,11 +202,27 @@ class Quarantined(ValueError):
 def _check_raw(raw: bytes, limits: Limits) -> None:
     if len(raw) > limits.max_bytes:
         raise Quarantined(f"larger than {limits.max_bytes} bytes")
-    # Upper bounds of what the parser would build: every part starts with a Content-Type line.
-    if len(_PART_HEADER.findall(raw)) > limits.max_parts:
+    if _parts_at_most(raw, limits.max_parts) > limits.max_parts:
         raise Quarantined(f"more than {limits.max_parts} MIME parts")
     if len(_HEADER_LINE.findall(raw)) > limits.max_headers:
         raise Quarantined(f"more than {limits.max_headers} header lines")
+
+
+def _parts_at_most(raw: bytes, limit: int) -> int:
+    """An upper bound of the parts the parser would build (more than ``limit``: some count
+    over it). A part of a multipart starts after a delimiter line of its boundary, and needs
+    no header of its own; any part with headers has a Content-Type line. (Counting Content-Type
+    lines alone let a million header-less parts through, each an object of the parser's.)"""
+    declared = len(_PART_HEADER.findall(raw))
+    if declared > limit:  # also bounds the boundaries below: each is on a Content-Type line
+        return declared
+    boundaries = {quoted or bare for quoted, bare in _BOUNDARY.findall(raw)}
+    if not boundaries:
+        return declared
+    delimiter = re.compile(
+        rb"^--(?:" + b"|".join(re.escape(boundary) for boundary in boundaries) + rb")",
+        re.MULTILINE)
+    return max(declared, len(delimiter.findall(raw)))
 
 
 def _texts(items: Iterable[tuple[str, str]], limits: Limits) -> Headers:
@@ -264,10 +290,18 @@ def html_to_text(html: str) -> str:
     return "\n".join(lines).strip()
 
 
+# Python codecs that decode bytes to text but are no mail charset: punycode takes time that
+# grows with the square of the text (minutes for a few MB), the others are Python's own.
+_NOT_CHARSETS = frozenset({"punycode", "idna", "unicode-escape", "raw-unicode-escape"})
+
+
 def _decoded(part: Message) -> str:
-    """A text part's content; an unknown or lying charset is read as UTF-8 with replacements."""
+    """A text part's content; an unknown or lying charset, or a codec that is no mail charset,
+    is read as UTF-8 with replacements."""
+    charset = part.get_content_charset()
     try:
-        content = part.get_content()  # type: ignore[attr-defined]
+        usable = charset is None or codecs.lookup(charset).name not in _NOT_CHARSETS
+        content = part.get_content() if usable else None  # type: ignore[attr-defined]
         if isinstance(content, str):
             return content
     except (LookupError, UnicodeError, AssertionError, ValueError):
@@ -287,8 +321,10 @@ def _body_text(message: EmailMessage) -> tuple[str, Message | None]:
 
 
 def _clean(text: str) -> str:
-    """A body's text with LF line breaks, and without NUL (PostgreSQL refuses it in text)."""
-    return text.replace("\r\n", "\n").replace("\x00", "")
+    """A body's text with LF line breaks, without NUL (PostgreSQL refuses it in text), and a
+    lone surrogate (UTF-7 can decode to one; no UTF-8 text can hold it) replaced."""
+    text = text.replace("\r\n", "\n").replace("\x00", "")
+    return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
 
 
 def _attachment(part: Message, limits: Limits) -> Attachment | None:
@@ -305,9 +341,16 @@ def _attachment(part: Message, limits: Limits) -> Attachment | None:
     return Attachment(
         filename=(_plain(filename) or _plain(part.get("Content-ID")) or "unnamed"
                   ).strip("<> ")[:255],
-        content_type=part.get_content_type()[:255], size=len(content),
+        content_type=_content_type(part), size=len(content),
         inline=disposition == "inline", content=content,
     )
+
+
+def _content_type(part: Message) -> str:
+    """The part's ``type/subtype``, or application/octet-stream for one that is not such a
+    token of printable ASCII: it goes back out in an HTTP header of the download."""
+    content_type = part.get_content_type()
+    return content_type if _TOKEN_TYPE.fullmatch(content_type) else "application/octet-stream"
 
 
 def _attachments(leaves: list[Message], body: Message | None, limits: Limits
@@ -378,10 +421,16 @@ def _authors(values: list[str]) -> list[tuple[str, str]]:
 
 
 def _single(named: list[tuple[str, str]]) -> str | None:
+    """The one address of a From (None for none, several, or one no mailbox can have: longer
+    than RFC 5321's 254 characters, or with a control character, which an encoded word can
+    carry: a person made for it could not be stored)."""
     addresses = [address for _, address in named if address]
     if len(addresses) != 1 or addresses[0].count("@") != 1:
         return None
-    return addresses[0].strip().lower()
+    address = addresses[0].strip().lower()
+    if len(address) > MAX_ADDRESS or _CONTROL.search(address):
+        return None
+    return address
 
 
 def _display_name(named: list[tuple[str, str]]) -> str:
