@@ -26,7 +26,7 @@ from shared import metrics
 from shared.db.engine import session_scope
 from shared.logs import get_logger
 from shared.mail import queries
-from shared.mail.mime import MAX_ATTACHMENTS
+from shared.mail.mime import MAX_ATTACHMENTS, media_type
 from shared.mail.rules import BadRecipient
 from shared.mail.schemas import AttachmentView, MailQueued
 from shared.mail.service import MailIntake, TooLarge
@@ -139,5 +139,6 @@ def download(key: KeyInfo, transid: str, index: int) -> Response:
     return Response(content, 200, headers={
         "Content-Type": "application/octet-stream", "X-Content-Type-Options": "nosniff",
         "Content-Disposition": f"attachment; filename*=UTF-8''{quote(item.filename)}",
-        "X-Attachment-Content-Type": item.content_type,
+        # Also a type stored before the parser kept only tokens.
+        "X-Attachment-Content-Type": media_type(item.content_type),
     })

@@ -14,7 +14,7 @@ import redis
 from flask.testing import FlaskClient
 
 from shared.db.engine import session_scope
-from shared.db.models import Account, MailMessage
+from shared.db.models import Account, MailAttachment, MailMessage
 from shared.mail.service import process_mail
 from shared.records.directory import Directory
 from tests.conftest import wait_until
@@ -150,6 +150,12 @@ def test_attachments_listed_and_downloaded(client: FlaskClient, sqlite_url: str)
     assert got.data == b"log 3"
     assert got.headers["Content-Type"] == "application/octet-stream"
     assert got.headers["Content-Disposition"] == "attachment; filename*=UTF-8''log3.txt"
+    assert got.headers["X-Attachment-Content-Type"] == "text/plain"
+    with session_scope(sqlite_url) as session:  # a type no header may carry, stored earlier
+        session.query(MailAttachment).filter_by(filename="log3.txt").update(
+            {"content_type": "application/x-\u20ac"})
+    got = client.get(listed[3]["url"], headers={"key": "demo-key"})
+    assert got.headers["X-Attachment-Content-Type"] == "application/octet-stream"
     assert client.get(f"/v1/mail/{body['transid']}/attachments/20",
                       headers={"key": "demo-key"}).status_code == 404
     assert client.get(f"/v1/requests/{request_id + 10**6}/attachments",

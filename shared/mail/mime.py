@@ -341,16 +341,15 @@ def _attachment(part: Message, limits: Limits) -> Attachment | None:
     return Attachment(
         filename=(_plain(filename) or _plain(part.get("Content-ID")) or "unnamed"
                   ).strip("<> ")[:255],
-        content_type=_content_type(part), size=len(content),
+        content_type=media_type(part.get_content_type()), size=len(content),
         inline=disposition == "inline", content=content,
     )
 
 
-def _content_type(part: Message) -> str:
-    """The part's ``type/subtype``, or application/octet-stream for one that is not such a
-    token of printable ASCII: it goes back out in an HTTP header of the download."""
-    content_type = part.get_content_type()
-    return content_type if _TOKEN_TYPE.fullmatch(content_type) else "application/octet-stream"
+def media_type(text: str) -> str:
+    """``text`` if it is a ``type/subtype`` of RFC 2045 tokens, else application/octet-stream:
+    an attachment's type goes back out in an HTTP header of its download."""
+    return text if _TOKEN_TYPE.fullmatch(text) else "application/octet-stream"
 
 
 def _attachments(leaves: list[Message], body: Message | None, limits: Limits
