@@ -29,7 +29,7 @@ from shared.mail import queries
 from shared.mail.mime import MAX_ATTACHMENTS, media_type
 from shared.mail.rules import BadRecipient
 from shared.mail.schemas import AttachmentView, MailQueued
-from shared.mail.service import MailIntake, TooLarge
+from shared.mail.service import EmptyMessage, MailIntake, TooLarge
 from shared.mail.views import attachment_views
 from shared.records.keys import KeyInfo
 from shared.settings import get_settings
@@ -58,7 +58,7 @@ MAIL = Operation(
         202: Answer("Stored; its state is at Location", MailQueued,
                     headers={"Location": "/v1/transactions/<transid>", "X-Transid": "transid"}),
         **{status: Answer(text, Message) for status, text in (
-            (400, "No recipient, or a bad one"), (401, "No valid key"),
+            (400, "No recipient, or an empty message"), (401, "No valid key"),
             (413, "Over EVENTDESK_MAIL_MAX_BYTES"), (415, f"Not {CONTENT_TYPE}"),
             (422, "Not an address of the key's account"),
             (503, "Database unreachable: not stored"))}})
@@ -84,16 +84,23 @@ def _refuse(status: int, message: str, result: str) -> Response:
     return error_json(status, message)
 
 
+def _recipient() -> str | Response:
+    """The address the message was sent to; or the refusal of a request that carries none, or
+    no raw message."""
+    if request.mimetype != CONTENT_TYPE:
+        return _refuse(415, f"send the raw message as {CONTENT_TYPE}", "invalid")
+    address = MAIL.args().recipient or request.headers.get("X-4me-Recipient")
+    return address or _refuse(
+        400, "the recipient query parameter or X-4me-Recipient header is required", "invalid")
+
+
 @route(bp, MAIL)
 @requires_key()
 def mail(key: KeyInfo) -> Response:
     intake: MailIntake = current_app.extensions["eventdesk.mail"]
-    if request.mimetype != CONTENT_TYPE:
-        return _refuse(415, f"send the raw message as {CONTENT_TYPE}", "invalid")
-    address = MAIL.args().recipient or request.headers.get("X-4me-Recipient")
-    if not address:
-        return _refuse(400, "the recipient query parameter or X-4me-Recipient header is "
-                            "required", "invalid")
+    address = _recipient()
+    if isinstance(address, Response):
+        return address
     # A chunked body is cut off at the same limit while it is read (413 from api/errors.py).
     request.max_content_length = intake.max_bytes
     try:
@@ -103,6 +110,8 @@ def mail(key: KeyInfo) -> Response:
                                 datetime.now(UTC))
     except TooLarge as exc:
         return _refuse(413, str(exc), "too_large")
+    except EmptyMessage as exc:
+        return _refuse(400, str(exc), "invalid")
     except BadRecipient as exc:
         return _refuse(422, str(exc), "refused_recipient")
     except SQLAlchemyError:

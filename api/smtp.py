@@ -40,7 +40,7 @@ from shared import collector, metrics
 from shared.logs import get_logger
 from shared.mail.queries import Destination
 from shared.mail.rules import BadRecipient
-from shared.mail.service import Accepting, MailIntake, TooLarge
+from shared.mail.service import Accepting, EmptyMessage, MailIntake, TooLarge
 from shared.messaging.publish import LocalLimiter, make_publisher
 from shared.settings import Settings, get_settings
 
@@ -134,6 +134,9 @@ class MailHandler:
         except TooLarge as exc:  # aiosmtpd refuses most before, at the same limit
             metrics.mail_received.labels(result="too_large").inc()
             return f"552 5.3.4 {exc}"
+        except EmptyMessage as exc:
+            metrics.mail_received.labels(result="invalid").inc()
+            return f"554 5.6.0 {exc}"
         await self._groups.commit(entries)
         failed = next((entry.error for entry in entries if entry.error is not None), None)
         if failed is not None:  # the database's, or this message's: the sender retries

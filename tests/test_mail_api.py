@@ -97,6 +97,18 @@ def test_refusals(client: FlaskClient, case: str, kwargs: dict[str, object], sta
     assert message in str(body["message"])
 
 
+@pytest.mark.parametrize("raw", [b"", b"\r\n \r\n"])
+def test_an_empty_message_is_400_and_nothing_stored(
+    client: FlaskClient, sqlite_url: str, raw: bytes,
+) -> None:
+    with session_scope(sqlite_url) as session:
+        before = session.query(MailMessage).count()
+    got, body = post(client, raw)
+    assert (got, "empty" in str(body["message"])) == (400, True)
+    with session_scope(sqlite_url) as session:
+        assert session.query(MailMessage).count() == before
+
+
 def test_oversize_is_413(make_client: Callable[..., FlaskClient], broker: str) -> None:
     client = make_client(mail_max_bytes=2048)
     status, body = post(client, RAW % b"4" + b"x" * 3000)

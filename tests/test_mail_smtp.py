@@ -191,6 +191,10 @@ def test_refusals_at_rcpt_and_data(listener: Listener, redis_postgres: Stack) ->
             policy=policy.SMTP)
         answer = smtp.data(big)
         assert answer[0] == 552, answer
+        smtp.mail("ellen.brown@widget.com")
+        smtp.rcpt("wdc@mail.eventdesk.local")
+        answer = smtp.data(b"\r\n")  # nothing a worker could read
+        assert answer == (554, b"5.6.0 the message is empty"), answer
     with session_scope(redis_postgres.database) as session:
         session.get(Account, "widget").mail_domain = "mail.eventdesk.local"  # type: ignore[union-attr]
     try:

@@ -105,6 +105,10 @@ class TooLarge(ValueError):
     """Over the Mail API's size limit (SMTP 552, HTTP 413)."""
 
 
+class EmptyMessage(ValueError):
+    """No message at all, only blanks: nothing a worker could read (SMTP 554, HTTP 400)."""
+
+
 class MailRejected(ValueError):
     """The message cannot become a request or note (its sender is unknown, say)."""
 
@@ -195,8 +199,10 @@ class MailIntake:
     def prepare(self, raw: bytes, destinations: Sequence[Destination], peer: str,
                 now: datetime) -> list[Accepting]:
         """The message, once for each of its destinations, as :meth:`commit` takes it (its
-        headers read once); raises TooLarge."""
+        headers read once); raises TooLarge or EmptyMessage."""
         self.check_size(len(raw))
+        if not raw.strip():
+            raise EmptyMessage("the message is empty")
         message_id = message_id_of(raw)
         return [Accepting(store.NewMail(
             transid=make_transid(self._secret, destination.account_id), destination=destination,
@@ -205,7 +211,8 @@ class MailIntake:
     def accept(self, raw: bytes, destination: Destination, peer: str, now: datetime) -> str:
         """Store ``raw`` for ``destination``, then queue it; returns its transid.
 
-        Returns only once the message is committed; raises TooLarge, or the database's error
+        Returns only once the message is committed; raises TooLarge, EmptyMessage, or the
+        database's error
         (then nothing was stored, and the sender should try again). Messages that threads hand
         in at the same moment are stored together (:meth:`commit`, through a group runner:
         shared/batching.py).
