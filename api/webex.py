@@ -12,6 +12,7 @@ The rules stay in ``shared.intake.webex.service.WebexIntake``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
@@ -101,6 +102,10 @@ class FrontDoor:
         except Exception:  # a bug must not become a 500 or a stack trace: 7005, logged
             log.exception("unhandled error on the Webex intake")
             answer = Answer.failure(IntakeError(Code.INTERNAL_ERROR))
+        # After the answer is settled: a log line that fails (stderr gone) must not turn
+        # events already queued into a 7005 "nothing queued".
+        with contextlib.suppress(OSError):
+            _log_answer(answer)
         metrics.record_received("webex", answer.entries)
         return _reply(start_response, answer.status, {"response": answer.entries},
                       answer.headers)
@@ -115,13 +120,15 @@ class FrontDoor:
                 Code.INVALID_VALUES, f"the body is larger than {self._limit} bytes"))
             answer.status = 413
             return answer
-        answer = self._intake.handle(environ.get("HTTP_KEY"), _mimetype(environ), body)
-        queued = [entry["transid"] for entry in answer.entries if entry["code"] == Code.QUEUED]
-        rejected = [entry["code"] for entry in answer.entries if entry["code"] != Code.QUEUED]
-        # Accepted events are logged again when processed ("processed", worker); a line for
-        # each request at thousands a second is DEBUG. Refusals are rarer, each one a finding.
-        if queued:
-            log.debug("accepted", channel="webex", queued=len(queued), transids=queued)
-        if rejected:
-            log.info("rejected", channel="webex", status=answer.status, codes=rejected)
-        return answer
+        return self._intake.handle(environ.get("HTTP_KEY"), _mimetype(environ), body)
+
+
+def _log_answer(answer: Answer) -> None:
+    queued = [entry["transid"] for entry in answer.entries if entry["code"] == Code.QUEUED]
+    rejected = [entry["code"] for entry in answer.entries if entry["code"] != Code.QUEUED]
+    # Accepted events are logged again when processed ("processed", worker); a line for
+    # each request at thousands a second is DEBUG. Refusals are rarer, each one a finding.
+    if queued:
+        log.debug("accepted", channel="webex", queued=len(queued), transids=queued)
+    if rejected:
+        log.info("rejected", channel="webex", status=answer.status, codes=rejected)

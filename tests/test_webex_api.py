@@ -19,7 +19,7 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from api import create_app
+from api import create_app, webex
 from shared.messaging import EVENTS_PROCESS, EVENTS_QUEUE
 from shared.messaging.publish import (
     PUBLISH_TIMEOUT,
@@ -315,6 +315,24 @@ def test_database_down_on_a_cache_miss_is_7005(
     client = make_client(database_url="postgresql+psycopg://nobody@127.0.0.1:1/none")
     status, entries, _ = post(client, {"events": [GOOD_EVENT]})
     assert (status, [e["code"] for e in entries]) == (503, ["7005"])
+
+
+def test_a_log_line_that_cannot_be_written_leaves_the_answer_as_it_is(
+    client: FlaskClient, broker: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The events are queued before the log line: its failure (stderr gone) is no 7005."""
+    class Gone:
+        def __getattr__(self, _: str) -> Callable[..., None]:
+            def write(*_args: object, **_kwargs: object) -> None:
+                raise BrokenPipeError
+
+            return write
+
+    monkeypatch.setattr(webex, "log", Gone())
+    status, entries, _ = post(client, {"events": [GOOD_EVENT, {"evtid": ""}]})
+    assert [entry["code"] for entry in entries] == ["1002", "7003"]
+    assert status == 200
+    assert len(queued_messages(broker)) == 1
 
 
 def test_ready_while_the_broker_answers_even_with_the_database_down(
