@@ -73,7 +73,10 @@ def events() -> Response:
         query=request.args.items(multi=True),
         prefer=", ".join(request.headers.getlist("Prefer")) or None,
     )
-    metrics.record_received("4me", [{"code": str(reply.status)}])
+    # Counted as intake answered it: an event queued is 202, though Prefer: wait answered later
+    # with what the worker made of it (201, 200, or 422 for an event that failed there).
+    code = "202" if reply.transid is not None else str(reply.status)
+    metrics.record_received("4me", [{"code": code}])
     # As for Webex events (api/webex.py): accepted at DEBUG, refused at INFO.
     if reply.transid is not None:
         log.debug("accepted", channel="4me", status=reply.status, transids=[reply.transid])

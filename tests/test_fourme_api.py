@@ -593,14 +593,23 @@ def test_seed_examples_end_to_end(api: FlaskClient, subtests: pytest.Subtests) -
             check_example(api, parameters, expected, notes)
 
 
+def received(api: FlaskClient, code: str) -> float:
+    """``eventdesk_events_received_total`` of the 4me channel and ``code``, from /metrics."""
+    wanted = f'eventdesk_events_received_total{{channel="4me",code="{code}"}} '
+    lines = api.get("/metrics").get_data(as_text=True).splitlines()
+    return sum(float(line[len(wanted):]) for line in lines if line.startswith(wanted))
+
+
 def check_example(
     api: FlaskClient, parameters: dict[str, str], expected: dict[str, Any], notes: list[str]
 ) -> None:
     # As the seed's curl sends it: a JSON body with the form content type.
     headers = {**AUTH, "Prefer": "wait=10"}
+    accepted = received(api, "202")
     created = post(api, headers, data=json.dumps(parameters), content_type=FORM)
     request = created.get_json()
     assert created.status_code == 201, request
+    assert received(api, "202") == accepted + 1  # the intake queued it: 201 is the worker's
     assert created.headers["Preference-Applied"] == "wait=10"
     assert created.headers["Location"] == f"/v1/requests/{request['id']}"
     assert request == {**request, **expected, "source": SOURCE,
