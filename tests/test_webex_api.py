@@ -124,7 +124,8 @@ def test_json_response_echoes_correlationid_and_order(client: FlaskClient) -> No
     assert len({e["transid"] for e in entries}) == 5
 
 
-@pytest.mark.parametrize("body", [b'{"events": [', b"", b"\xff\xfe", b"{'events': []}"])
+@pytest.mark.parametrize("body", [b'{"events": [', b"", b"\xff\xfe", b"{'events': []}",
+                                  b'{"events": [{"evtid": "x", "parameters": {"n": Infinity}}]}'])
 def test_invalid_json_is_7000(client: FlaskClient, body: bytes) -> None:
     status, entries, _ = post(client, None, raw=body)
     assert (status, entries[0]["code"]) == (400, "7000")
@@ -189,6 +190,14 @@ def test_a_chunked_body_over_the_limit_is_413_too(
     assert response.status_code == 413
     assert response.get_json()["response"][0]["code"] == "7004"
     assert queued_messages(broker) == []
+
+
+def test_a_number_no_text_stands_for_is_7004(client: FlaskClient) -> None:
+    event = {**GOOD_EVENT, "parameters": {"host": "db1", "count": 1e400}}
+    status, entries, _ = post(client, None, raw=json.dumps({"events": [event]}).replace(
+        "Infinity", "1e400").encode())
+    assert (status, entries[0]["code"]) == (400, "7004")
+    assert "too large" in entries[0]["detail"]
 
 
 def test_a_content_length_that_is_no_number_is_7004(client: FlaskClient) -> None:
@@ -364,7 +373,8 @@ def test_message_carries_what_the_worker_needs(client: FlaskClient, broker: str)
 
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),  # JSON's values
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner,
                                                                  max_size=4),
     max_leaves=20,

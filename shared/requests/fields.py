@@ -7,6 +7,7 @@ before it writes, so a value that passes the front door is a value the worker ca
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -88,6 +89,18 @@ def check_text(value: str) -> str:
     if not value.isprintable() and _CONTROL.search(value):
         raise ValueError(CONTROL_MESSAGE)
     return value
+
+
+def number_text(value: int | float) -> str:
+    """A JSON number as the text of a field, the rule of both event intakes; raises ValueError
+    for one no text stands for: a float beyond the double's range (JSON's ``1e400`` reads as
+    infinity) or an int of more than 4300 digits (Python's limit for its text)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("is a number too large to be read")
+    try:
+        return str(value)
+    except ValueError:
+        raise ValueError("is too long a number") from None
 
 
 def blank(value: object) -> bool:

@@ -42,7 +42,7 @@ from shared.intake.waiters import WaitSlots
 from shared.messaging.publish import PublishError
 from shared.messaging.queueing import EventQueue
 from shared.records.keys import KeyInfo, Keys
-from shared.requests.fields import FIELDS, FieldErrors, check_fields, check_text
+from shared.requests.fields import FIELDS, FieldErrors, check_fields, check_text, number_text
 from shared.transactions.schemas import EventBatch, QueuedEvent, TransactionView
 
 MAX_WAIT_SECONDS = 30
@@ -103,7 +103,7 @@ def parse_wait(prefer: str | None) -> int | None:
 
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
-        data = pydantic_core.from_json(body)
+        data = pydantic_core.from_json(body, allow_inf_nan=False)  # NaN and Infinity: no JSON
     except ValueError as exc:
         # The parser's own words are no part of the answer (docs/api.md "4me Events API").
         raise Refused(400, "Invalid JSON: the body is not well-formed JSON") from exc
@@ -151,10 +151,7 @@ def _text(value: Any) -> str | None:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
-        try:
-            return str(value)
-        except ValueError:  # an int of more than 4300 digits
-            raise ValueError("is too long a number") from None
+        return number_text(value)
     raise TypeError
 
 

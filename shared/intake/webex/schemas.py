@@ -34,6 +34,7 @@ from shared.requests.fields import (
     TEXT_PATTERN,
     blank,
     check_text,
+    number_text,
     parse_timestamp,
 )
 
@@ -109,10 +110,10 @@ class WebexEvent(BaseModel):
                 check_text(name)
                 if isinstance(v, str):
                     check_text(v)
+                texts[name] = ("true" if v else "false") if isinstance(v, bool) else \
+                    (number_text(v) if isinstance(v, int | float) else v)
             except ValueError as exc:
                 raise ValueError(f"parameter {name!r} {exc}") from exc
-            texts[name] = ("true" if v else "false") if isinstance(v, bool) else \
-                (str(v) if isinstance(v, int | float) else v)
         return texts
 
     def text_parameters(self) -> dict[str, str | None]:
@@ -163,7 +164,7 @@ def entry(
 
 def load_json(body: bytes) -> Any:
     try:
-        return pydantic_core.from_json(body)
+        return pydantic_core.from_json(body, allow_inf_nan=False)  # NaN and Infinity: no JSON
     except ValueError as exc:
         raise IntakeError(Code.INVALID_JSON) from exc
 
