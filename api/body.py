@@ -1,8 +1,9 @@
 """Reading a request body within the size limit, with or without a Content-Length.
 
 gunicorn passes a chunked body with no length; werkzeug's own limit then stops reading at the
-limit and hands over what it read, so a body over it would be parsed cut short. Both event
-intakes read through :func:`read_limited` instead, which tells "over the limit" from "done".
+limit and hands over what it read, so a body over it would be parsed (or a mail stored) cut
+short. The event intakes and the Mail API read through :func:`read_limited` instead, which
+tells "over the limit" from "done".
 """
 
 from __future__ import annotations

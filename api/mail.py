@@ -16,8 +16,10 @@ from urllib.parse import quote
 from flask import Blueprint, Response, current_app, json, request
 from pydantic import Field
 from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import BadRequest
 
 from api.auth import requires_key
+from api.body import read_limited
 from api.errors import error_json
 from api.operations import KEY_OR_BEARER, Answer, Header, Message, Operation, Transid, route
 from api.query import Query, Text
@@ -94,6 +96,19 @@ def _recipient() -> str | Response:
         400, "the recipient query parameter or X-4me-Recipient header is required", "invalid")
 
 
+def _body(intake: MailIntake) -> bytes:
+    """The raw message, read within the Mail API's limit: with a Content-Length or chunked (a
+    chunked body over it was cut at the limit by werkzeug's reading, and stored cut: api/body.py).
+    Raises TooLarge."""
+    try:
+        raw = read_limited(request.environ, intake.max_bytes)
+    except ValueError as exc:
+        raise BadRequest("bad Content-Length") from exc
+    if raw is None:
+        raise TooLarge(f"the message is larger than {intake.max_bytes} bytes")
+    return raw
+
+
 @route(bp, MAIL)
 @requires_key()
 def mail(key: KeyInfo) -> Response:
@@ -101,13 +116,10 @@ def mail(key: KeyInfo) -> Response:
     address = _recipient()
     if isinstance(address, Response):
         return address
-    # A chunked body is cut off at the same limit while it is read (413 from api/errors.py).
-    request.max_content_length = intake.max_bytes
     try:
-        intake.check_size(request.content_length or 0)
+        raw = _body(intake)
         destination = intake.destination(address, key.account_id)
-        transid = intake.accept(request.get_data(), destination, f"http key {key.key_id}",
-                                datetime.now(UTC))
+        transid = intake.accept(raw, destination, f"http key {key.key_id}", datetime.now(UTC))
     except TooLarge as exc:
         return _refuse(413, str(exc), "too_large")
     except EmptyMessage as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import uuid
 from collections.abc import Callable
@@ -114,6 +115,14 @@ def test_oversize_is_413(make_client: Callable[..., FlaskClient], broker: str) -
     status, body = post(client, RAW % b"4" + b"x" * 3000)
     assert status == 413
     assert "2048" in str(body["message"])
+    # No Content-Length, as gunicorn gives a chunked body: the limit is found by reading.
+    chunked = client.post("/v1/mail", input_stream=io.BytesIO(RAW % b"4" + b"x" * 3000),
+                          query_string=RECIPIENT, environ_overrides={
+                              "CONTENT_LENGTH": "", "wsgi.input_terminated": True},
+                          headers={"key": "demo-key", "Content-Type": RFC822,
+                                   "Transfer-Encoding": "chunked"})
+    assert chunked.status_code == 413
+    assert "2048 bytes" in chunked.get_json()["message"]
     assert mail_queue(broker) == []
 
 
