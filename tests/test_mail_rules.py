@@ -109,9 +109,16 @@ def test_attachments_at_most_twenty_and_the_rest_counted() -> None:
     (b"".join(b"Content-Type: multipart/mixed; boundary=b%d\n\n--b%d\n" % (i, i)
               for i in range(30)) + b"Content-Type: text/plain\n\nx", "nested deeper"),
     (b"".join(b"X-H%d: v\n" % i for i in range(2500)) + b"\nbody", "header lines"),
-    # Parts need no headers: 2,000 of them behind one Content-Type, its boundary folded.
-    (b"Content-Type: multipart/mixed;\n boundary=\"b b\"\n\n" + b"--b b\n\nx\n" * 2_000,
+    # Parts need no headers: 2,000 of them behind one Content-Type, its boundary in each of the
+    # spellings the parser reads, or the lines broken by bare CRs.
+    *[(b"Content-Type: multipart/mixed;" + spelling + b"\n\n" + (b"--" + boundary + b"\n\nx\n")
+       * 2_000, "more than 500 MIME parts") for spelling, boundary in [
+        (b'\n boundary="b b"', b"b b"), (b" boundary*=''b", b"b"), (b' boundary="b "', b"b"),
+        (b' boundary="' + b"q" * 250 + b'"', b"q" * 250), (b" boundary=b; x-boundary=zz", b"b"),
+    ]],
+    (b"Content-Type: multipart/mixed; boundary=b\r\r" + b"--b\r\rx\r" * 2_000,
      "more than 500 MIME parts"),
+    (b"".join(b"X-H%d: v\r" % i for i in range(2500)) + b"\rbody", "header lines"),
     # 1,500 bytes decoded from base64, over a limit of 1,000.
     (b"Content-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: text/plain\n\nsee\n"
      b"--b\nContent-Type: application/octet-stream\nContent-Disposition: attachment; "

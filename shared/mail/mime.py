@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import codecs
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.headerregistry import (
@@ -52,6 +52,7 @@ from email.headerregistry import (
 )
 from email.message import EmailMessage, Message
 from email.parser import BytesHeaderParser
+from email.policy import Policy
 from email.utils import getaddresses
 from functools import lru_cache
 from html.parser import HTMLParser
@@ -67,10 +68,6 @@ _TOKEN_TYPE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,127}/[!#$%&'*+\-.^_`|~0
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _PART_HEADER = re.compile(rb"^content-type\s*:", re.IGNORECASE | re.MULTILINE)
-# The boundary of a multipart's Content-Type (on its first line or a folded one).
-_BOUNDARY = re.compile(
-    rb'^content-type\s*:[^\r\n]*(?:\r?\n[ \t][^\r\n]*)*?boundary\s*=\s*'
-    rb'(?:"([^"\r\n]{1,200})"|([^\s;"]{1,200}))', re.IGNORECASE | re.MULTILINE)
 _HEADER_LINE = re.compile(rb"^[!-9;-~]+\s*:", re.MULTILINE)
 
 # The forms read without the header classes (see the module docstring): atext as the parser's
@@ -202,27 +199,31 @@ class Quarantined(ValueError):
 def _check_raw(raw: bytes, limits: Limits) -> None:
     if len(raw) > limits.max_bytes:
         raise Quarantined(f"larger than {limits.max_bytes} bytes")
-    if _parts_at_most(raw, limits.max_parts) > limits.max_parts:
+    # Estimates, before the parser builds anything: a part with headers has a Content-Type
+    # line (one without is counted as the parser makes it: _counting). The parser breaks
+    # lines at a bare CR too, and so do the counts.
+    lines = raw if raw.count(b"\r") == raw.count(b"\r\n") else \
+        raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    if len(_PART_HEADER.findall(lines)) > limits.max_parts:
         raise Quarantined(f"more than {limits.max_parts} MIME parts")
-    if len(_HEADER_LINE.findall(raw)) > limits.max_headers:
+    if len(_HEADER_LINE.findall(lines)) > limits.max_headers:
         raise Quarantined(f"more than {limits.max_headers} header lines")
 
 
-def _parts_at_most(raw: bytes, limit: int) -> int:
-    """An upper bound of the parts the parser would build (more than ``limit``: some count
-    over it). A part of a multipart starts after a delimiter line of its boundary, and needs
-    no header of its own; any part with headers has a Content-Type line. (Counting Content-Type
-    lines alone let a million header-less parts through, each an object of the parser's.)"""
-    declared = len(_PART_HEADER.findall(raw))
-    if declared > limit:  # also bounds the boundaries below: each is on a Content-Type line
-        return declared
-    boundaries = {quoted or bare for quoted, bare in _BOUNDARY.findall(raw)}
-    if not boundaries:
-        return declared
-    delimiter = re.compile(
-        rb"^--(?:" + b"|".join(re.escape(boundary) for boundary in boundaries) + rb")",
-        re.MULTILINE)
-    return max(declared, len(delimiter.findall(raw)))
+def _counting(limit: int) -> Callable[..., EmailMessage]:
+    """The parser's message factory, refusing to make more than ``limit`` parts: exact where
+    the estimates of :func:`_check_raw` are not (a part needs no header of its own, and a
+    boundary has several spellings: a million header-less parts passed them)."""
+    made = -1  # the parser calls its factory once first, to learn how to call it
+
+    def factory(policy: Policy = POLICY) -> EmailMessage:
+        nonlocal made
+        made += 1
+        if made > limit:
+            raise Quarantined(f"more than {limit} MIME parts")
+        return EmailMessage(policy=policy)
+
+    return factory
 
 
 def _texts(items: Iterable[tuple[str, str]], limits: Limits) -> Headers:
@@ -543,7 +544,7 @@ def _read_plain(raw: bytes, limits: Limits) -> Read | None:
 
 def _read_parsed(raw: bytes, limits: Limits) -> Read:
     """The message's header texts, text and attachments, by the parser."""
-    message = message_from_bytes(raw, policy=POLICY)
+    message = message_from_bytes(raw, _class=_counting(limits.max_parts), policy=POLICY)
     assert isinstance(message, EmailMessage)
     leaves, headers = _walk(message, limits)
     text, body = _body_text(message)
