@@ -54,7 +54,7 @@ def readyz() -> Response:
         with get_engine().connect() as connection:
             connection.execute(text("SELECT 1"))
         checks["database"] = "ok"
-    except Exception as exc:  # any driver's failure means "not ready"
+    except Exception as exc:  # any driver's failure: reported
         checks["database"] = f"unreachable: {type(exc).__name__}"
     ready = checks["broker"] == "ok"
     # Full slots do not make the process unready: it still takes events (and answers 202).

@@ -99,7 +99,7 @@ def _recipient() -> str | Response:
 def _body(intake: MailIntake) -> bytes:
     """The raw message, read within the Mail API's limit: with a Content-Length or chunked (a
     chunked body over it was cut at the limit by werkzeug's reading, and stored cut: api/body.py).
-    Raises TooLarge."""
+    Raises TooLarge, or BadRequest for a Content-Length that is no number."""
     try:
         raw = read_limited(request.environ, intake.max_bytes)
     except ValueError as exc:

@@ -102,9 +102,9 @@ class FrontDoor:
         except Exception:  # a bug must not become a 500 or a stack trace: 7005, logged
             log.exception("unhandled error on the Webex intake")
             answer = Answer.failure(IntakeError(Code.INTERNAL_ERROR))
-        # After the answer is settled: a log line that fails (stderr gone) must not turn
-        # events already queued into a 7005 "nothing queued".
-        with contextlib.suppress(OSError):
+        # After the answer is settled: a log line that fails (stderr gone: OSError, or
+        # ValueError once closed) must not turn events already queued into a 7005.
+        with contextlib.suppress(OSError, ValueError):
             _log_answer(answer)
         metrics.record_received("webex", answer.entries)
         return _reply(start_response, answer.status, {"response": answer.entries},

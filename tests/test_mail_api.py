@@ -177,6 +177,9 @@ def test_attachments_listed_and_downloaded(client: FlaskClient, sqlite_url: str)
             {"content_type": "application/x-\u20ac"})
     got = client.get(listed[3]["url"], headers={"key": "demo-key"})
     assert got.headers["X-Attachment-Content-Type"] == "application/octet-stream"
+    relisted = client.get(f"/v1/requests/{request_id}/attachments",
+                          headers={"key": "demo-key"}).get_json()
+    assert relisted[3]["content_type"] == "application/octet-stream"
     assert client.get(f"/v1/mail/{body['transid']}/attachments/20",
                       headers={"key": "demo-key"}).status_code == 404
     assert client.get(f"/v1/requests/{request_id + 10**6}/attachments",

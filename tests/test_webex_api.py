@@ -449,3 +449,4 @@ def test_a_rabbitmq_that_stops_answering_is_an_error_in_seconds_then_a_new_conne
         assert isinstance(outcome[0], PublishError), outcome
         proxy.restore()
         assert publish() is None
+        assert proxy.accepted == 2, "the next publish took the old connection"

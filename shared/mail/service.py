@@ -201,7 +201,7 @@ class MailIntake:
         """The message, once for each of its destinations, as :meth:`commit` takes it (its
         headers read once); raises TooLarge or EmptyMessage."""
         self.check_size(len(raw))
-        if not raw.strip():
+        if not raw or raw.isspace():  # no copy of a large message, as strip() would make
             raise EmptyMessage("the message is empty")
         message_id = message_id_of(raw)
         return [Accepting(store.NewMail(
@@ -212,10 +212,9 @@ class MailIntake:
         """Store ``raw`` for ``destination``, then queue it; returns its transid.
 
         Returns only once the message is committed; raises TooLarge, EmptyMessage, or the
-        database's error
-        (then nothing was stored, and the sender should try again). Messages that threads hand
-        in at the same moment are stored together (:meth:`commit`, through a group runner:
-        shared/batching.py).
+        database's error (then nothing was stored, and the sender should try again). Messages
+        that threads hand in at the same moment are stored together (:meth:`commit`, through a
+        group runner: shared/batching.py).
         """
         [entry] = self.prepare(raw, [destination], peer, now)
         self._group.submit(entry)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from shared.mail.mime import media_type
 from shared.mail.queries import AttachmentRow
 from shared.mail.schemas import AttachmentView
 
@@ -15,5 +16,6 @@ def attachment_url(transid: str, index: int) -> str:
 
 def attachment_views(rows: Sequence[AttachmentRow]) -> list[AttachmentView]:
     return [AttachmentView(mail=row.transid, index=row.position, filename=row.filename,
-                           content_type=row.content_type, size=row.size, inline=row.inline,
+                           content_type=media_type(row.content_type), size=row.size,
+                           inline=row.inline,
                            url=attachment_url(row.transid, row.position)) for row in rows]

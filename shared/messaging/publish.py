@@ -286,10 +286,11 @@ def declare_queues(broker_url: str) -> None:
             queue(channel).declare()
 
 
-# The longest a publish waits: for a producer, to write the message, for RabbitMQ's confirm. A
-# broker that stops answering (a dropped route; a resource alarm blocks publishers) is then an
-# answer in seconds (503, the caller tries again) rather than a request held open for as long as
-# it lasts. After a write or confirm timed out, the broker may yet take the message when it
+# How long each step of a publish waits (for a producer; on RabbitMQ, to write the message and
+# for its confirm; kombu's Redis and SQLAlchemy transports take no such limit). A RabbitMQ that
+# stops answering (a dropped route; a resource alarm blocks publishers) is then an answer in
+# seconds (503, the caller tries again) rather than a request held open for as long as it
+# lasts. After a write or confirm timed out, the broker may yet take the message when it
 # answers again: an event the caller sends again is then processed twice.
 PUBLISH_TIMEOUT = 5.0
 
