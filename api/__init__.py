@@ -30,6 +30,7 @@ def blueprints() -> tuple[Blueprint, ...]:
 
 def create_app(settings: Settings | None = None) -> Flask:
     from api import errors, webex
+    from api.health import DatabaseCheck
 
     settings = settings or get_settings()
     app = Flask(__name__)
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # The 4me Mail API's HTTP door: the same publisher; the raw message goes to the database.
     app.extensions["eventdesk.mail"] = MailIntake(publisher, secret, settings.mail_max_bytes,
                                                    settings.cache_ttl_seconds)
+    app.extensions["eventdesk.database_check"] = DatabaseCheck()
     for blueprint in blueprints():
         app.register_blueprint(blueprint)
     errors.register(app)

@@ -10,6 +10,9 @@ refuses every caller)."""
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import Future
+
 from flask import Blueprint, Response, current_app, json
 from sqlalchemy import text
 
@@ -36,6 +39,46 @@ READYZ = Operation(
      503: Answer("The broker is unreachable", STATUS)})
 
 
+class DatabaseCheck:
+    """``SELECT 1``, waited for at most WAIT seconds: a database that stopped answering holds a
+    connection attempt up to its connect timeout, a statement up to its statement timeout, and
+    either is longer than a readiness probe waits (3 s): the probe would fail for what
+    readiness does not even require. The check goes on in a thread of its own, one at a time:
+    while one runs, the next caller waits on it."""
+
+    WAIT = 1.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: Future[None] | None = None
+
+    def __call__(self) -> str:
+        with self._lock:
+            if self._running is None or self._running.done():
+                self._running = Future()
+                threading.Thread(target=self._check, args=(self._running,), daemon=True,
+                                 name="readyz-database").start()
+            running = self._running
+        try:
+            running.result(timeout=self.WAIT)
+        except TimeoutError:
+            return f"no answer within {self.WAIT:g} s"
+        except Exception as exc:  # any driver's failure: reported
+            return f"unreachable: {type(exc).__name__}"
+        return "ok"
+
+    @staticmethod
+    def _check(result: Future[None]) -> None:
+        try:
+            with get_engine().connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except Exception as exc:  # handed to the caller, who reports it
+            result.set_exception(exc)
+        else:
+            result.set_result(None)
+
+
+
 @route(bp, HEALTHZ)
 def healthz() -> Response:
     return _json({"status": "ok"}, 200)
@@ -50,12 +93,8 @@ def readyz() -> Response:
         checks["broker"] = "ok"
     except Exception as exc:  # any transport's failure means "not ready"
         checks["broker"] = f"unreachable: {type(exc).__name__}"
-    try:
-        with get_engine().connect() as connection:
-            connection.execute(text("SELECT 1"))
-        checks["database"] = "ok"
-    except Exception as exc:  # any driver's failure: reported
-        checks["database"] = f"unreachable: {type(exc).__name__}"
+    database: DatabaseCheck = current_app.extensions["eventdesk.database_check"]
+    checks["database"] = database()
     ready = checks["broker"] == "ok"
     # Full slots do not make the process unready: it still takes events (and answers 202).
     waiters: WaitSlots = current_app.extensions["eventdesk.waiters"]

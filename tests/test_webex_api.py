@@ -344,8 +344,9 @@ def test_a_log_line_that_cannot_be_written_leaves_the_answer_as_it_is(
     assert len(queued_messages(broker)) == 1
 
 
+@pytest.mark.postgres
 def test_ready_while_the_broker_answers_even_with_the_database_down(
-    make_client: Callable[..., FlaskClient],
+    make_client: Callable[..., FlaskClient], postgres_url: str,
 ) -> None:
     """A readiness probe takes the pod out of service: only for what stops the intake."""
     database_down = make_client(database_url="postgresql+psycopg://nobody@127.0.0.1:1/none")
@@ -353,6 +354,12 @@ def test_ready_while_the_broker_answers_even_with_the_database_down(
     assert answer.status_code == 200
     assert answer.get_json()["status"] == "ready"
     assert answer.get_json()["database"].startswith("unreachable")
+    with TcpProxy(5432) as proxy:  # a database that stops answering: reported within 1 s
+        proxy.blackhole()
+        hung = make_client(database_url=postgres_url.replace(":5432/", f":{proxy.port}/"))
+        answer = hung.get("/readyz")
+        assert answer.status_code == 200
+        assert answer.get_json()["database"] == "no answer within 1 s"
     broker_down = make_client(broker_url="redis://127.0.0.1:1/0")
     answer = broker_down.get("/readyz")
     assert answer.status_code == 503
