@@ -41,10 +41,10 @@ READYZ = Operation(
 
 class DatabaseCheck:
     """``SELECT 1``, waited for at most WAIT seconds: a database that stopped answering holds a
-    connection attempt up to its connect timeout, a statement up to its statement timeout, and
-    either is longer than a readiness probe waits (3 s): the probe would fail for what
-    readiness does not even require. The check goes on in a thread of its own, one at a time:
-    while one runs, the next caller waits on it."""
+    check for the pool's wait, the connect timeout and the statement timeout (2 + 2 + 3.5 s),
+    longer than a readiness probe waits (3 s): the probe would fail for what readiness does
+    not even require. The check goes on in a thread of its own, one at a time: while one
+    runs, the next caller waits on it."""
 
     WAIT = 1.0
 
@@ -55,9 +55,10 @@ class DatabaseCheck:
     def __call__(self) -> str:
         with self._lock:
             if self._running is None or self._running.done():
-                self._running = Future()
-                threading.Thread(target=self._check, args=(self._running,), daemon=True,
+                started: Future[None] = Future()
+                threading.Thread(target=self._check, args=(started,), daemon=True,
                                  name="readyz-database").start()
+                self._running = started  # only once its thread runs: it will be done
             running = self._running
         try:
             running.result(timeout=self.WAIT)
@@ -76,7 +77,6 @@ class DatabaseCheck:
             result.set_exception(exc)
         else:
             result.set_result(None)
-
 
 
 @route(bp, HEALTHZ)

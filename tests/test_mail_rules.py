@@ -140,6 +140,15 @@ def test_not_mime_at_all_and_broken_encodings_are_read_without_crashing() -> Non
     assert parse(broken).sender == "a@b.org"
 
 
+def test_the_part_limit_counts_the_message_itself() -> None:
+    def parts(count: int) -> bytes:  # header-less parts: only the parser's count sees them
+        return b"Content-Type: multipart/mixed; boundary=b\n\n" + b"--b\n\nx\n" * count
+
+    assert parse(parts(499)).text == "x"
+    with pytest.raises(Quarantined, match="more than 500 MIME parts"):
+        parse(parts(500))
+
+
 def test_a_multipart_of_a_few_parts_is_read_whatever_its_text_says_of_boundaries() -> None:
     text = "boundary=x\n" + "--x\n" * 600  # a body that talks about MIME is not parts
     message = mail(text)

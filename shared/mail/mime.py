@@ -2,8 +2,9 @@
 to quarantine it.
 
 The stdlib parser with ``policy.default`` builds the whole tree in memory, so the limits are
-checked on the raw bytes before it runs (size, the number of parts and headers it could build)
-and on the tree after (nesting depth, header length). Any error of the parser or of a part's
+checked on the raw bytes before it runs (size, estimates of the parts and headers it could
+build), while it runs (the parts it makes: the message itself and each message enclosed count
+too) and on the tree after (nesting depth, header length). Any error of the parser or of a part's
 decoding that is not a plain unknown charset ends the message as :class:`Quarantined` with its
 reason; nothing in a message is executed or fetched.
 
