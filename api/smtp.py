@@ -202,7 +202,8 @@ class PeerLimitedSMTP(SMTP):
         self._peer: str | None = None
         self._refused = False
         self._deadline = 0.0
-        self._timer_armed = False
+        # When the timer is set to go off; None once it went off (or before it is set).
+        self._timer_at: float | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.transport is None:  # not the STARTTLS upgrade of a connection counted already
@@ -226,8 +227,16 @@ class PeerLimitedSMTP(SMTP):
             self._peer = None
         super().connection_lost(error)
 
-    def eof_received(self) -> bool | None:
-        return False if self._refused else super().eof_received()
+    def eof_received(self) -> bool:
+        """aiosmtpd's (the session's handler stops: nothing more is read or answered), then the
+        connection closes (False), freeing the peer's place at once. aiosmtpd's answer keeps a
+        half-closed connection open for its handler to close; a handler stopped before it
+        began (a client that connects and closes at once, as a TCP health check does: the
+        usual order on uvloop) never did, and the place stayed taken until the idle timeout
+        or the garbage collector ended the connection."""
+        if not self._refused:
+            super().eof_received()
+        return False
 
     @syntax("STARTTLS", when="tls_context")
     async def smtp_STARTTLS(self, arg: str) -> None:  # noqa: N802 - aiosmtpd's command name
@@ -255,23 +264,27 @@ class PeerLimitedSMTP(SMTP):
         command), with one timer a session instead of a new one at every command: the
         deadline moves, and a timer that comes before it sets itself again for the rest
         (:meth:`_on_timer`). A deadline sooner than the timer's (a shorter ``duration``) sets
-        a new one. tests/test_smtp_contract.py holds aiosmtpd to the names this uses."""
+        a new one. tests/test_smtp_contract.py holds aiosmtpd to the names this uses.
+
+        The timer's time is kept here, not asked of its handle: uvloop answers a ``call_at``
+        less than a millisecond away with a plain Handle, which has no ``when()`` (uvloop
+        #482), and its millisecond timers can go off that close before the deadline."""
         self._deadline = self.loop.time() + (duration or self._timeout_duration)
-        if not self._timer_armed or self._timeout_handle is None \
-                or self._timeout_handle.when() > self._deadline:
+        if self._timer_at is None or self._timeout_handle is None \
+                or self._timer_at > self._deadline:
             self._arm(self._deadline)
 
     def _arm(self, when: float) -> None:
         if self._timeout_handle is not None:
             self._timeout_handle.cancel()
         self._timeout_handle = self.loop.call_at(when, self._on_timer)
-        self._timer_armed = True
+        self._timer_at = when
 
     def _on_timer(self) -> None:
         if self.loop.time() < self._deadline:
             self._arm(self._deadline)
             return
-        self._timer_armed = False
+        self._timer_at = None
         self._timeout_cb()  # type: ignore[no-untyped-call]
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
@@ -308,6 +321,20 @@ def _export_metrics(settings: Settings) -> None:
         log.error("metrics exporter did not start", host=host, port=port, error=str(exc))
 
 
+def new_loop() -> asyncio.AbstractEventLoop:
+    """The listener's event loop: uvloop's, where it is installed (everywhere but Windows).
+
+    aiosmtpd's reading and answering of the SMTP dialogue is most of what a message costs the
+    listener, and uvloop's transports do that part for less (bench/README.md, session 12).
+    aiosmtpd supports it (STARTTLS swaps protocols with the public ``set_protocol``); the
+    listener's tests run on this loop, the ones of its TLS session ends among them."""
+    try:
+        import uvloop
+    except ImportError:  # Windows: no uvloop
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 def serve(host: str, port: int) -> None:
     settings = get_settings()
     _export_metrics(settings)
@@ -319,7 +346,7 @@ def serve(host: str, port: int) -> None:
                           settings.smtp_peer_messages_per_minute)
     context = tls_context(settings)
     connections: Counter[str] = Counter()
-    loop = asyncio.new_event_loop()
+    loop = new_loop()
     server = loop.run_until_complete(loop.create_server(
         lambda: PeerLimitedSMTP(
             handler, connections=connections, limit=settings.smtp_peer_connections,
