@@ -266,9 +266,10 @@ class PeerLimitedSMTP(SMTP):
         (:meth:`_on_timer`). A deadline sooner than the timer's (a shorter ``duration``) sets
         a new one. tests/test_smtp_contract.py holds aiosmtpd to the names this uses.
 
-        The timer's time is kept here, not asked of its handle: uvloop answers a ``call_at``
-        less than a millisecond away with a plain Handle, which has no ``when()`` (uvloop
-        #482), and its millisecond timers can go off that close before the deadline."""
+        The timer's time is kept here, not asked of its handle: uvloop rounds a delay to whole
+        milliseconds and answers a ``call_at`` under half a millisecond away with a plain
+        Handle, which has no ``when()`` (uvloop #482); its timers can go off that close before
+        the deadline."""
         self._deadline = self.loop.time() + (duration or self._timeout_duration)
         if self._timer_at is None or self._timeout_handle is None \
                 or self._timer_at > self._deadline:
