@@ -2,7 +2,8 @@
 api/smtp.py's listener overrides: to read the addresses of MAIL and RCPT for less (aiosmtpd must
 still read them through it, and the override must answer every path as aiosmtpd's own does),
 and to keep one idle timer a session (aiosmtpd must still reset it at every command, and an
-idle session must still end after the timeout, a busy one not before).
+idle session must still end after the timeout, a busy one not before). The sessions run on the
+listener's loop, uvloop's: the timer and a client's end of stream are held to what uvloop does.
 
 Each test names what an upgrade removed or changed.
 """
