@@ -271,8 +271,7 @@ class PeerLimitedSMTP(SMTP):
         Handle, which has no ``when()`` (uvloop #482); its timers can go off that close before
         the deadline."""
         self._deadline = self.loop.time() + (duration or self._timeout_duration)
-        if self._timer_at is None or self._timeout_handle is None \
-                or self._timer_at > self._deadline:
+        if self._timer_at is None or self._timer_at > self._deadline:
             self._arm(self._deadline)
 
     def _arm(self, when: float) -> None:
