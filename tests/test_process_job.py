@@ -10,6 +10,7 @@ test_database_outage.py and test_poison.py.
 from __future__ import annotations
 
 import socket
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from shared.records.directory import AccountRecords, Directory
 from shared.transactions.failures import Backoff
 from shared.transactions.schemas import EventBatch
 from shared.transactions.service import process_job
+from tests.conftest import wait_until
 from tests.test_mail_processing import message, new_mail
 
 HOOK = "https://example.com/hook"
@@ -229,6 +231,30 @@ def test_a_mail_that_fails_in_a_run_it_was_taken_along_to_fails_no_other(
     assert service.process_job([poison], Directory(0), config, backoff, along=50,
                                database_url=db) is True
     assert mail_statuses(db, [poison, own]) == ["failed", "processed"]
+
+
+@pytest.mark.postgres
+def test_a_job_does_not_wait_for_mail_another_run_holds_until_the_rest_is_done(
+    postgres_url: str,
+) -> None:
+    """The pool's other process has taken one of the job's messages along and holds it until
+    its run commits: the job processes its other message meanwhile, then waits for the held
+    one; and when that run ends without it (it failed), the job processes it."""
+    held, other = stored_mail(postgres_url, 2)
+    outcome: list[bool] = []
+    with session_scope(postgres_url) as holder:
+        assert [row.id for row in store.take(holder, [held])[0]] == [held]
+        job = threading.Thread(target=lambda: outcome.append(service.process_job(
+            [held, other], Directory(0), service.MailConfig(), Backoff(sleep=lambda _: None),
+            database_url=postgres_url)))
+        job.start()
+        wait_until(lambda: mail_statuses(postgres_url, [other]) == ["processed"], timeout=10)
+        assert mail_statuses(postgres_url, [held]) == ["received"]
+        assert job.is_alive()  # waiting for the held message, not done without it
+        holder.rollback()
+    job.join(10)
+    assert outcome == [True]
+    assert mail_statuses(postgres_url, [held, other]) == ["processed", "processed"]
 
 
 def test_a_mail_whose_failure_cannot_be_recorded_is_left_to_the_sweep_not_requeued(

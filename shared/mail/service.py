@@ -495,10 +495,12 @@ def _act(session: Session, row: MailMessage, now: datetime, directory: Directory
 
 def process_mail(session: Session, mail_ids: Sequence[int], now: datetime,
                  directory: Directory, config: MailConfig | None = None, *,
-                 along: int = 0) -> None:
+                 along: int = 0, wait: bool = True) -> list[int]:
     """Act once on each stored message of ``mail_ids`` (module docstring), and on up to
     ``along`` other stored messages no worker holds, oldest first, in the same transaction
     (also when ``mail_ids`` were done already: the backlog is drained by every task that runs).
+    Returns the ids of ``mail_ids`` another worker's run holds, when told not to ``wait`` for
+    them: the caller takes them again once this transaction has ended (:func:`process_job`).
 
     Taking others along is what lets a worker keep up with a stream of mail: their new
     requests go through one run of the events' processing (made before any later mail that may
@@ -509,8 +511,8 @@ def process_mail(session: Session, mail_ids: Sequence[int], now: datetime,
     again without them).
     """
     config = config or MailConfig()
-    rows = store.take(session, mail_ids) + (
-        store.take_along(session, mail_ids, along) if along else [])
+    mine, held = store.take(session, mail_ids, skip_locked=not wait)
+    rows = mine + (store.take_along(session, mail_ids, along) if along else [])
     policies: dict[str, EmailPolicy] = {}
     new: list[_NewRequest] = []
     # What the pending ones may be answered by: a mail looks its keys up instead of asking
@@ -536,6 +538,7 @@ def process_mail(session: Session, mail_ids: Sequence[int], now: datetime,
             new.append(found)
             answerable.update(found.answered_by())
     settle()
+    return held
 
 
 def process_job(mail_ids: Sequence[int], directory: Directory, config: MailConfig,
@@ -554,8 +557,14 @@ def process_job(mail_ids: Sequence[int], directory: Directory, config: MailConfi
     now = datetime.now(UTC)
 
     def run(ids: Sequence[int], others: int = 0) -> list[int]:
+        # Messages another worker's run holds (it took them along) are not waited for, or
+        # the pool's processes would take turns on a stream: they are taken once this
+        # transaction has ended, by then (nearly always) found done; or not, if that run failed.
         with session_scope(database_url) as session:
-            process_mail(session, ids, now, directory, config, along=others)
+            held = process_mail(session, ids, now, directory, config, along=others, wait=False)
+        if held:
+            with session_scope(database_url) as session:
+                process_mail(session, held, now, directory, config)
         return []
 
     def record(mail_id: int, error: BaseException) -> list[int]:
@@ -587,6 +596,6 @@ def process_job(mail_ids: Sequence[int], directory: Directory, config: MailConfi
 
 def fail_mail(session: Session, mail_id: int, error: BaseException, now: datetime) -> None:
     """End the message ``failed`` by ``error`` (a bug or bad data processing it), once."""
-    for row in store.take(session, [mail_id]):
+    for row in store.take(session, [mail_id])[0]:
         _finish(session, row, "failed")
         record_failure(session, _mail_batch(row), error, now)

@@ -72,13 +72,20 @@ def save(connection: dialect.Executor, mails: Sequence[NewMail]) -> list[tuple[i
     return saved
 
 
-def take(session: Session, mail_ids: Sequence[int]) -> list[MailMessage]:
+def take(session: Session, mail_ids: Sequence[int], *,
+         skip_locked: bool = False) -> tuple[list[MailMessage], list[int]]:
     """The messages no worker has processed yet, locked until commit (in id order, so two
-    workers taking overlapping sets never wait on each other in a circle)."""
-    return [row for row in session.scalars(
+    workers taking overlapping sets never wait on each other in a circle), and the ids of
+    those another transaction holds: with ``skip_locked`` not waited for (left out of the
+    first list), else none (the take waits for the holder to end)."""
+    rows = list(session.scalars(
         select(MailMessage).where(dialect.one_of(
             MailMessage.id, mail_ids, postgres=dialect.is_postgres(session)))
-        .order_by(MailMessage.id).with_for_update()) if row.status == "received"]
+        .order_by(MailMessage.id).with_for_update(skip_locked=skip_locked)))
+    found = {row.id for row in rows}
+    held = [mail_id for mail_id in dict.fromkeys(mail_ids) if mail_id not in found] \
+        if skip_locked else []
+    return [row for row in rows if row.status == "received"], held
 
 
 def take_along(session: Session, mail_ids: Sequence[int], limit: int) -> list[MailMessage]:
