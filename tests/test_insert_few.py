@@ -121,9 +121,11 @@ def test_a_value_too_long_for_its_column_is_refused_not_cut(pg_held: HeldConnect
 
 
 @pytest.mark.postgres
-def test_a_naive_datetime_is_refused(pg_held: HeldConnection) -> None:
+@pytest.mark.parametrize("count", [1, FEW + 1])
+def test_a_naive_datetime_is_refused(pg_held: HeldConnection, count: int) -> None:
     with pytest.raises(TypeError):
-        insert(pg_held, [row(received_at=datetime(2026, 11, 30, 12, 0))])
+        insert(pg_held, [row() for _ in range(count - 1)]
+               + [row(received_at=datetime(2026, 11, 30, 12, 0))])
 
 
 @pytest.mark.postgres

@@ -23,6 +23,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any, cast
 
+import orjson
 import psycopg
 from sqlalchemy import (
     JSON,
@@ -256,7 +257,15 @@ def rows_json(model: type[Base], rows: Sequence[dict[str, Any]]) -> str:
             found = rendered[item] = item.isoformat()
         return found
 
-    return json.dumps(rows, default=value, separators=(",", ":"))
+    try:
+        # The datetimes through ``value`` too, which refuses naive ones as the columns do.
+        return orjson.dumps(rows, default=value, option=orjson.OPT_PASSTHROUGH_DATETIME
+                            | orjson.OPT_PASSTHROUGH_DATACLASS).decode()
+    except orjson.JSONEncodeError:
+        # What orjson refuses and the stdlib writes: a lone surrogate (the statement then fails
+        # on it, and the caller isolates the row that holds it, as before), an integer beyond
+        # 64 bits; or what neither can write (the stdlib raises it, as before).
+        return json.dumps(rows, default=value, separators=(",", ":"))
 
 
 def _table(model: type[Base]) -> Table:
