@@ -13,6 +13,9 @@ organisation's mail gateway (the rules: shared/mail/service.py).
   451, and the sender tries again. Killed before the 250, nothing is promised; after it, the stored
   row is processed whatever happens to this process (the beat's sweep queues it again).
 - STARTTLS when ``EVENTDESK_SMTP_TLS_CERT`` and ``EVENTDESK_SMTP_TLS_KEY`` are set.
+- SIGTERM or SIGINT (a rolling restart): no new connection is taken; a session in DATA is
+  answered, then closed; every other one is told 421 and closed (:func:`drain`). A second
+  signal stops at once.
 - ``/metrics`` on ``EVENTDESK_SMTP_METRICS_PORT`` (9809): ``eventdesk_mail_received_total``.
 
 Database work runs in the event loop's thread pool, one group's commit at a time: a slow
@@ -189,18 +192,25 @@ class CommitGroups:
             self._committing = None
 
 
+SHUTTING_DOWN = b"421 4.3.2 the listener is shutting down, try again later\r\n"
+
+
 class PeerLimitedSMTP(SMTP):
     """aiosmtpd's SMTP session, refused (421) beyond ``limit`` connections from one address,
-    reading the address of MAIL and RCPT for less (:meth:`_getaddr`), and with one idle timer
-    (:meth:`_reset_timeout`)."""
+    reading the address of MAIL and RCPT for less (:meth:`_getaddr`), with one idle timer
+    (:meth:`_reset_timeout`), and in ``sessions`` while its connection is open (to be ended
+    by :meth:`shut`)."""
 
     def __init__(self, handler: MailHandler, *, connections: Counter[str], limit: int,
-                 **options: Any) -> None:
+                 sessions: set[PeerLimitedSMTP] | None = None, **options: Any) -> None:
         super().__init__(handler, **options)
         self._connections = connections
         self._limit = limit
+        self._sessions = set() if sessions is None else sessions
         self._peer: str | None = None
         self._refused = False
+        self._in_data = False
+        self._shut = False
         self._deadline = 0.0
         # When the timer is set to go off; None once it went off (or before it is set).
         self._timer_at: float | None = None
@@ -215,11 +225,13 @@ class PeerLimitedSMTP(SMTP):
                 return
             self._connections[peer] += 1
             self._peer = peer
+            self._sessions.add(self)
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._refused:
             return
+        self._sessions.discard(self)
         if self._peer is not None:
             self._connections[self._peer] -= 1
             if not self._connections[self._peer]:
@@ -237,6 +249,26 @@ class PeerLimitedSMTP(SMTP):
         if not self._refused:
             super().eof_received()
         return False
+
+    def shut(self) -> None:
+        """End the session for a shutdown: at once with 421, or, in DATA, once its message is
+        answered (its 250 says it is stored: a sender cut off before it sends the message again,
+        and one without a Message-ID would make a second request)."""
+        self._shut = True
+        if not self._in_data and self.transport is not None:
+            self.transport.write(SHUTTING_DOWN)  # type: ignore[attr-defined]
+            self.transport.close()
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:  # noqa: N802 - aiosmtpd's command name
+        """aiosmtpd's, then the end of a session :meth:`shut` meanwhile."""
+        self._in_data = True
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self._in_data = False
+        if self._shut and self.transport is not None:
+            self.transport.close()
 
     @syntax("STARTTLS", when="tls_context")
     async def smtp_STARTTLS(self, arg: str) -> None:  # noqa: N802 - aiosmtpd's command name
@@ -335,6 +367,19 @@ def new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+async def drain(server: asyncio.AbstractServer, sessions: set[PeerLimitedSMTP],
+                within: float) -> None:
+    """Take no more connections, :meth:`~PeerLimitedSMTP.shut` every session, and wait for
+    them to end, ``within`` seconds at most (then the rest are dropped: nothing was promised to
+    a session not answered)."""
+    server.close()
+    for session in list(sessions):
+        session.shut()
+    deadline = asyncio.get_running_loop().time() + within
+    while sessions and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+
+
 def serve(host: str, port: int) -> None:
     settings = get_settings()
     _export_metrics(settings)
@@ -346,19 +391,26 @@ def serve(host: str, port: int) -> None:
                           settings.smtp_peer_messages_per_minute)
     context = tls_context(settings)
     connections: Counter[str] = Counter()
+    sessions: set[PeerLimitedSMTP] = set()
     loop = new_loop()
     server = loop.run_until_complete(loop.create_server(
         lambda: PeerLimitedSMTP(
             handler, connections=connections, limit=settings.smtp_peer_connections,
-            data_size_limit=settings.mail_max_bytes, tls_context=context, ident="eventdesk",
-            timeout=60),
+            sessions=sessions, data_size_limit=settings.mail_max_bytes, tls_context=context,
+            ident="eventdesk", timeout=60),
         host, port))
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for signum in signals:
         loop.add_signal_handler(signum, loop.stop)
     collector.settle()
     log.info("smtp listening", host=host, port=port, starttls=context is not None)
     try:
         loop.run_forever()
+        for signum in signals:  # a second one ends the process at once
+            loop.remove_signal_handler(signum)
+            signal.signal(signum, signal.SIG_DFL)
+        log.info("smtp stopping", sessions=len(sessions))
+        loop.run_until_complete(drain(server, sessions, settings.smtp_drain_seconds))
     finally:
         server.close()
         loop.run_until_complete(server.wait_closed())

@@ -140,6 +140,9 @@ class Settings(BaseSettings):
     # Per peer address and listener process: connections at once, messages a minute.
     smtp_peer_connections: int = Field(default=20, ge=1)
     smtp_peer_messages_per_minute: float = Field(default=600.0, gt=0)
+    # On SIGTERM, how long the listener waits for the messages it is storing to be answered
+    # (api/smtp.drain): under the deployments' grace periods (30 s), over a commit's own limit.
+    smtp_drain_seconds: float = Field(default=20.0, ge=0)
     # The outbound relay (host:port) for 'Email Rejected' replies (none: not sent) and their
     # From address (none: mailer-daemon@<the account's mail domain>); the authserv-ids of the
     # receiving MTAs whose Authentication-Results are trusted for X-4me-From (comma-separated).

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from email import policy
@@ -23,10 +24,10 @@ from typing import Any
 import httpx
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from api import create_app
-from shared.db.engine import session_scope
+from shared.db.engine import get_sessionmaker, session_scope
 from shared.db.models import Account, MailMessage, Note, Request
 from tests.conftest import REPO, redis_db_url, self_signed, wait_until
 from tests.test_worker import Stack, redis_postgres, wait_done
@@ -55,11 +56,11 @@ class Listener:
                  "EVENTDESK_DATABASE_URL": stack.database, "EVENTDESK_SECRET_KEY": "test-secret",
                  "EVENTDESK_MAIL_MAX_BYTES": str(MAX_BYTES), "EVENTDESK_SMTP_METRICS_PORT": "0",
                  **{f"EVENTDESK_{name.upper()}": value for name, value in settings.items()}})
-        wait_until(lambda: self._listening() or self.proc.poll() is not None, 30)
+        wait_until(lambda: self.listening() or self.proc.poll() is not None, 30)
         if self.proc.poll() is not None:
             raise RuntimeError("smtp did not start:\n" + log.read_text())
 
-    def _listening(self) -> bool:
+    def listening(self) -> bool:
         with closing(socket.socket()) as sock:
             return sock.connect_ex(("127.0.0.1", self.port)) == 0
 
@@ -239,6 +240,49 @@ def test_a_listener_killed_after_its_250_loses_nothing(
     smtp.close()
     assert processed(redis_postgres.database, message_id(message))["status"] == "processed"
     doomed.stop()
+
+
+def test_sigterm_answers_the_message_being_stored_and_tells_idle_sessions_421(
+    redis_postgres: Stack, tmp_path: Path,
+) -> None:
+    """A rolling restart: SIGTERM while a message is being stored. The listener takes no new
+    connection, tells an idle session 421 at once, answers the message 250 once it is stored,
+    and only then exits."""
+    stopping = Listener(redis_postgres, tmp_path / "smtp.log",
+                        database_statement_timeout_seconds="60")
+    message = mail("Stored during the restart.", subject=f"Restart {uuid.uuid4().hex[:6]}")
+    idle, sending = stopping.client(), stopping.client()
+    idle.ehlo()
+    sending.ehlo()
+    # The message's insert waits on an uncommitted row with its Message-ID: its commit is under
+    # way when the signal comes, for as long as the test holds the row.
+    blocker = get_sessionmaker(redis_postgres.database)()
+    blocker.add(MailMessage(
+        transid=uuid.uuid4().hex, account_id="wdc", recipient="wdc@mail.eventdesk.local",
+        message_id=message_id(message), raw=b"held", peer="test",
+        received_at=datetime.now(UTC), status="received"))
+    blocker.flush()
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(sending.send_message, message)
+        wait_until(lambda: lock_waits(redis_postgres.database) > 0, 30)
+        stopping.proc.send_signal(signal.SIGTERM)
+
+        assert idle.getreply()[0] == 421
+        wait_until(lambda: not stopping.listening(), 10)
+        assert stopping.proc.poll() is None  # still answering the message being stored
+        blocker.rollback()
+        blocker.close()
+        assert answer.result(30) == {}
+    assert stopping.proc.wait(30) == 0
+    assert processed(redis_postgres.database, message_id(message))["status"] == "processed"
+    stopping.stop()
+
+
+def lock_waits(database: str) -> int:
+    with session_scope(database) as session:
+        return int(session.scalar(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock'")) or 0)
 
 
 def test_per_peer_connection_and_message_limits(redis_postgres: Stack, tmp_path: Path) -> None:
