@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from shared.db.engine import session_scope
 from shared.db.models import Account, MailMessage, NotificationDelivery, Request, Transaction
@@ -255,6 +255,43 @@ def test_a_job_does_not_wait_for_mail_another_run_holds_until_the_rest_is_done(
     job.join(10)
     assert outcome == [True]
     assert mail_statuses(postgres_url, [held, other]) == ["processed", "processed"]
+
+
+@pytest.mark.postgres
+def test_a_reply_waits_for_the_mail_it_answers_that_another_run_holds(postgres_url: str) -> None:
+    """The other process's run holds the job's first message (it took it along) and has made its
+    request, not committed yet: the reply to it, later in the same job, is not acted on
+    meanwhile; it waits for that run and becomes a note on the request, as in id order."""
+    first, first_id = message("The printer on floor 3 is out of paper.")
+    reply, _ = message("It is still out of paper.", In_Reply_To=f"<{first_id}>")
+    with session_scope(postgres_url) as session:
+        (original, _), (answer, _) = store.save(session, [new_mail(first), new_mail(reply)])
+    assert original is not None
+    assert answer is not None
+    outcome: list[bool] = []
+    with session_scope(postgres_url) as holder:
+        service.process_mail(holder, [original], datetime.now(UTC), Directory(0))
+        job = threading.Thread(target=lambda: outcome.append(service.process_job(
+            [original, answer], Directory(0), service.MailConfig(), Backoff(sleep=lambda _: None),
+            database_url=postgres_url)))
+        job.start()
+        wait_until(lambda: taking_waits(postgres_url), timeout=10)
+        assert mail_statuses(postgres_url, [answer]) == ["received"]
+    job.join(10)
+    assert outcome == [True]
+    with session_scope(postgres_url) as session:
+        rows = {row.id: row for row in session.scalars(
+            select(MailMessage).where(MailMessage.id.in_([original, answer])))}
+    assert [rows[original].status, rows[answer].status] == ["processed", "processed"]
+    assert rows[answer].request_id == rows[original].request_id
+
+
+def taking_waits(database: str) -> bool:
+    """Whether a take of stored mail is waiting for another transaction's lock."""
+    with session_scope(database) as session:
+        return bool(session.scalar(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND query LIKE '%FROM mail_messages%FOR UPDATE%'")))
 
 
 def test_a_mail_whose_failure_cannot_be_recorded_is_left_to_the_sweep_not_requeued(

@@ -450,11 +450,13 @@ def _reject(session: Session, row: MailMessage, parsed: ParsedMail, config: Mail
 
 def _act(session: Session, row: MailMessage, now: datetime, directory: Directory, *,
          config: MailConfig, policies: dict[str, EmailPolicy],
-         settle: Callable[[ParsedMail, MailParameters, bool], bool]) -> _NewRequest | None:
+         settle: Callable[[ParsedMail, MailParameters, bool], bool],
+         defer: Callable[[MailMessage], bool]) -> _NewRequest | None:
     """End the mail as quarantined, rejected or a reply's note; or say the request to make.
     ``settle(parsed, given, replying)`` makes the requests said so far when this mail may reply
     to one of them, or (``replying``) to any request: one of them may fold into it by event
-    matching, and be its note before this one. True when it made any."""
+    matching, and be its note before this one. True when it made any. A mail that may be a
+    reply is left as it is when ``defer(row)`` says so (it is taken again later)."""
     try:
         parsed = parse(row.raw, config.limits)
         if row.account_id not in policies:
@@ -477,6 +479,8 @@ def _act(session: Session, row: MailMessage, now: datetime, directory: Directory
                              lambda name: directory.account(session, name) is not None)
     target = None
     if policy.replies_as_notes and _may_reply(parsed, given):
+        if defer(row):
+            return None
         settle(parsed, given, False)
         target = _reply_target(session, row.account_id, parsed, given=given, sender=sender,
                                now=now, feedback_days=policy.feedback_days)
@@ -499,8 +503,10 @@ def process_mail(session: Session, mail_ids: Sequence[int], now: datetime,
     """Act once on each stored message of ``mail_ids`` (module docstring), and on up to
     ``along`` other stored messages no worker holds, oldest first, in the same transaction
     (also when ``mail_ids`` were done already: the backlog is drained by every task that runs).
-    Returns the ids of ``mail_ids`` another worker's run holds, when told not to ``wait`` for
-    them: the caller takes them again once this transaction has ended (:func:`process_job`).
+    Returns, when told not to ``wait``, the ids to take again once this transaction has ended
+    (:func:`process_job`): those of ``mail_ids`` another worker's run holds (or that are not
+    stored), and each mail that may be a reply and came after the first of those (it may answer
+    that one, whose request is not committed yet: it waits for it, as in id order).
 
     Taking others along is what lets a worker keep up with a stream of mail: their new
     requests go through one run of the events' processing (made before any later mail that may
@@ -513,6 +519,13 @@ def process_mail(session: Session, mail_ids: Sequence[int], now: datetime,
     config = config or MailConfig()
     mine, held = store.take(session, mail_ids, skip_locked=not wait)
     rows = mine + (store.take_along(session, mail_ids, along) if along else [])
+    first_held = min(held, default=None)
+
+    def defer(row: MailMessage) -> bool:
+        if first_held is None or row.id < first_held:
+            return False
+        held.append(row.id)
+        return True
     policies: dict[str, EmailPolicy] = {}
     new: list[_NewRequest] = []
     # What the pending ones may be answered by: a mail looks its keys up instead of asking
@@ -533,7 +546,7 @@ def process_mail(session: Session, mail_ids: Sequence[int], now: datetime,
 
     for item in rows:
         found = _act(session, item, now, directory, config=config, policies=policies,
-                     settle=settle_for)
+                     settle=settle_for, defer=defer)
         if found is not None:
             new.append(found)
             answerable.update(found.answered_by())

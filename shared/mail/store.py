@@ -75,9 +75,9 @@ def save(connection: dialect.Executor, mails: Sequence[NewMail]) -> list[tuple[i
 def take(session: Session, mail_ids: Sequence[int], *,
          skip_locked: bool = False) -> tuple[list[MailMessage], list[int]]:
     """The messages no worker has processed yet, locked until commit (in id order, so two
-    workers taking overlapping sets never wait on each other in a circle), and the ids of
-    those another transaction holds: with ``skip_locked`` not waited for (left out of the
-    first list), else none (the take waits for the holder to end)."""
+    workers taking overlapping sets never wait on each other in a circle), and, with
+    ``skip_locked``, the ids not taken: those another transaction holds (not waited for) and
+    any not stored. Without it, the take waits for a holder to end, and the list is empty."""
     rows = list(session.scalars(
         select(MailMessage).where(dialect.one_of(
             MailMessage.id, mail_ids, postgres=dialect.is_postgres(session)))
