@@ -14,8 +14,10 @@ organisation's mail gateway (the rules: shared/mail/service.py).
   row is processed whatever happens to this process (the beat's sweep queues it again).
 - STARTTLS when ``EVENTDESK_SMTP_TLS_CERT`` and ``EVENTDESK_SMTP_TLS_KEY`` are set.
 - SIGTERM or SIGINT (a rolling restart): no new connection is taken; a session in DATA is
-  answered, then closed; every other one is told 421 and closed (:func:`drain`). A second
-  signal stops at once.
+  answered, then told 421 and closed; every other one is told 421 and closed at once; the
+  listener exits once none is left, or after ``EVENTDESK_SMTP_DRAIN_SECONDS`` (:func:`drain`).
+  A second SIGINT (Ctrl-C again) exits at once; a second SIGTERM changes nothing (``eventdesk
+  run`` sends one after the terminal's SIGINT; an orchestrator kills after its grace period).
 - ``/metrics`` on ``EVENTDESK_SMTP_METRICS_PORT`` (9809): ``eventdesk_mail_received_total``.
 
 Database work runs in the event loop's thread pool, one group's commit at a time: a slow
@@ -195,6 +197,13 @@ class CommitGroups:
 SHUTTING_DOWN = b"421 4.3.2 the listener is shutting down, try again later\r\n"
 
 
+class Sessions(set["PeerLimitedSMTP"]):
+    """The listener's open sessions (to end them at shutdown: :func:`drain`), and whether the
+    shutdown has begun (a connection made since is told 421 at once)."""
+
+    draining = False
+
+
 class PeerLimitedSMTP(SMTP):
     """aiosmtpd's SMTP session, refused (421) beyond ``limit`` connections from one address,
     reading the address of MAIL and RCPT for less (:meth:`_getaddr`), with one idle timer
@@ -202,11 +211,11 @@ class PeerLimitedSMTP(SMTP):
     by :meth:`shut`)."""
 
     def __init__(self, handler: MailHandler, *, connections: Counter[str], limit: int,
-                 sessions: set[PeerLimitedSMTP] | None = None, **options: Any) -> None:
+                 sessions: Sessions | None = None, **options: Any) -> None:
         super().__init__(handler, **options)
         self._connections = connections
         self._limit = limit
-        self._sessions = set() if sessions is None else sessions
+        self._sessions = Sessions() if sessions is None else sessions
         self._peer: str | None = None
         self._refused = False
         self._in_data = False
@@ -218,9 +227,14 @@ class PeerLimitedSMTP(SMTP):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.transport is None:  # not the STARTTLS upgrade of a connection counted already
             peer = str((transport.get_extra_info("peername") or ("",))[0])
-            if self._connections[peer] >= self._limit:
+            refusal = None
+            if self._sessions.draining:  # made as the shutdown began
+                refusal = SHUTTING_DOWN
+            elif self._connections[peer] >= self._limit:
+                refusal = b"421 4.7.0 too many connections from your address\r\n"
+            if refusal is not None:
                 self._refused = True
-                transport.write(b"421 4.7.0 too many connections from your address\r\n")  # type: ignore[attr-defined]
+                transport.write(refusal)  # type: ignore[attr-defined]
                 transport.close()
                 return
             self._connections[peer] += 1
@@ -251,24 +265,29 @@ class PeerLimitedSMTP(SMTP):
         return False
 
     def shut(self) -> None:
-        """End the session for a shutdown: at once with 421, or, in DATA, once its message is
+        """End the session for a shutdown, with 421: at once, or, in DATA, once its message is
         answered (its 250 says it is stored: a sender cut off before it sends the message again,
         and one without a Message-ID would make a second request)."""
         self._shut = True
-        if not self._in_data and self.transport is not None:
+        if not self._in_data:
+            self._close_shut()
+
+    def _close_shut(self) -> None:
+        if self.transport is not None:
             self.transport.write(SHUTTING_DOWN)  # type: ignore[attr-defined]
             self.transport.close()
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:  # noqa: N802 - aiosmtpd's command name
-        """aiosmtpd's, then the end of a session :meth:`shut` meanwhile."""
+        """aiosmtpd's, then the end of a session :meth:`shut` meanwhile (its answer is written
+        by then: aiosmtpd's ``push`` writes before it waits)."""
         self._in_data = True
         try:
             await super().smtp_DATA(arg)
         finally:
             self._in_data = False
-        if self._shut and self.transport is not None:
-            self.transport.close()
+            if self._shut:
+                self._close_shut()
 
     @syntax("STARTTLS", when="tls_context")
     async def smtp_STARTTLS(self, arg: str) -> None:  # noqa: N802 - aiosmtpd's command name
@@ -367,16 +386,19 @@ def new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-async def drain(server: asyncio.AbstractServer, sessions: set[PeerLimitedSMTP],
-                within: float) -> None:
+async def drain(server: asyncio.AbstractServer, sessions: Sessions, within: float,
+                hurry: asyncio.Event) -> None:
     """Take no more connections, :meth:`~PeerLimitedSMTP.shut` every session, and wait for
-    them to end, ``within`` seconds at most (then the rest are dropped: nothing was promised to
-    a session not answered)."""
+    them to end: ``within`` seconds at most, or until ``hurry`` is set. A session still open
+    then is dropped: a message it was storing may be stored without its 250 (the sender sends
+    it again: the same mail by its Message-ID)."""
+    sessions.draining = True
     server.close()
     for session in list(sessions):
         session.shut()
-    deadline = asyncio.get_running_loop().time() + within
-    while sessions and asyncio.get_running_loop().time() < deadline:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while sessions and not hurry.is_set() and loop.time() < deadline:
         await asyncio.sleep(0.05)
 
 
@@ -391,7 +413,7 @@ def serve(host: str, port: int) -> None:
                           settings.smtp_peer_messages_per_minute)
     context = tls_context(settings)
     connections: Counter[str] = Counter()
-    sessions: set[PeerLimitedSMTP] = set()
+    sessions = Sessions()
     loop = new_loop()
     server = loop.run_until_complete(loop.create_server(
         lambda: PeerLimitedSMTP(
@@ -399,18 +421,24 @@ def serve(host: str, port: int) -> None:
             sessions=sessions, data_size_limit=settings.mail_max_bytes, tls_context=context,
             ident="eventdesk", timeout=60),
         host, port))
-    signals = (signal.SIGTERM, signal.SIGINT)
-    for signum in signals:
-        loop.add_signal_handler(signum, loop.stop)
+    received: list[int] = []
+    hurry = asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        if not received:  # once: a second stop() would stop the drain's run too (uvloop)
+            received.append(signum)
+            loop.stop()
+        elif signum == signal.SIGINT:
+            hurry.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
     collector.settle()
     log.info("smtp listening", host=host, port=port, starttls=context is not None)
     try:
         loop.run_forever()
-        for signum in signals:  # a second one ends the process at once
-            loop.remove_signal_handler(signum)
-            signal.signal(signum, signal.SIG_DFL)
         log.info("smtp stopping", sessions=len(sessions))
-        loop.run_until_complete(drain(server, sessions, settings.smtp_drain_seconds))
+        loop.run_until_complete(drain(server, sessions, settings.smtp_drain_seconds, hurry))
     finally:
         server.close()
         loop.run_until_complete(server.wait_closed())

@@ -249,7 +249,7 @@ def test_sigterm_answers_the_message_being_stored_and_tells_idle_sessions_421(
     connection, tells an idle session 421 at once, answers the message 250 once it is stored,
     and only then exits."""
     stopping = Listener(redis_postgres, tmp_path / "smtp.log",
-                        database_statement_timeout_seconds="60")
+                        database_statement_timeout_seconds="60", smtp_drain_seconds="60")
     message = mail("Stored during the restart.", subject=f"Restart {uuid.uuid4().hex[:6]}")
     idle, sending = stopping.client(), stopping.client()
     idle.ehlo()
@@ -264,7 +264,7 @@ def test_sigterm_answers_the_message_being_stored_and_tells_idle_sessions_421(
     blocker.flush()
     with ThreadPoolExecutor(1) as pool:
         answer = pool.submit(sending.send_message, message)
-        wait_until(lambda: lock_waits(redis_postgres.database) > 0, 30)
+        wait_until(lambda: storing_waits(redis_postgres.database), 30)
         stopping.proc.send_signal(signal.SIGTERM)
 
         assert idle.getreply()[0] == 421
@@ -273,16 +273,34 @@ def test_sigterm_answers_the_message_being_stored_and_tells_idle_sessions_421(
         blocker.rollback()
         blocker.close()
         assert answer.result(30) == {}
-    assert stopping.proc.wait(30) == 0
+        assert sending.getreply()[0] == 421  # then its session ends too
+    assert stopping.proc.wait(30) == 0  # every session ended: the 60 s were not waited out
     assert processed(redis_postgres.database, message_id(message))["status"] == "processed"
     stopping.stop()
 
 
-def lock_waits(database: str) -> int:
+def test_a_second_sigint_ends_the_drain_at_once(redis_postgres: Stack, tmp_path: Path) -> None:
+    stopping = Listener(redis_postgres, tmp_path / "smtp.log", smtp_drain_seconds="60")
+    with stopping.client() as slow:
+        slow.ehlo()
+        slow.mail("ellen.brown@widget.com")
+        slow.rcpt("wdc@mail.eventdesk.local")
+        assert slow.docmd("DATA")[0] == 354
+        slow.send(b"Subject: half a message\r\n")  # and no more: the drain waits for it
+        stopping.proc.send_signal(signal.SIGINT)
+        wait_until(lambda: not stopping.listening(), 10)
+        assert stopping.proc.poll() is None
+        stopping.proc.send_signal(signal.SIGINT)
+        assert stopping.proc.wait(20) == 0
+    stopping.stop()
+
+
+def storing_waits(database: str) -> bool:
+    """Whether an insert of stored mail is waiting for another transaction's lock."""
     with session_scope(database) as session:
-        return int(session.scalar(text(
+        return bool(session.scalar(text(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND wait_event_type = 'Lock'")) or 0)
+            "AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO mail_messages%'")))
 
 
 def test_per_peer_connection_and_message_limits(redis_postgres: Stack, tmp_path: Path) -> None:
