@@ -264,7 +264,11 @@ def rows_json(model: type[Base], rows: Sequence[dict[str, Any]]) -> str:
     except orjson.JSONEncodeError:
         # What orjson refuses and the stdlib writes: a lone surrogate (the statement then fails
         # on it, and the caller isolates the row that holds it, as before), an integer beyond
-        # 64 bits; or what neither can write (the stdlib raises it, as before).
+        # 64 bits, a key that is not a str, a float subclass, nesting deeper than 254; or what
+        # neither can write (the stdlib raises it, as before). Where orjson writes what the
+        # stdlib did not: non-ASCII as itself (the same JSON value), a UUID or an Enum as its
+        # value (the stdlib raised), NaN as null (the stdlib wrote invalid JSON): no column
+        # takes a float, and no row carries a UUID or an Enum.
         return json.dumps(rows, default=value, separators=(",", ":"))
 
 
