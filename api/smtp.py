@@ -16,8 +16,9 @@ organisation's mail gateway (the rules: shared/mail/service.py).
 - SIGTERM or SIGINT (a rolling restart): no new connection is taken; a session in DATA is
   answered, then told 421 and closed; every other one is told 421 and closed at once; the
   listener exits once none is left, or after ``EVENTDESK_SMTP_DRAIN_SECONDS`` (:func:`drain`).
-  A second SIGINT (Ctrl-C again) exits at once; a second SIGTERM changes nothing (``eventdesk
-  run`` sends one after the terminal's SIGINT; an orchestrator kills after its grace period).
+  A second SIGINT (Ctrl-C again) ends the drain at once; a second SIGTERM changes nothing
+  (``eventdesk run`` sends one after the terminal's SIGINT; an orchestrator kills after its
+  grace period).
 - ``/metrics`` on ``EVENTDESK_SMTP_METRICS_PORT`` (9809): ``eventdesk_mail_received_total``.
 
 Database work runs in the event loop's thread pool, one group's commit at a time: a slow

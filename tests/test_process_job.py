@@ -10,7 +10,6 @@ test_database_outage.py and test_poison.py.
 from __future__ import annotations
 
 import socket
-import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from shared.db.engine import session_scope
 from shared.db.models import Account, MailMessage, NotificationDelivery, Request, Transaction
@@ -27,7 +26,6 @@ from shared.records.directory import AccountRecords, Directory
 from shared.transactions.failures import Backoff
 from shared.transactions.schemas import EventBatch
 from shared.transactions.service import process_job
-from tests.conftest import wait_until
 from tests.test_mail_processing import message, new_mail
 
 HOOK = "https://example.com/hook"
@@ -231,73 +229,6 @@ def test_a_mail_that_fails_in_a_run_it_was_taken_along_to_fails_no_other(
     assert service.process_job([poison], Directory(0), config, backoff, along=50,
                                database_url=db) is True
     assert mail_statuses(db, [poison, own]) == ["failed", "processed"]
-
-
-@pytest.mark.postgres
-def test_a_job_does_not_wait_for_mail_another_run_holds_until_the_rest_is_done(
-    postgres_url: str,
-) -> None:
-    """The pool's other process has taken one of the job's messages along and holds it until
-    its run commits: the job processes its other message meanwhile, then waits for the held
-    one; and when that run ends without it (it failed), the job processes it."""
-    # Subjects without a run of digits: a mail that may be a reply would wait for the held one.
-    with session_scope(postgres_url) as session:
-        (held, _), (other, _) = store.save(session, [
-            new_mail(message("Out of paper.", subject=f"Printer {letter} out of paper")[0])
-            for letter in "ab"])
-    assert held is not None
-    assert other is not None
-    outcome: list[bool] = []
-    with session_scope(postgres_url) as holder:
-        assert [row.id for row in store.take(holder, [held])[0]] == [held]
-        job = threading.Thread(target=lambda: outcome.append(service.process_job(
-            [held, other], Directory(0), service.MailConfig(), Backoff(sleep=lambda _: None),
-            database_url=postgres_url)))
-        job.start()
-        wait_until(lambda: mail_statuses(postgres_url, [other]) == ["processed"], timeout=10)
-        assert mail_statuses(postgres_url, [held]) == ["received"]
-        assert job.is_alive()  # waiting for the held message, not done without it
-        holder.rollback()
-    job.join(10)
-    assert outcome == [True]
-    assert mail_statuses(postgres_url, [held, other]) == ["processed", "processed"]
-
-
-@pytest.mark.postgres
-def test_a_reply_waits_for_the_mail_it_answers_that_another_run_holds(postgres_url: str) -> None:
-    """The other process's run holds the job's first message (it took it along) and has made its
-    request, not committed yet: the reply to it, later in the same job, is not acted on
-    meanwhile; it waits for that run and becomes a note on the request, as in id order."""
-    first, first_id = message("The printer on floor 3 is out of paper.")
-    reply, _ = message("It is still out of paper.", In_Reply_To=f"<{first_id}>")
-    with session_scope(postgres_url) as session:
-        (original, _), (answer, _) = store.save(session, [new_mail(first), new_mail(reply)])
-    assert original is not None
-    assert answer is not None
-    outcome: list[bool] = []
-    with session_scope(postgres_url) as holder:
-        service.process_mail(holder, [original], datetime.now(UTC), Directory(0))
-        job = threading.Thread(target=lambda: outcome.append(service.process_job(
-            [original, answer], Directory(0), service.MailConfig(), Backoff(sleep=lambda _: None),
-            database_url=postgres_url)))
-        job.start()
-        wait_until(lambda: taking_waits(postgres_url), timeout=10)
-        assert mail_statuses(postgres_url, [answer]) == ["received"]
-    job.join(10)
-    assert outcome == [True]
-    with session_scope(postgres_url) as session:
-        rows = {row.id: row for row in session.scalars(
-            select(MailMessage).where(MailMessage.id.in_([original, answer])))}
-    assert [rows[original].status, rows[answer].status] == ["processed", "processed"]
-    assert rows[answer].request_id == rows[original].request_id
-
-
-def taking_waits(database: str) -> bool:
-    """Whether a take of stored mail is waiting for another transaction's lock."""
-    with session_scope(database) as session:
-        return bool(session.scalar(text(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND wait_event_type = 'Lock' AND query LIKE '%FROM mail_messages%FOR UPDATE%'")))
 
 
 def test_a_mail_whose_failure_cannot_be_recorded_is_left_to_the_sweep_not_requeued(

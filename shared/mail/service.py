@@ -450,13 +450,11 @@ def _reject(session: Session, row: MailMessage, parsed: ParsedMail, config: Mail
 
 def _act(session: Session, row: MailMessage, now: datetime, directory: Directory, *,
          config: MailConfig, policies: dict[str, EmailPolicy],
-         settle: Callable[[ParsedMail, MailParameters, bool], bool],
-         defer: Callable[[MailMessage], bool]) -> _NewRequest | None:
+         settle: Callable[[ParsedMail, MailParameters, bool], bool]) -> _NewRequest | None:
     """End the mail as quarantined, rejected or a reply's note; or say the request to make.
     ``settle(parsed, given, replying)`` makes the requests said so far when this mail may reply
     to one of them, or (``replying``) to any request: one of them may fold into it by event
-    matching, and be its note before this one. True when it made any. A mail that may be a
-    reply is left as it is when ``defer(row)`` says so (it is taken again later)."""
+    matching, and be its note before this one. True when it made any."""
     try:
         parsed = parse(row.raw, config.limits)
         if row.account_id not in policies:
@@ -479,8 +477,6 @@ def _act(session: Session, row: MailMessage, now: datetime, directory: Directory
                              lambda name: directory.account(session, name) is not None)
     target = None
     if policy.replies_as_notes and _may_reply(parsed, given):
-        if defer(row):
-            return None
         settle(parsed, given, False)
         target = _reply_target(session, row.account_id, parsed, given=given, sender=sender,
                                now=now, feedback_days=policy.feedback_days)
@@ -499,14 +495,10 @@ def _act(session: Session, row: MailMessage, now: datetime, directory: Directory
 
 def process_mail(session: Session, mail_ids: Sequence[int], now: datetime,
                  directory: Directory, config: MailConfig | None = None, *,
-                 along: int = 0, wait: bool = True) -> list[int]:
+                 along: int = 0) -> None:
     """Act once on each stored message of ``mail_ids`` (module docstring), and on up to
     ``along`` other stored messages no worker holds, oldest first, in the same transaction
     (also when ``mail_ids`` were done already: the backlog is drained by every task that runs).
-    Returns, when told not to ``wait``, the ids to take again once this transaction has ended
-    (:func:`process_job`): those of ``mail_ids`` another worker's run holds (or that are not
-    stored), and each mail that may be a reply and came after the first of those (it may answer
-    that one, whose request is not committed yet: it waits for it, as in id order).
 
     Taking others along is what lets a worker keep up with a stream of mail: their new
     requests go through one run of the events' processing (made before any later mail that may
@@ -517,15 +509,8 @@ def process_mail(session: Session, mail_ids: Sequence[int], now: datetime,
     again without them).
     """
     config = config or MailConfig()
-    mine, held = store.take(session, mail_ids, skip_locked=not wait)
-    rows = mine + (store.take_along(session, mail_ids, along) if along else [])
-    first_held = min(held, default=None)
-
-    def defer(row: MailMessage) -> bool:
-        if first_held is None or row.id < first_held:
-            return False
-        held.append(row.id)
-        return True
+    rows = store.take(session, mail_ids) + (
+        store.take_along(session, mail_ids, along) if along else [])
     policies: dict[str, EmailPolicy] = {}
     new: list[_NewRequest] = []
     # What the pending ones may be answered by: a mail looks its keys up instead of asking
@@ -546,12 +531,11 @@ def process_mail(session: Session, mail_ids: Sequence[int], now: datetime,
 
     for item in rows:
         found = _act(session, item, now, directory, config=config, policies=policies,
-                     settle=settle_for, defer=defer)
+                     settle=settle_for)
         if found is not None:
             new.append(found)
             answerable.update(found.answered_by())
     settle()
-    return held
 
 
 def process_job(mail_ids: Sequence[int], directory: Directory, config: MailConfig,
@@ -570,14 +554,8 @@ def process_job(mail_ids: Sequence[int], directory: Directory, config: MailConfi
     now = datetime.now(UTC)
 
     def run(ids: Sequence[int], others: int = 0) -> list[int]:
-        # Messages another worker's run holds (it took them along) are not waited for, or
-        # the pool's processes would take turns on a stream: they are taken once this
-        # transaction has ended, by then (nearly always) found done; or not, if that run failed.
         with session_scope(database_url) as session:
-            held = process_mail(session, ids, now, directory, config, along=others, wait=False)
-        if held:
-            with session_scope(database_url) as session:
-                process_mail(session, held, now, directory, config)
+            process_mail(session, ids, now, directory, config, along=others)
         return []
 
     def record(mail_id: int, error: BaseException) -> list[int]:
@@ -609,6 +587,6 @@ def process_job(mail_ids: Sequence[int], directory: Directory, config: MailConfi
 
 def fail_mail(session: Session, mail_id: int, error: BaseException, now: datetime) -> None:
     """End the message ``failed`` by ``error`` (a bug or bad data processing it), once."""
-    for row in store.take(session, [mail_id])[0]:
+    for row in store.take(session, [mail_id]):
         _finish(session, row, "failed")
         record_failure(session, _mail_batch(row), error, now)

@@ -72,20 +72,13 @@ def save(connection: dialect.Executor, mails: Sequence[NewMail]) -> list[tuple[i
     return saved
 
 
-def take(session: Session, mail_ids: Sequence[int], *,
-         skip_locked: bool = False) -> tuple[list[MailMessage], list[int]]:
+def take(session: Session, mail_ids: Sequence[int]) -> list[MailMessage]:
     """The messages no worker has processed yet, locked until commit (in id order, so two
-    workers taking overlapping sets never wait on each other in a circle), and, with
-    ``skip_locked``, the ids not taken: those another transaction holds (not waited for) and
-    any not stored. Without it, the take waits for a holder to end, and the list is empty."""
-    rows = list(session.scalars(
+    workers taking overlapping sets never wait on each other in a circle)."""
+    return [row for row in session.scalars(
         select(MailMessage).where(dialect.one_of(
             MailMessage.id, mail_ids, postgres=dialect.is_postgres(session)))
-        .order_by(MailMessage.id).with_for_update(skip_locked=skip_locked)))
-    found = {row.id for row in rows}
-    held = [mail_id for mail_id in dict.fromkeys(mail_ids) if mail_id not in found] \
-        if skip_locked else []
-    return [row for row in rows if row.status == "received"], held
+        .order_by(MailMessage.id).with_for_update()) if row.status == "received"]
 
 
 def take_along(session: Session, mail_ids: Sequence[int], limit: int) -> list[MailMessage]:
