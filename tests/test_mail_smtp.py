@@ -257,42 +257,47 @@ def test_sigterm_answers_the_message_being_stored_and_tells_idle_sessions_421(
     # The message's insert waits on an uncommitted row with its Message-ID: its commit is under
     # way when the signal comes, for as long as the test holds the row.
     blocker = get_sessionmaker(redis_postgres.database)()
-    blocker.add(MailMessage(
-        transid=uuid.uuid4().hex, account_id="wdc", recipient="wdc@mail.eventdesk.local",
-        message_id=message_id(message), raw=b"held", peer="test",
-        received_at=datetime.now(UTC), status="received"))
-    blocker.flush()
-    with ThreadPoolExecutor(1) as pool:
-        answer = pool.submit(sending.send_message, message)
-        wait_until(lambda: storing_waits(redis_postgres.database), 30)
-        stopping.proc.send_signal(signal.SIGTERM)
+    try:
+        blocker.add(MailMessage(
+            transid=uuid.uuid4().hex, account_id="wdc", recipient="wdc@mail.eventdesk.local",
+            message_id=message_id(message), raw=b"held", peer="test",
+            received_at=datetime.now(UTC), status="received"))
+        blocker.flush()
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(sending.send_message, message)
+            wait_until(lambda: storing_waits(redis_postgres.database), 30)
+            stopping.proc.send_signal(signal.SIGTERM)
 
-        assert idle.getreply()[0] == 421
-        wait_until(lambda: not stopping.listening(), 10)
-        assert stopping.proc.poll() is None  # still answering the message being stored
-        blocker.rollback()
+            assert idle.getreply()[0] == 421
+            wait_until(lambda: not stopping.listening(), 10)
+            assert stopping.proc.poll() is None  # still answering the message being stored
+            blocker.rollback()
+            assert answer.result(30) == {}
+            assert sending.getreply()[0] == 421  # then its session ends too
+        assert stopping.proc.wait(30) == 0  # every session ended: the 60 s were not waited out
+        assert processed(redis_postgres.database, message_id(message))["status"] == "processed"
+    finally:
+        blocker.rollback()  # a failed assertion must not leave the row locked for other tests
         blocker.close()
-        assert answer.result(30) == {}
-        assert sending.getreply()[0] == 421  # then its session ends too
-    assert stopping.proc.wait(30) == 0  # every session ended: the 60 s were not waited out
-    assert processed(redis_postgres.database, message_id(message))["status"] == "processed"
-    stopping.stop()
+        stopping.stop()
 
 
 def test_a_second_sigint_ends_the_drain_at_once(redis_postgres: Stack, tmp_path: Path) -> None:
     stopping = Listener(redis_postgres, tmp_path / "smtp.log", smtp_drain_seconds="60")
-    with stopping.client() as slow:
-        slow.ehlo()
-        slow.mail("ellen.brown@widget.com")
-        slow.rcpt("wdc@mail.eventdesk.local")
-        assert slow.docmd("DATA")[0] == 354
-        slow.send(b"Subject: half a message\r\n")  # and no more: the drain waits for it
-        stopping.proc.send_signal(signal.SIGINT)
-        wait_until(lambda: not stopping.listening(), 10)
-        assert stopping.proc.poll() is None
-        stopping.proc.send_signal(signal.SIGINT)
-        assert stopping.proc.wait(20) == 0
-    stopping.stop()
+    try:
+        with stopping.client() as slow:
+            slow.ehlo()
+            slow.mail("ellen.brown@widget.com")
+            slow.rcpt("wdc@mail.eventdesk.local")
+            assert slow.docmd("DATA")[0] == 354
+            slow.send(b"Subject: half a message\r\n")  # and no more: the drain waits for it
+            stopping.proc.send_signal(signal.SIGINT)
+            wait_until(lambda: not stopping.listening(), 10)
+            assert stopping.proc.poll() is None
+            stopping.proc.send_signal(signal.SIGINT)
+            assert stopping.proc.wait(20) == 0
+    finally:
+        stopping.stop()
 
 
 def storing_waits(database: str) -> bool:
