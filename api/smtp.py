@@ -422,12 +422,13 @@ def serve(host: str, port: int) -> None:
             sessions=sessions, data_size_limit=settings.mail_max_bytes, tls_context=context,
             ident="eventdesk", timeout=60),
         host, port))
-    received: list[int] = []
+    stopping = False
     hurry = asyncio.Event()
 
     def on_signal(signum: int) -> None:
-        if not received:  # once: a second stop() would stop the drain's run too (uvloop)
-            received.append(signum)
+        nonlocal stopping
+        if not stopping:  # once: a second stop() would stop the drain's run too (uvloop)
+            stopping = True
             loop.stop()
         elif signum == signal.SIGINT:
             hurry.set()
