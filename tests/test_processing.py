@@ -14,7 +14,12 @@ from shared.db.models import Note, NotificationDelivery, Request, Transaction
 from shared.records.directory import Directory
 from shared.transactions.failures import Backoff
 from shared.transactions.schemas import EventBatch
-from shared.transactions.service import process_batches, process_job, record_failure
+from shared.transactions.service import (
+    process_batches,
+    process_held,
+    process_job,
+    record_failure,
+)
 from shared.transactions.views import transaction_view
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -171,6 +176,30 @@ def test_an_event_given_twice_in_one_run_is_acted_on_once(db: str) -> None:
         assert session.scalars(select(Note.request_id).where(Note.text == note)).all() == [
             outcome["request_id"]
         ]
+
+
+def test_held_events_are_stored_ended_once_and_their_outcomes_returned(db: str) -> None:
+    """What mail runs (its rows locked by the run): no claim, one write a transaction."""
+    events = batch({"parameters": {"host": "h", "note": uuid.uuid4().hex}},
+                   {"parameters": {"host": "h", "desired_completion_at": "soon"}})
+    with session_scope(db) as session:
+        outcomes = process_held(session, [events], NOW, Directory(0))
+    created, failing = (event.transid for event in events.events)
+    stored = transaction(db, created)
+    assert stored.status == "completed"
+    assert outcomes[created] == stored.outcome
+    assert stored.outcome is not None
+    assert stored.outcome["action"] == "created"
+    with session_scope(db) as session:
+        assert session.get(Request, stored.outcome["request_id"]) is not None
+    assert outcomes[failing] is None
+    assert transaction(db, failing).status == "failed"
+
+
+def test_held_events_with_a_notify_url_are_refused(db: str) -> None:
+    events = batch({"parameters": {"host": "h"}}, notifyurl="https://example.com/hook")
+    with session_scope(db) as session, pytest.raises(ValueError, match="notify URL"):
+        process_held(session, [events], NOW, Directory(0))
 
 
 def test_a_nul_character_in_a_parameter_is_kept(db: str) -> None:

@@ -7,14 +7,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.db import dialect
 from shared.db.lookup import LookupUnavailable
-from shared.db.models import Account, MailAttachment, MailMessage, Request, Team, Transaction
+from shared.db.models import Account, MailAttachment, MailMessage, Request, Team
 from shared.mail.rules import DirectoryRecipient, Recipient, UnknownRecipient
 from shared.mail.schemas import EmailPolicy
 
@@ -86,13 +85,6 @@ def threaded_request(session: Session, account_id: str, message_ids: Sequence[st
             MailMessage.account_id == account_id, MailMessage.message_id.in_(message_ids),
             MailMessage.request_id.is_not(None))
         .order_by(MailMessage.received_at.desc()).limit(1)).first()
-
-
-def outcomes(session: Session, transids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
-    """The outcome of each of these transactions that exists (None while it has none)."""
-    return dict(session.execute(select(Transaction.transid, Transaction.outcome).where(
-        dialect.one_of(Transaction.transid, transids,
-                       postgres=dialect.is_postgres(session)))).all())
 
 
 def requests_by_source(session: Session, account_id: str, source: str, source_id: str,

@@ -8,8 +8,8 @@ message along, or the beat's ``mail.sweep`` queues it again, so the database row
 promise.
 
 A worker processes each message once: the row is locked and its state checked and changed in
-the same database transaction (and a new request goes through the events' own
-``process_batches``, whose transaction claim is idempotent too). In order:
+the same database transaction (and a new request goes through the events' own processing,
+``process_held``: the row lock is what keeps a message's transaction its run's). In order:
 
 1. read the MIME under limits; a malformed or hostile message ends ``quarantined`` with the
    reason (transaction ``failed``);
@@ -81,7 +81,7 @@ from shared.settings import Settings
 from shared.transactions.failures import Backoff, Fault, classify, isolating
 from shared.transactions.failures import reason as fault_reason
 from shared.transactions.schemas import EventBatch, MailFacts, QueuedEvent
-from shared.transactions.service import process_batches, record_failure
+from shared.transactions.service import process_held, record_failure
 
 log = get_logger(__name__)
 THREAD_REASON = "reply to a message of the request (In-Reply-To/References)"
@@ -402,8 +402,7 @@ def _new_requests(session: Session, items: list[_NewRequest], now: datetime,
                   directory: Directory, attachment_dir: Path | None) -> None:
     """Through the events' processing, all in one run (its set-based statements once for all:
     a mail's own share is its parsing and its rows)."""
-    process_batches(session, [item.batch() for item in items], now, directory)
-    outcomes = queries.outcomes(session, [item.row.transid for item in items])
+    outcomes = process_held(session, [item.batch() for item in items], now, directory)
     done: list[tuple[MailMessage, int | None]] = []
     for item in items:
         row, given = item.row, item.given

@@ -104,18 +104,21 @@ class _Work:
                 "completed_at": now}
 
 
+def _transaction_row(batch: EventBatch, event: QueuedEvent, now: datetime) -> dict[str, Any]:
+    """The event's transaction row, as a run claims it."""
+    return {
+        "transid": event.transid, "channel": batch.channel, "account_id": batch.account_id,
+        "key_id": batch.key_id, "evtid": event.evtid, "correlationid": event.correlationid,
+        "parameters": event.parameters, "notifyurl": batch.notifyurl or event.notifyurl,
+        "expiry": batch.expiry, "received_at": batch.received_at, "status": "processing",
+        "created_at": now,
+    }
+
+
 def _claim(session: Session, batches: Sequence[EventBatch], now: datetime) -> set[str]:
     """Insert the transaction rows; returns the transids this run owns."""
-    return store.claim(session, [
-        {
-            "transid": event.transid, "channel": batch.channel, "account_id": batch.account_id,
-            "key_id": batch.key_id, "evtid": event.evtid, "correlationid": event.correlationid,
-            "parameters": event.parameters, "notifyurl": batch.notifyurl or event.notifyurl,
-            "expiry": batch.expiry, "received_at": batch.received_at, "status": "processing",
-            "created_at": now,
-        }
-        for batch in batches for event in batch.events
-    ])
+    return store.claim(session, [_transaction_row(batch, event, now)
+                                 for batch in batches for event in batch.events])
 
 
 def _owned_work(batches: Sequence[EventBatch], owned: set[str]) -> list[_Work]:
@@ -261,12 +264,18 @@ def _write(
         store.insert_notes(session, notes)
 
 
-def _finish(session: Session, work: list[_Work], now: datetime) -> list[int]:
-    """End the transaction rows, insert their deliveries; returns the delivery ids."""
+def _finish(session: Session, work: list[_Work], now: datetime, *, claimed: bool = True
+            ) -> list[int]:
+    """End the transaction rows (insert them ended, when the run did not claim them), insert
+    their deliveries; returns the delivery ids."""
     for item in work:
         item.end()
-    if work:
+    if work and claimed:
         store.finish(session, [item.finished_row(now) for item in work])
+    elif work:
+        store.insert_finished(session, [
+            {**_transaction_row(item.batch, item.event, now), **item.finished_row(now)}
+            for item in work])
     deliveries = [
         new_delivery(
             transid=item.event.transid, account_id=item.batch.account_id,
@@ -293,6 +302,31 @@ def process_batches(
     if not owned:
         return []
     work = _owned_work(batches, owned)
+    _act_on(session, work, now, directory)
+    return _finish(session, work, now)
+
+
+def process_held(
+    session: Session, batches: Sequence[EventBatch], now: datetime, directory: Directory
+) -> dict[str, dict[str, Any] | None]:
+    """:func:`process_batches` for events their caller holds: none was processed before, and
+    no other run can take one until this transaction ends (mail's: its row locked while it is
+    ``received``, shared/mail/service.py). So nothing is claimed: each transaction row is
+    inserted once, ended, as the run ends, instead of claimed, then updated (its second write
+    of every row cost the mail path more than its parsing). Returns each event's outcome (None
+    unless it completed). Their batches have no notify URL: a delivery would need queueing.
+    """
+    if any(batch.notifyurl or event.notifyurl for batch in batches for event in batch.events):
+        raise ValueError("process_held queues no delivery: the events have a notify URL")
+    work = _owned_work(batches, {event.transid for batch in batches for event in batch.events})
+    _act_on(session, work, now, directory)
+    _finish(session, work, now, claimed=False)
+    return {item.event.transid: item.outcome if item.status == "completed" else None
+            for item in work}
+
+
+def _act_on(session: Session, work: list[_Work], now: datetime, directory: Directory) -> None:
+    """Create or update the requests of the run's events (each item's outcome or failure)."""
     live = _live(_Context(session, directory), work, now)
     keys = {item.key for item in live if item.key}
     store.lock_match_keys(session, keys)
@@ -302,7 +336,6 @@ def process_batches(
     for item in live:
         _apply(item, requests, new_notes, now)
     _write(session, list(requests.values()), new_notes, now)
-    return _finish(session, work, now)
 
 
 def _apply(

@@ -104,6 +104,11 @@ def finish(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     dialect.update_rows(session, Transaction, rows)
 
 
+def insert_finished(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert transaction rows already ended (a run that did not need to :func:`claim` them)."""
+    dialect.insert_rows(session, Transaction, rows)
+
+
 def insert_deliveries(session: Session, rows: Sequence[dict[str, Any]]) -> list[int]:
     """Insert the notification deliveries; returns their ids."""
     return [id_ for id_, in dialect.insert_rows(
