@@ -239,3 +239,13 @@ def test_mail_bench_processes_every_message(capsys: pytest.CaptureFixture[str]) 
     assert ours["cpu_us_per_message"]["worker"] > 0
     assert sink["cpu_us_per_message"]["sink"] > 0
     assert report["ratio"] > 0
+
+
+def test_mail_micro_bench_processes_every_message(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import mail_micro
+
+    report = run_bench(mail_micro.main, ["--messages", "200", "--job", "60", "--runs", "1"],
+                       capsys)
+    assert (report["messages"], report["job"]) == (200, 60)
+    assert report["worker_cpu_us"] > 0
+    assert report["wall_us"] >= report["worker_cpu_us"]

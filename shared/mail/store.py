@@ -139,7 +139,7 @@ def set_outcome(session: Session, transid: str, outcome: dict[str, Any]) -> None
 
 def record_completed(session: Session, row: MailMessage, parameters: dict[str, Any],
                      outcome: dict[str, Any], now: datetime) -> None:
-    """The transaction of a mail that became a note (a new request's is process_batches')."""
+    """The transaction of a mail that became a note (a new request's is process_held's)."""
     session.add(Transaction(
         transid=row.transid, channel="mail", account_id=row.account_id,
         parameters=parameters, received_at=row.received_at, status="completed",

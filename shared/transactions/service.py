@@ -5,7 +5,8 @@ A worker hands over the batches of many messages at once; they are processed in 
 transaction with set-based statements (shared/transactions/store.py), which is what lets one
 worker keep up with thousands of events a second (DESIGN 2, "Throughput design"). A run claims
 the transaction rows first and acts only on those it inserted, so a message delivered twice, or
-twice at once, finds its events taken (DESIGN 4.5).
+twice at once, finds its events taken (DESIGN 4.5). Mail's runs hold their events already (the
+mail row, locked) and write each transaction row once, ended (:func:`process_held`).
 
 Matching under concurrency (DESIGN 4.4): before looking for a request to match, the run locks
 every match key of the batch until commit (``store.lock_match_keys``). The rules applied to one
