@@ -50,7 +50,6 @@ from shared import metrics, observe
 from shared.batching import Coalescer, GroupRunner, runs
 from shared.cache import TTLCache
 from shared.db.engine import HeldConnection, session_scope
-from shared.db.models import MailMessage
 from shared.ids import make_transid
 from shared.logs import get_logger
 from shared.mail import outbound, queries, store
@@ -266,9 +265,9 @@ def _destination_or_refusal(found: Destination | tuple[type[BadRecipient], str])
     raise refusal(reason)
 
 
-def _finish(session: Session, row: MailMessage, status: str,
+def _finish(session: Session, row: store.Taken, status: str,
             request_id: int | None = None) -> None:
-    store.finish(row, status, request_id)
+    store.finish(session, row, status, request_id)
     observe.after_commit(session, metrics.mail_processed.labels(result=status).inc)
 
 
@@ -329,7 +328,7 @@ def _reply_target(session: Session, account_id: str, parsed: ParsedMail, *,
     return None
 
 
-def _add_reply(session: Session, row: MailMessage, *, parsed: ParsedMail, body: str,
+def _add_reply(session: Session, row: store.Taken, *, parsed: ParsedMail, body: str,
                given: MailParameters, target: tuple[int, str], ignored: dict[str, str],
                attachment_dir: Path | None, now: datetime) -> None:
     request_id, reason = target
@@ -356,7 +355,7 @@ def _add_reply(session: Session, row: MailMessage, *, parsed: ParsedMail, body: 
 class _NewRequest:
     """A mail that becomes a new request (or a note through event matching)."""
 
-    row: MailMessage
+    row: store.Taken
     parsed: ParsedMail
     body: str
     given: MailParameters
@@ -403,7 +402,7 @@ def _new_requests(session: Session, items: list[_NewRequest], now: datetime,
     """Through the events' processing, all in one run (its set-based statements once for all:
     a mail's own share is its parsing and its rows)."""
     outcomes = process_held(session, [item.batch() for item in items], now, directory)
-    done: list[tuple[MailMessage, int | None]] = []
+    done: list[tuple[store.Taken, int | None]] = []
     for item in items:
         row, given = item.row, item.given
         outcome = outcomes.get(row.transid)
@@ -427,12 +426,12 @@ def _new_requests(session: Session, items: list[_NewRequest], now: datetime,
         session, lambda: metrics.mail_processed.labels(result="processed").inc(len(done)))
 
 
-def _mail_batch(row: MailMessage) -> EventBatch:
+def _mail_batch(row: store.Taken) -> EventBatch:
     return EventBatch(channel="mail", account_id=row.account_id, received_at=row.received_at,
                       events=[QueuedEvent(transid=row.transid)])
 
 
-def _reject(session: Session, row: MailMessage, parsed: ParsedMail, config: MailConfig,
+def _reject(session: Session, row: store.Taken, parsed: ParsedMail, config: MailConfig,
             now: datetime) -> None:
     """The Email Policy allows no new requests: record it, and answer 'Email Rejected'."""
     reason = f"the Email Policy of {row.account_id} does not allow email to create requests"
@@ -447,7 +446,7 @@ def _reject(session: Session, row: MailMessage, parsed: ParsedMail, config: Mail
     record_failure(session, _mail_batch(row), MailRejected(reason), now)
 
 
-def _act(session: Session, row: MailMessage, now: datetime, directory: Directory, *,
+def _act(session: Session, row: store.Taken, now: datetime, directory: Directory, *,
          config: MailConfig, policies: dict[str, EmailPolicy],
          settle: Callable[[ParsedMail, MailParameters, bool], bool]) -> _NewRequest | None:
     """End the mail as quarantined, rejected or a reply's note; or say the request to make.

@@ -14,7 +14,6 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
 
 from shared.db import dialect
 from shared.db.models import MailAttachment, MailMessage, Note, Person, Request, Transaction
@@ -72,41 +71,58 @@ def save(connection: dialect.Executor, mails: Sequence[NewMail]) -> list[tuple[i
     return saved
 
 
-def take(session: Session, mail_ids: Sequence[int]) -> list[MailMessage]:
+@dataclass(frozen=True)
+class Taken:
+    """A stored message a run took: locked until its commit, and still ``received`` then.
+    Plain values, not ORM objects: building those was a tenth of a run's CPU
+    (bench/README.md, session 14); the run writes its state with :func:`finish`."""
+
+    id: int
+    transid: str
+    account_id: str
+    recipient: str
+    team_id: int | None
+    message_id: str | None
+    raw: bytes
+    received_at: datetime
+
+
+_TAKEN = (MailMessage.id, MailMessage.transid, MailMessage.account_id, MailMessage.recipient,
+          MailMessage.team_id, MailMessage.message_id, MailMessage.raw, MailMessage.received_at)
+
+
+def take(session: Session, mail_ids: Sequence[int]) -> list[Taken]:
     """The messages no worker has processed yet, locked until commit (in id order, so two
     workers taking overlapping sets never wait on each other in a circle)."""
-    return [row for row in session.scalars(
-        select(MailMessage).where(dialect.one_of(
+    return [Taken(*row[:-1]) for row in session.execute(
+        select(*_TAKEN, MailMessage.status).where(dialect.one_of(
             MailMessage.id, mail_ids, postgres=dialect.is_postgres(session)))
-        .order_by(MailMessage.id).with_for_update()) if row.status == "received"]
+        .order_by(MailMessage.id).with_for_update()) if row[-1] == "received"]
 
 
-def take_along(session: Session, mail_ids: Sequence[int], limit: int) -> list[MailMessage]:
+def take_along(session: Session, mail_ids: Sequence[int], limit: int) -> list[Taken]:
     """Up to ``limit`` other messages no worker has processed, oldest first, locked until
     commit; those another worker holds are skipped, not waited for."""
-    return list(session.scalars(
-        select(MailMessage).where(MailMessage.status == "received", dialect.none_of(
+    return [Taken(*row) for row in session.execute(
+        select(*_TAKEN).where(MailMessage.status == "received", dialect.none_of(
             MailMessage.id, mail_ids, postgres=dialect.is_postgres(session)))
         .order_by(MailMessage.received_at, MailMessage.id).limit(limit)
-        .with_for_update(skip_locked=True)))
+        .with_for_update(skip_locked=True))]
 
 
-def finish(row: MailMessage, status: str, request_id: int | None = None) -> None:
-    row.status = status
-    row.request_id = request_id
+def finish(session: Session, mail: Taken, status: str, request_id: int | None = None) -> None:
+    """The message's end, written at once (a later query of the run sees it)."""
+    session.execute(update(MailMessage).where(MailMessage.id == mail.id)
+                    .values(status=status, request_id=request_id))
 
 
-def finish_processed(session: Session, done: Sequence[tuple[MailMessage, int | None]]) -> None:
+def finish_processed(session: Session, done: Sequence[tuple[Taken, int | None]]) -> None:
     """Many messages ``processed`` (each with the request it made or added a note to) in one
-    statement, written at once (a later query of the run sees them, as after a flush)."""
-    if not done:
-        return
-    dialect.update_rows(session, MailMessage, [
-        {"id": row.id, "status": "processed", "request_id": request_id}
-        for row, request_id in done])
-    for row, request_id in done:  # the rows as stored: nothing left for the ORM to write
-        set_committed_value(row, "status", "processed")
-        set_committed_value(row, "request_id", request_id)
+    statement, written at once (a later query of the run sees them)."""
+    if done:
+        dialect.update_rows(session, MailMessage, [
+            {"id": mail.id, "status": "processed", "request_id": request_id}
+            for mail, request_id in done])
 
 
 def add_note(session: Session, *, request_id: int, text: str, internal: bool, markdown: bool,
@@ -137,7 +153,7 @@ def set_outcome(session: Session, transid: str, outcome: dict[str, Any]) -> None
                     .values(outcome=outcome))
 
 
-def record_completed(session: Session, row: MailMessage, parameters: dict[str, Any],
+def record_completed(session: Session, row: Taken, parameters: dict[str, Any],
                      outcome: dict[str, Any], now: datetime) -> None:
     """The transaction of a mail that became a note (a new request's is process_held's)."""
     session.add(Transaction(
@@ -192,7 +208,7 @@ def _write_file(directory: Path, digest: str, content: bytes) -> None:
         raise
 
 
-def save_attachments(session: Session, row: MailMessage, request_id: int,
+def save_attachments(session: Session, row: Taken, request_id: int,
                      attachments: Sequence[Attachment], directory: Path | None) -> None:
     """The attachments the mail carried (at most 20), for the request it created or added a
     note to. With a directory, each file is on disk before the rows commit: a row never names
