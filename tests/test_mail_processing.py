@@ -4,6 +4,7 @@ and PostgreSQL with the demo records (account wdc, mail domain mail.eventdesk.lo
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -13,9 +14,10 @@ from email import policy as email_policy
 from email.message import EmailMessage
 from typing import Any
 
+import psycopg
 import pytest
 from aiosmtpd.controller import Controller
-from sqlalchemy import select
+from sqlalchemy import make_url, select
 
 from shared.db.engine import session_scope
 from shared.db.models import (
@@ -84,6 +86,44 @@ def deliver(db: str, raw: bytes, destination: Destination = WDC, now: datetime =
         assert mail is not None
         return {"status": row.status, "outcome": row.outcome or {}, "error": row.error,
                 "mail_status": mail.status, "transid": transid}
+
+
+def someone_else_can_lock(db: str, mail_id: int) -> bool:
+    """Whether another connection gets the message's row lock (PostgreSQL) or the database's
+    write lock (SQLite) at once, instead of waiting."""
+    if db.startswith("sqlite"):
+        other = sqlite3.connect(make_url(db).database or "", timeout=0)
+        try:
+            other.execute("UPDATE mail_messages SET status = status WHERE id = ?", (mail_id,))
+            other.rollback()
+            return True
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+            return False
+        finally:
+            other.close()
+    with psycopg.connect(make_url(db).set(drivername="postgresql").render_as_string(
+            hide_password=False)) as locker:
+        try:
+            locker.execute("SELECT id FROM mail_messages WHERE id = %s FOR UPDATE NOWAIT",
+                           (mail_id,))
+            return True
+        except psycopg.errors.LockNotAvailable:
+            return False
+
+
+def test_a_run_holds_the_messages_it_took_until_it_commits(db: str) -> None:
+    """So no other run acts on them, or matches a request of theirs, meanwhile: on SQLite,
+    which has no row locks, the take makes the run the database's one writer."""
+    raw, _ = message("held")
+    with session_scope(db) as session:
+        [(mail_id, _)] = store.save(session, [new_mail(raw)])
+    assert mail_id is not None
+    with session_scope(db) as session:
+        assert [mail.id for mail in store.take(session, [mail_id])] == [mail_id]
+        assert not someone_else_can_lock(db, mail_id)
+    assert someone_else_can_lock(db, mail_id)
 
 
 def request(db: str, request_id: int) -> Request:

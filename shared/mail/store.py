@@ -93,17 +93,26 @@ _TAKEN = (MailMessage.id, MailMessage.transid, MailMessage.account_id, MailMessa
 
 def take(session: Session, mail_ids: Sequence[int]) -> list[Taken]:
     """The messages no worker has processed yet, locked until commit (in id order, so two
-    workers taking overlapping sets never wait on each other in a circle)."""
-    return [Taken(*row[:-1]) for row in session.execute(
-        select(*_TAKEN, MailMessage.status).where(dialect.one_of(
-            MailMessage.id, mail_ids, postgres=dialect.is_postgres(session)))
-        .order_by(MailMessage.id).with_for_update()) if row[-1] == "received"]
+    workers taking overlapping sets never wait on each other in a circle).
+
+    SQLite has no row locks: there the run first becomes the database's one writer (an
+    ``UPDATE`` that changes nothing), which no other run's write gets past until it commits.
+    So on both, a run that took a message is the only one acting on it, and it matches its
+    requests after this write (shared/transactions/service.py ``process_held``)."""
+    postgres = dialect.is_postgres(session)
+    if not postgres:
+        session.execute(update(MailMessage).where(MailMessage.id.in_(mail_ids))
+                        .values(status=MailMessage.status))
+    return [Taken(**row._mapping) for row in session.execute(
+        select(*_TAKEN).where(MailMessage.status == "received", dialect.one_of(
+            MailMessage.id, mail_ids, postgres=postgres))
+        .order_by(MailMessage.id).with_for_update())]
 
 
 def take_along(session: Session, mail_ids: Sequence[int], limit: int) -> list[Taken]:
     """Up to ``limit`` other messages no worker has processed, oldest first, locked until
     commit; those another worker holds are skipped, not waited for."""
-    return [Taken(*row) for row in session.execute(
+    return [Taken(**row._mapping) for row in session.execute(
         select(*_TAKEN).where(MailMessage.status == "received", dialect.none_of(
             MailMessage.id, mail_ids, postgres=dialect.is_postgres(session)))
         .order_by(MailMessage.received_at, MailMessage.id).limit(limit)

@@ -106,7 +106,7 @@ class _Work:
 
 
 def _transaction_row(batch: EventBatch, event: QueuedEvent, now: datetime) -> dict[str, Any]:
-    """The event's transaction row, as a run claims it."""
+    """The event's transaction row as it is first written: claimed, ``processing``."""
     return {
         "transid": event.transid, "channel": batch.channel, "account_id": batch.account_id,
         "key_id": batch.key_id, "evtid": event.evtid, "correlationid": event.correlationid,
@@ -312,14 +312,15 @@ def process_held(
 ) -> dict[str, dict[str, Any] | None]:
     """:func:`process_batches` for events their caller holds: none was processed before, and
     no other run can take one until this transaction ends (mail's: its row locked while it is
-    ``received``, shared/mail/service.py). So nothing is claimed: each transaction row is
+    ``received``; on SQLite the run is the one writer from its take on: shared/mail/store.py
+    ``take``, so its match keys are held too). So nothing is claimed: each transaction row is
     inserted once, ended, as the run ends, instead of claimed, then updated (its second write
     of every row cost the mail path more than its parsing). Returns each event's outcome (None
     unless it completed). Their batches have no notify URL: a delivery would need queueing.
     """
-    if any(batch.notifyurl or event.notifyurl for batch in batches for event in batch.events):
-        raise ValueError("process_held queues no delivery: the events have a notify URL")
     work = _owned_work(batches, {event.transid for batch in batches for event in batch.events})
+    if any(item.notifyurl for item in work):
+        raise ValueError("process_held queues no delivery: the events have a notify URL")
     _act_on(session, work, now, directory)
     _finish(session, work, now, claimed=False)
     return {item.event.transid: item.outcome if item.status == "completed" else None
