@@ -9,7 +9,8 @@ promise.
 
 A worker processes each message once: the row is locked and its state checked and changed in
 the same database transaction (and a new request goes through the events' own processing,
-``process_held``: the row lock is what keeps a message's transaction its run's). In order:
+``process_held``: the row lock, on SQLite the write lock of the take, is what keeps a
+message's transaction its run's). In order:
 
 1. read the MIME under limits; a malformed or hostile message ends ``quarantined`` with the
    reason (transaction ``failed``);

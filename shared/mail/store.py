@@ -96,13 +96,15 @@ def take(session: Session, mail_ids: Sequence[int]) -> list[Taken]:
     workers taking overlapping sets never wait on each other in a circle).
 
     SQLite has no row locks: there the run first becomes the database's one writer (an
-    ``UPDATE`` that changes nothing), which no other run's write gets past until it commits.
+    ``UPDATE`` that changes no value; one that matches no row takes the lock all the same),
+    which no other run's write gets past until it commits.
     So on both, a run that took a message is the only one acting on it, and it matches its
     requests after this write (shared/transactions/service.py ``process_held``)."""
     postgres = dialect.is_postgres(session)
     if not postgres:
-        session.execute(update(MailMessage).where(MailMessage.id.in_(mail_ids))
-                        .values(status=MailMessage.status))
+        session.execute(update(MailMessage).where(
+            MailMessage.id.in_(mail_ids), MailMessage.status == "received")
+            .values(status=MailMessage.status))
     return [Taken(**row._mapping) for row in session.execute(
         select(*_TAKEN).where(MailMessage.status == "received", dialect.one_of(
             MailMessage.id, mail_ids, postgres=postgres))

@@ -45,8 +45,9 @@ def definition(session: Session, account_id: str, evtid: str) -> EventDefinition
 def lock_match_keys(session: Session, keys: Collection[str]) -> None:
     """Hold every match key until commit (DESIGN 4.4): a storm spread over many worker
     processes finds, for each key, either nothing (and one run creates the request) or the
-    request that run committed. Call it after the run's first write (:func:`claim`, or a mail
-    run's take): on SQLite that write is the lock (shared/db/dialect.py ``lock``)."""
+    request that run committed. On SQLite, call it after the run's first write (:func:`claim`,
+    or the ``UPDATE`` of a mail run's take): that write is the lock (shared/db/dialect.py
+    ``lock``)."""
     # 64-bit lock ids from the (already random) hex digests.
     dialect.lock(session, sorted({int(key[:15], 16) for key in keys}))
 
