@@ -101,14 +101,13 @@ def take(session: Session, mail_ids: Sequence[int]) -> list[Taken]:
     So on both, a run that took a message is the only one acting on it, and it matches its
     requests after this write (shared/transactions/service.py ``process_held``)."""
     postgres = dialect.is_postgres(session)
+    named = dialect.one_of(MailMessage.id, mail_ids, postgres=postgres)
+    received = MailMessage.status == "received"
     if not postgres:
-        session.execute(update(MailMessage).where(
-            MailMessage.id.in_(mail_ids), MailMessage.status == "received")
-            .values(status=MailMessage.status))
+        session.execute(update(MailMessage).where(named, received)
+                        .values(status=MailMessage.status))
     return [Taken(**row._mapping) for row in session.execute(
-        select(*_TAKEN).where(MailMessage.status == "received", dialect.one_of(
-            MailMessage.id, mail_ids, postgres=postgres))
-        .order_by(MailMessage.id).with_for_update())]
+        select(*_TAKEN).where(received, named).order_by(MailMessage.id).with_for_update())]
 
 
 def take_along(session: Session, mail_ids: Sequence[int], limit: int) -> list[Taken]:
