@@ -21,9 +21,10 @@ organisation's mail gateway (the rules: shared/mail/service.py).
   grace period).
 - ``/metrics`` on ``EVENTDESK_SMTP_METRICS_PORT`` (9809): ``eventdesk_mail_received_total``.
 
-Database work runs in the event loop's thread pool, one group's commit at a time: a slow
-commit holds the sessions that reach DATA meanwhile, never the loop; a recipient the cache
-knows is answered in the loop.
+One group's commit at a time: a slow commit holds the sessions that reach DATA meanwhile,
+never the loop. On PostgreSQL the loop waits for the commit itself (psycopg's asynchronous
+connection); on SQLite, and for a recipient the cache does not know, the database is asked
+in the loop's thread pool.
 """
 
 from __future__ import annotations
@@ -154,10 +155,10 @@ class MailHandler:
 
 
 class CommitGroups:
-    """The messages of concurrent sessions committed together (``MailIntake.commit``) from the
-    event loop: while one group's transaction runs in a thread, the messages that arrive
-    gather, and go as the next group when it ends. One thread hop a group, not a message, and
-    a lone message waits for nothing."""
+    """The messages of concurrent sessions committed together (``MailIntake.commit_async``)
+    from the event loop: while one group's transaction runs, the messages that arrive gather,
+    and go as the next group when it ends. One commit a group, not a message, and a lone
+    message waits for nothing."""
 
     def __init__(self, intake: MailIntake) -> None:
         self._intake = intake
@@ -175,13 +176,12 @@ class CommitGroups:
         await done
 
     async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
         try:
             while self._gathering:
                 group, self._gathering = self._gathering, []
                 entries = [entry for message, _ in group for entry in message]
                 try:
-                    await loop.run_in_executor(None, self._intake.commit, entries)
+                    await self._intake.commit_async(entries)
                 except BaseException as exc:  # commit gives each its outcome: a bug, or the end
                     for entry in entries:
                         entry.error = exc  # nothing promised: the senders try again

@@ -1,5 +1,5 @@
-"""Contracts with the private parts of celery-batches, Celery and kombu that worker/events.py
-and worker/broker.py rely on.
+"""Contracts with the private parts of celery-batches, Celery, kombu, redis-py and psycopg that
+worker/events.py, worker/broker.py and shared/ rely on.
 
 Each test names what an upgrade removed or changed, so the failure says where to look instead
 of a batch that silently stops flushing.
@@ -246,3 +246,15 @@ def test_psycopg_keeps_the_conversion_of_insert_fews_statements() -> None:
                                      ("transid", "id"), ("account_id", "message_id"))
     assert len(longest) <= _queries.MAX_CACHED_STATEMENT_LENGTH, (
         "psycopg._queries.MAX_CACHED_STATEMENT_LENGTH")
+
+
+@pytest.mark.parametrize("kind", ["Connection", "AsyncConnection"])
+def test_psycopg_keeps_the_wait_that_the_deadline_connections_override(kind: str) -> None:
+    """shared/db/engine.py's _DeadlineConnection and _DeadlineAsyncConnection give psycopg's
+    ``wait`` a timeout of their own and catch its private ``_WaitTimeout``: without them a
+    black-holed database holds a worker, an api request or an SMTP session forever."""
+    import psycopg
+
+    assert issubclass(psycopg.errors._WaitTimeout, Exception), "psycopg.errors._WaitTimeout"
+    parameters = list(inspect.signature(getattr(psycopg, kind).wait).parameters)
+    assert parameters[:4] == ["self", "gen", "interval", "timeout"], f"psycopg.{kind}.wait"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -35,6 +36,41 @@ def test_a_black_holed_database_is_given_up_on(postgres_url: str) -> None:
         with engine.connect() as connection:
             assert connection.execute(text("SELECT 1")).scalar() == 1
         engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_black_holed_database_is_given_up_on_by_the_listener_s_loop(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The SMTP listener's LoopConnection: its sessions get 451 in time, not a hung DATA."""
+    monkeypatch.setattr(db, "_statement_timeout", [1.0])
+    with TcpProxy(5432) as proxy:
+        held = db.LoopConnection(url=postgres_url.replace(":5432/", f":{proxy.port}/"))
+
+        async def select_one() -> object:
+            async with held() as connection:
+                cursor = await connection.execute("SELECT 1")
+                return (await cursor.fetchone() or [None])[0]
+
+        async def uses() -> None:
+            async with held() as connection:
+                cursor = await connection.execute("SHOW statement_timeout")
+                assert await cursor.fetchone() == ("1s",)
+            proxy.blackhole()
+            started = time.monotonic()
+            with pytest.raises(OperationalError) as caught:
+                await select_one()
+            assert time.monotonic() - started < 1 + db.CANCEL_MARGIN + 1
+            assert db.database_unreachable(caught.value)
+            started = time.monotonic()
+            with pytest.raises(OperationalError):
+                await select_one()  # connecting anew, within the connect timeout
+            assert time.monotonic() - started < 2 + 1
+            proxy.restore()
+            assert await select_one() == 1
+
+        asyncio.run(uses())
+        held.close()
 
 
 @pytest.mark.postgres

@@ -1,16 +1,25 @@
 """``HeldConnection`` (shared/db/engine.py): the connection mail intake keeps from one group commit
-to the next, and what happens when the database drops it."""
+to the next, and what happens when the database drops it; and ``LoopConnection``, the same on
+the SMTP listener's event loop."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
-from shared.db.engine import HeldConnection, database_unreachable, dispose_engines, get_engine
+from shared.db.engine import (
+    HeldConnection,
+    LoopConnection,
+    database_unreachable,
+    dispose_engines,
+    get_engine,
+)
 from tests.conftest import backend, terminate
 
 
@@ -90,3 +99,85 @@ def test_on_postgresql_each_statement_commits_by_itself(postgres_url: str) -> No
 
 def test_on_sqlite_a_use_is_one_transaction(tmp_path: Path) -> None:
     assert writes_kept(HeldConnection(url=f"sqlite:///{tmp_path / 'held.sqlite'}")) == 0
+
+
+# --- LoopConnection: the same for the SMTP listener's event loop (PostgreSQL through psycopg) ---
+
+async def loop_backend(held: LoopConnection) -> int:
+    async with held() as connection:
+        cursor = await connection.execute("SELECT pg_backend_pid()")
+        row = await cursor.fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+@pytest.mark.postgres
+def test_on_a_loop_one_connection_serves_use_after_use(postgres_url: str) -> None:
+    held = LoopConnection(url=postgres_url)
+
+    async def uses() -> list[int]:
+        return [await loop_backend(held) for _ in range(3)]
+
+    pids = asyncio.run(uses())
+    assert len(set(pids)) == 1
+    held.close()
+
+
+@pytest.mark.postgres
+def test_on_a_loop_a_connection_dropped_under_load_fails_one_use_then_is_replaced(
+    postgres_url: str,
+) -> None:
+    held = LoopConnection(url=postgres_url)
+
+    async def uses() -> None:
+        first = await loop_backend(held)
+        terminate(first)
+        with pytest.raises(OperationalError) as caught:
+            await loop_backend(held)
+        assert database_unreachable(caught.value)  # the listener answers 451: nothing stored
+        assert await loop_backend(held) != first
+
+    asyncio.run(uses())
+    held.close()
+
+
+@pytest.mark.postgres
+def test_on_a_loop_a_connection_dropped_in_a_quiet_spell_costs_nothing(postgres_url: str) -> None:
+    held = LoopConnection(idle=0, url=postgres_url)
+
+    async def uses() -> None:
+        first = await loop_backend(held)
+        terminate(first)
+        assert await loop_backend(held) != first  # connected anew, not used dead
+
+    asyncio.run(uses())
+    held.close()
+
+
+async def loop_write_then_fail(held: LoopConnection, table: str) -> None:
+    async with held() as connection:
+        await connection.execute(f"INSERT INTO {table} VALUES (1)")
+        raise RuntimeError("after the write")
+
+
+@pytest.mark.postgres
+def test_on_a_loop_each_statement_commits_by_itself(postgres_url: str) -> None:
+    held, table = LoopConnection(url=postgres_url), f"held_{uuid.uuid4().hex[:8]}"
+    reader = HeldConnection(url=postgres_url)
+    with reader() as connection:
+        connection.execute(text(f"CREATE TABLE {table} (n integer)"))
+    with pytest.raises(RuntimeError):
+        asyncio.run(loop_write_then_fail(held, table))
+    with reader() as connection:
+        assert connection.execute(text(f"SELECT count(*) FROM {table}")).scalar() == 1
+        connection.execute(text(f"DROP TABLE {table}"))
+    reader.close()
+
+
+def test_a_loop_connection_serves_postgresql_through_psycopg_only(
+    tmp_path: Path, configure: Callable[..., None],
+) -> None:
+    assert LoopConnection(url="postgresql+psycopg://eventdesk@db.example/eventdesk").serves()
+    assert not LoopConnection(url=f"sqlite:///{tmp_path / 'held.sqlite'}").serves()
+    configure()  # no URL of its own: the settings', the embedded default's SQLite
+    assert not LoopConnection().serves()

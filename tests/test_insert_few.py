@@ -1,10 +1,12 @@
 """``dialect.insert_few`` (shared/db/dialect.py): intake's group commit of a few raw mails, given
-to psycopg itself on PostgreSQL. What it stores, skips and refuses is what ``insert_rows``
-would: the rows as given, the conflicts skipped, bad values refused (never cut), and the
-database's errors as SQLAlchemy's, so intake tells an outage (451) from a bad message."""
+to psycopg itself on PostgreSQL; and ``insert_few_async``, the SMTP listener's, on its event
+loop. What they store, skip and refuse is what ``insert_rows`` would: the rows as given, the
+conflicts skipped, bad values refused (never cut), and the database's errors as SQLAlchemy's,
+so intake tells an outage (451) from a bad message."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -15,7 +17,13 @@ from sqlalchemy import event, select
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 
 from shared.db import dialect
-from shared.db.engine import HeldConnection, database_unreachable, get_engine, session_scope
+from shared.db.engine import (
+    HeldConnection,
+    LoopConnection,
+    database_unreachable,
+    get_engine,
+    session_scope,
+)
 from shared.db.models import MailMessage
 from tests.conftest import backend, terminate
 
@@ -37,9 +45,35 @@ def row(**given: Any) -> dict[str, Any]:
             "peer": "smtp 127.0.0.1", "received_at": NOW, "status": "received", **given}
 
 
-@pytest.fixture(params=["postgres", "sqlite"])
-def held(request: pytest.FixtureRequest) -> Iterator[HeldConnection]:
-    connection = HeldConnection(url=request.getfixturevalue(f"{request.param}_url"))
+class OnLoop:
+    """``insert_few_async`` through a LoopConnection, as the SMTP listener stores mail (each
+    insert on a loop of its own), and a HeldConnection to read what it stored."""
+
+    def __init__(self, url: str) -> None:
+        self.connection = LoopConnection(url=url)
+        self.reader = HeldConnection(url=url)
+
+    async def insert(self, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        async with self.connection() as connection:
+            return await dialect.insert_few_async(connection, MailMessage, rows,
+                                                  returning=RETURNING, skip_conflicts_on=SKIP)
+
+    def close(self) -> None:
+        self.connection.close()
+        self.reader.close()
+
+
+Held = HeldConnection | OnLoop
+
+
+def held_for(request: pytest.FixtureRequest, database: str) -> Held:
+    url = request.getfixturevalue(f"{database.removesuffix('-loop')}_url")
+    return OnLoop(url) if database.endswith("-loop") else HeldConnection(url=url)
+
+
+@pytest.fixture(params=["postgres", "sqlite", "postgres-loop"])
+def held(request: pytest.FixtureRequest) -> Iterator[Held]:
+    connection = held_for(request, request.param)
     yield connection
     connection.close()
 
@@ -51,14 +85,24 @@ def pg_held(postgres_url: str) -> Iterator[HeldConnection]:
     connection.close()
 
 
-def insert(held: HeldConnection, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+@pytest.fixture(params=["postgres", "postgres-loop"])
+def pg_either(request: pytest.FixtureRequest) -> Iterator[Held]:
+    """PostgreSQL, through insert_few or insert_few_async."""
+    connection = held_for(request, request.param)
+    yield connection
+    connection.close()
+
+
+def insert(held: Held, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    if isinstance(held, OnLoop):
+        return asyncio.run(held.insert(rows))
     with held() as connection:
         return dialect.insert_few(connection, MailMessage, rows, returning=RETURNING,
                                   skip_conflicts_on=SKIP)
 
 
-def stored(held: HeldConnection, transids: list[str]) -> dict[str, dict[str, Any]]:
-    with held() as connection:
+def stored(held: Held, transids: list[str]) -> dict[str, dict[str, Any]]:
+    with (held.reader if isinstance(held, OnLoop) else held)() as connection:
         found = connection.execute(select(*MailMessage.__table__.c).where(
             MailMessage.transid.in_(transids))).mappings()
         return {item["transid"]: dict(item) for item in found}
@@ -66,7 +110,7 @@ def stored(held: HeldConnection, transids: list[str]) -> dict[str, dict[str, Any
 
 @pytest.mark.parametrize("count", [1, 3, FEW, FEW + 1, 20])
 def test_the_rows_are_stored_as_given_and_their_ids_returned(
-    held: HeldConnection, count: int,
+    held: Held, count: int,
 ) -> None:
     # Text beyond ASCII; a team or none, and in a group of one, a column of NULLs.
     rows = [row(recipient=f"support.wdc@mail.eventdesk.local — {number} ✓",
@@ -80,14 +124,14 @@ def test_the_rows_are_stored_as_given_and_their_ids_returned(
         assert {name: found[name] for name in given} == given
 
 
-def test_a_row_that_conflicts_is_skipped_and_the_others_stored(held: HeldConnection) -> None:
+def test_a_row_that_conflicts_is_skipped_and_the_others_stored(held: Held) -> None:
     first = row()
     insert(held, [first])
     again, other = row(message_id=first["message_id"]), row()
     assert [transid for transid, _ in insert(held, [again, other])] == [other["transid"]]
 
 
-def test_of_two_copies_in_one_group_the_first_is_stored(held: HeldConnection) -> None:
+def test_of_two_copies_in_one_group_the_first_is_stored(held: Held) -> None:
     first = row()
     copy = row(message_id=first["message_id"])
     assert [transid for transid, _ in insert(held, [first, copy])] == [first["transid"]]
@@ -115,27 +159,27 @@ def test_a_few_rows_go_to_psycopg_itself_more_through_sqlalchemy(
 
 
 @pytest.mark.postgres
-def test_a_value_too_long_for_its_column_is_refused_not_cut(pg_held: HeldConnection) -> None:
+def test_a_value_too_long_for_its_column_is_refused_not_cut(pg_either: Held) -> None:
     with pytest.raises(DataError):
-        insert(pg_held, [row(transid="t" * 65)])
+        insert(pg_either, [row(transid="t" * 65)])
 
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("count", [1, FEW + 1])
-def test_a_naive_datetime_is_refused(pg_held: HeldConnection, count: int) -> None:
+def test_a_naive_datetime_is_refused(pg_either: Held, count: int) -> None:
     with pytest.raises(TypeError):
-        insert(pg_held, [row() for _ in range(count - 1)]
+        insert(pg_either, [row() for _ in range(count - 1)]
                + [row(received_at=datetime(2026, 11, 30, 12, 0))])
 
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("count", [1, FEW + 1])
 def test_a_row_the_database_refuses_is_sqlalchemys_integrity_error(
-    pg_held: HeldConnection, count: int,
+    pg_either: Held, count: int,
 ) -> None:
     rows = [row() for _ in range(count - 1)] + [row(account_id="no-such-account")]
     with pytest.raises(IntegrityError) as caught:
-        insert(pg_held, rows)
+        insert(pg_either, rows)
     assert not database_unreachable(caught.value)  # one message's: the others are stored
 
 

@@ -3,6 +3,7 @@ and PostgreSQL with the demo records (account wdc, mail domain mail.eventdesk.lo
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -19,7 +20,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from sqlalchemy import make_url, select
 
-from shared.db.engine import session_scope
+from shared.db.engine import database_unreachable, session_scope
 from shared.db.models import (
     Account,
     MailAttachment,
@@ -33,7 +34,7 @@ from shared.ids import make_transid
 from shared.mail import store
 from shared.mail.mime import message_id_of
 from shared.mail.queries import Destination
-from shared.mail.service import MailConfig, MailIntake, process_mail
+from shared.mail.service import Accepting, MailConfig, MailIntake, process_mail
 from shared.messaging.publish import TaskMessage
 from shared.records.directory import Directory
 from tests.conftest import wait_until
@@ -493,32 +494,84 @@ def test_mail_taken_along_finds_a_request_of_the_same_run_by_its_source(db: str)
     assert notes(db, request_id) == [("Disk 90% full on db1.", False), ("Disk 95% full.", False)]
 
 
+class Published:
+    """A broker for MailIntake that keeps the ids of each mail.process task."""
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+
+    def publish(self, message: TaskMessage, _costs: object) -> None:
+        self.ids += json.loads(message.body)[0][0]
+
+
+def commit(intake: MailIntake, entries: list[Accepting], way: str) -> None:
+    """As the HTTP intake commits (a thread's), or as the SMTP listener does (on its loop)."""
+    if way == "loop":
+        asyncio.run(intake.commit_async(entries))
+    else:
+        intake.commit(entries)
+
+
 @pytest.mark.postgres
+@pytest.mark.parametrize("way", ["thread", "loop"])
 def test_a_message_the_database_refuses_does_not_refuse_the_others_of_its_group(
-    postgres_url: str, configure: Callable[..., None],
+    postgres_url: str, configure: Callable[..., None], way: str,
 ) -> None:
     """Intake's group commit: a message whose row fails (an address longer than its column,
     which no recipient the listener accepts can be) is refused alone; the messages committed
     with it are stored and queued."""
     configure(database_url=postgres_url)
-    published: list[list[int]] = []
-
-    class Broker:
-        def publish(self, message: TaskMessage, _costs: object) -> None:
-            published.append(json.loads(message.body)[0][0])
-
-    intake = MailIntake(Broker(), b"test-secret", 10**6)  # type: ignore[arg-type]
+    broker = Published()
+    intake = MailIntake(broker, b"test-secret", 10**6)  # type: ignore[arg-type]
     bad = Destination("wdc", None, "x" * 400 + "@mail.eventdesk.local")
     entries = [entry for number, destination in enumerate([WDC, bad, WDC])
                for entry in intake.prepare(message(f"Mail {number}")[0], [destination], "test",
                                            NOW)]
-    intake.commit(entries)
+    commit(intake, entries, way)
     assert [entry.error is None for entry in entries] == [True, False, True]
-    assert [queued for ids in published for queued in ids] == [
-        entries[0].mail_id, entries[2].mail_id]
+    wait_until(lambda: broker.ids == [entries[0].mail_id, entries[2].mail_id], 5, 0.01)
     with session_scope(postgres_url) as session:
         assert set(session.scalars(select(MailMessage.transid).where(MailMessage.transid.in_(
             [entry.transid for entry in entries])))) == {entries[0].transid, entries[2].transid}
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("way", ["thread", "loop"])
+def test_a_message_sent_again_is_the_stored_one(
+    postgres_url: str, configure: Callable[..., None], way: str,
+) -> None:
+    """The sender did not see our 250 and sends the message again (same Message-ID): it is
+    not stored twice; it gets the first copy's transid, and its id to queue again while no
+    worker has processed it (the first listener may have died before its publish)."""
+    configure(database_url=postgres_url)
+    intake = MailIntake(Published(), b"test-secret", 10**6)  # type: ignore[arg-type]
+    raw = message("Printer out of paper.")[0]
+    [first] = intake.prepare(raw, [WDC], "test", NOW)
+    commit(intake, [first], way)
+    again = intake.prepare(raw, [WDC], "test", NOW) + intake.prepare(
+        message("Another mail.")[0], [WDC], "test", NOW)
+    commit(intake, again, way)
+    assert [(entry.error, entry.transid, entry.mail_id) for entry in again[:1]] == [
+        (None, first.transid, first.mail_id)]
+    assert again[1].error is None
+    assert again[1].mail_id not in (None, first.mail_id)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("way", ["thread", "loop"])
+def test_a_database_that_cannot_be_reached_refuses_every_message_as_an_outage(
+    configure: Callable[..., None], way: str,
+) -> None:
+    """Nothing is stored, and each message's error is the database's outage: the listener
+    answers 451 and the senders try again."""
+    configure(database_url=f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/none")
+    intake = MailIntake(Published(), b"test-secret", 10**6)  # type: ignore[arg-type]
+    entries = [entry for number in range(3) for entry in intake.prepare(
+        message(f"Mail {number}")[0], [WDC], "test", NOW)]
+    commit(intake, entries, way)
+    assert all(entry.error is not None and database_unreachable(entry.error)
+               for entry in entries)
+    assert [entry.mail_id for entry in entries] == [None] * 3
 
 
 WHEN = datetime(2026, 12, 24, 10, 0, tzinfo=UTC)

@@ -11,6 +11,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,7 @@ from api import create_app
 from shared.db.engine import get_sessionmaker, session_scope
 from shared.db.models import Account, MailMessage, Note, Request
 from tests.conftest import REPO, redis_db_url, self_signed, wait_until
+from tests.resilience.proxy import TcpProxy
 from tests.test_worker import Stack, redis_postgres, wait_done
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
@@ -240,6 +242,38 @@ def test_a_listener_killed_after_its_250_loses_nothing(
     smtp.close()
     assert processed(redis_postgres.database, message_id(message))["status"] == "processed"
     doomed.stop()
+
+
+def test_a_database_gone_at_data_is_451_and_the_message_sent_again_is_stored(
+    redis_postgres: Stack, tmp_path: Path,
+) -> None:
+    """Between RCPT (the recipient known already) and the end of DATA, the database goes: its
+    connections reset, or a black hole. Either way the sender is told 451 (nothing is stored:
+    it keeps the message and sends it again), the black hole's within the statement timeout
+    and its margin, and the listener keeps serving: once the database is back, the message
+    sent again gets its 250 and is processed."""
+    with TcpProxy(5432) as proxy:
+        through = redis_postgres.database.replace(":5432/", f":{proxy.port}/")
+        listener = Listener(redis_postgres, tmp_path / "smtp.log", database_url=through,
+                            database_statement_timeout_seconds="1")
+        try:
+            with listener.client() as smtp:
+                smtp.send_message(mail("Before.", subject="Before the outage"))
+                for fault in (proxy.cut, proxy.blackhole):
+                    smtp.send_message(mail("Warm.", subject="The connection is up"))
+                    fault()
+                    lost = mail("During.", subject=f"Outage {uuid.uuid4().hex[:6]}")
+                    started = time.monotonic()
+                    with pytest.raises(smtplib.SMTPDataError) as caught:
+                        smtp.send_message(lost)
+                    assert caught.value.smtp_code == 451
+                    assert time.monotonic() - started < 1 + 0.5 + 1.5
+                    proxy.restore()
+                    smtp.send_message(lost)  # the sender's MTA, trying again
+                    assert processed(redis_postgres.database,
+                                     message_id(lost))["status"] == "processed"
+        finally:
+            listener.stop()
 
 
 def test_sigterm_answers_the_message_being_stored_and_tells_idle_sessions_421(

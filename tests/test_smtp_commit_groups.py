@@ -22,13 +22,17 @@ def entry(number: int) -> Accepting:
 
 
 class HeldIntake:
-    """Commits in a thread as MailIntake does; the first commit waits for ``release``."""
+    """Commits in a thread as MailIntake does on SQLite; the first commit waits for
+    ``release``."""
 
     def __init__(self, fail: bool = False) -> None:
         self.groups: list[list[str]] = []
         self.entered = threading.Event()
         self.release = threading.Event()
         self._fail = fail
+
+    async def commit_async(self, group: list[Accepting]) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.commit, group)
 
     def commit(self, group: list[Accepting]) -> None:
         if not self.entered.is_set():

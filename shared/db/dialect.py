@@ -40,10 +40,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import QueryableAttribute, Session
-from sqlalchemy.sql.elements import BindParameter
+from sqlalchemy.sql.elements import BindParameter, ClauseElement
 
+from shared.db.engine import sqlalchemy_error
 from shared.db.models import ANY_TEXT, Base
 
 # A column of a table, or a mapped class's attribute for one.
@@ -52,6 +52,8 @@ Column = ColumnElement[Any] | QueryableAttribute[Any]
 # group commit: shared/db/engine.HeldConnection).
 Executor = Session | Connection
 _PG = postgresql.dialect()  # type: ignore[no-untyped-call]
+# What compiles a statement for psycopg itself (its placeholders: %(name)s).
+_PSYCOPG = postgresql.psycopg.dialect()  # type: ignore[no-untyped-call]
 _quote = _PG.identifier_preparer.quote
 # One encoder for every value: json.dumps with options makes a new one each call.
 _compact = json.JSONEncoder(separators=(",", ":")).encode
@@ -146,21 +148,66 @@ def insert_few(
     SQLAlchemy's (an unreachable database as its OperationalError), as from insert_rows.
     Anything else (more values, SQLite, an ORM Session, whose rollback must know of an
     error) goes through insert_rows."""
-    names = tuple(rows[0])
-    driver = None if isinstance(executor, Session) or len(rows) * len(names) > FEW_PARAMETERS \
+    driver = None if isinstance(executor, Session) or len(rows) * len(rows[0]) > FEW_PARAMETERS \
         else executor.connection.driver_connection
     if not isinstance(driver, psycopg.Connection):
         return insert_rows(executor, model, rows, returning=returning,
                            skip_conflicts_on=skip_conflicts_on)
-    statement = _values_insert(model, names, len(rows), returning, skip_conflicts_on)
-    values = [_plain(row[name]) for row in rows for name in names]
+    statement, values = _psycopg_insert(model, rows, returning, skip_conflicts_on)
     try:
         with driver.cursor() as cursor:
             cursor.execute(statement, values)
             return [tuple(row) for row in cursor.fetchall()] if returning else []
     except psycopg.Error as exc:
-        raise DBAPIError.instance(statement, values, exc, psycopg.Error,
-                                  hide_parameters=True) from exc
+        raise sqlalchemy_error(exc, statement, values) from exc
+
+
+async def insert_few_async(
+    connection: psycopg.AsyncConnection[Any], model: type[Base], rows: Sequence[dict[str, Any]],
+    *, returning: tuple[str, ...] = (), skip_conflicts_on: tuple[str, ...] = (),
+) -> list[tuple[Any, ...]]:
+    """:func:`insert_few` on an event loop, through psycopg's AsyncConnection (PostgreSQL only:
+    shared/db/engine.LoopConnection): the same statement for a few rows, and for more the JSON
+    array's of :func:`insert_rows`."""
+    statement, values = _psycopg_insert(model, rows, returning, skip_conflicts_on)
+    try:
+        cursor = await connection.execute(statement, values)
+        return [tuple(row) for row in await cursor.fetchall()] if returning else []
+    except psycopg.Error as exc:
+        raise sqlalchemy_error(exc, statement, values) from exc
+
+
+async def fetch_async(connection: psycopg.AsyncConnection[Any], query: ClauseElement
+                      ) -> list[tuple[Any, ...]]:
+    """The rows of ``query`` (a Core statement whose parameters need no conversion: text,
+    numbers) through psycopg's AsyncConnection."""
+    compiled = query.compile(dialect=_PSYCOPG)
+    statement = str(compiled)
+    try:
+        cursor = await connection.execute(statement, compiled.params)
+        return [tuple(row) for row in await cursor.fetchall()]
+    except psycopg.Error as exc:
+        raise sqlalchemy_error(exc, statement, compiled.params) from exc
+
+
+def _psycopg_insert(
+    model: type[Base], rows: Sequence[dict[str, Any]], returning: tuple[str, ...],
+    skip_conflicts_on: tuple[str, ...],
+) -> tuple[str, Any]:
+    """The ``INSERT`` of the rows as psycopg takes it, and its parameters: up to FEW_PARAMETERS
+    values a VALUES list, more the JSON array."""
+    names = tuple(rows[0])
+    if len(rows) * len(names) > FEW_PARAMETERS:
+        return _psycopg_json_insert(model, names, returning, skip_conflicts_on), {
+            "rows": rows_json(model, rows)}
+    return (_values_insert(model, names, len(rows), returning, skip_conflicts_on),
+            [_plain(row[name]) for row in rows for name in names])
+
+
+@cache
+def _psycopg_json_insert(model: type[Base], names: tuple[str, ...], returning: tuple[str, ...],
+                         skip_conflicts_on: tuple[str, ...]) -> str:
+    return str(json_insert(model, names, returning, skip_conflicts_on).compile(dialect=_PSYCOPG))
 
 
 def _plain(value: object) -> object:

@@ -13,17 +13,27 @@ local: its engines keep their busy timeout only.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from functools import lru_cache
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg.abc import PQGen
+from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    StatementError,
+)
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -74,11 +84,32 @@ class _DeadlineConnection(psycopg.Connection[Any]):
             return super().wait(gen, interval, timeout if timeout is not None
                                 else self.answer_timeout)
         except psycopg.errors._WaitTimeout:
-            # Half-way through the protocol the connection cannot be used again; once closed
-            # it counts as a disconnect, so SQLAlchemy discards it instead of pooling it.
-            self.pgconn.finish()
-            raise psycopg.errors.ConnectionTimeout(
-                f"no answer from the database within {self.answer_timeout} s") from None
+            raise _given_up(self.pgconn, self.answer_timeout) from None
+
+
+class _DeadlineAsyncConnection(psycopg.AsyncConnection[Any]):
+    """:class:`_DeadlineConnection` for an event loop (:class:`LoopConnection`). A task
+    cancelled instead (asyncio's timeout) would not do: psycopg then asks the server to cancel
+    the statement and waits for it, through the same black hole."""
+
+    answer_timeout: float | None = None
+
+    async def wait(
+        self, gen: PQGen[RV], interval: float = 0.1, timeout: float | None = None
+    ) -> RV:
+        try:
+            return await super().wait(gen, interval, timeout if timeout is not None
+                                      else self.answer_timeout)
+        except psycopg.errors._WaitTimeout:
+            raise _given_up(self.pgconn, self.answer_timeout) from None
+
+
+def _given_up(pgconn: psycopg.pq.abc.PGconn, seconds: float | None
+              ) -> psycopg.errors.ConnectionTimeout:
+    # Half-way through the protocol the connection cannot be used again; once closed it
+    # counts as a disconnect, so SQLAlchemy discards it instead of pooling it.
+    pgconn.finish()
+    return psycopg.errors.ConnectionTimeout(f"no answer from the database within {seconds} s")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -107,23 +138,32 @@ def make_engine(url: str, *, statement_timeout: float = 0) -> Engine:
     connect_timeout = get_settings().database_connect_timeout_seconds
     engine = create_engine(
         url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_timeout=connect_timeout,
-        connect_args={
-            "connect_timeout": connect_timeout,
-            # An idle pooled connection to a host that vanished is found and dropped.
-            "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
-            "keepalives_count": 3,
-        },
+        connect_args=_connect_args(connect_timeout),
     )
     if statement_timeout > 0:
         event.listen(engine, "do_connect", _with_statement_timeout(statement_timeout))
     return engine
 
 
+def _connect_args(connect_timeout: float) -> dict[str, Any]:
+    """libpq's connection parameters, but the statement timeout."""
+    return {
+        "connect_timeout": connect_timeout,
+        # An idle pooled connection to a host that vanished is found and dropped.
+        "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+        "keepalives_count": 3,
+    }
+
+
+def _with_option(options: str | None, statement_timeout: float) -> str:
+    """libpq's ``options`` with the statement timeout added to any the URL gives, never
+    replacing them."""
+    return f"{options or ''} -c statement_timeout={round(statement_timeout * 1000)}".strip()
+
+
 def _with_statement_timeout(seconds: float) -> Any:
     def connect(dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
-        # Added to any options the URL gives, never replacing them.
-        options = f"-c statement_timeout={round(seconds * 1000)}"
-        cparams["options"] = f"{cparams.get('options', '')} {options}".strip()
+        cparams["options"] = _with_option(cparams.get("options"), seconds)
         if dialect.driver != "psycopg":
             return None  # the driver's own connect, with the server's limit only
         connection = _DeadlineConnection.connect(*cargs, **cparams)
@@ -139,10 +179,14 @@ def get_engine(url: str | None = None) -> Engine:
     key = (os.getpid(), url)
     engine = _engines.get(key)
     if engine is None:
-        timeout = (_statement_timeout[0] if _statement_timeout
-                   else settings.database_statement_timeout_seconds)
-        engine = _engines[key] = make_engine(url, statement_timeout=timeout)
+        engine = _engines[key] = make_engine(url, statement_timeout=_process_timeout())
     return engine
+
+
+def _process_timeout() -> float:
+    """This process's statement timeout (:func:`use_statement_timeout`), in seconds."""
+    return (_statement_timeout[0] if _statement_timeout
+            else get_settings().database_statement_timeout_seconds)
 
 
 def get_sessionmaker(url: str | None = None) -> sessionmaker[Session]:
@@ -229,3 +273,92 @@ class HeldConnection:
                 connection.execution_options(isolation_level="AUTOCOMMIT")
             self._held = (engine, connection)
         return self._held[1]
+
+
+def sqlalchemy_error(exc: psycopg.Error, statement: str | None = None,
+                     params: Any = None) -> StatementError:
+    """psycopg's error as SQLAlchemy's, for what goes to psycopg itself: an unreachable database
+    is SQLAlchemy's OperationalError (:func:`database_unreachable`), a refused row its
+    IntegrityError, as through an engine."""
+    return DBAPIError.instance(statement, params, exc, psycopg.Error, hide_parameters=True)
+
+
+@lru_cache(maxsize=8)
+def _libpq_url(url: str) -> str | None:
+    """``url`` as libpq takes it, when it names PostgreSQL through psycopg; else None."""
+    parsed = make_url(url)
+    if parsed.drivername != "postgresql+psycopg":
+        return None
+    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class LoopConnection:
+    """:class:`HeldConnection` for a caller on an event loop (the SMTP listener's group commit),
+    on PostgreSQL through psycopg (:meth:`serves`): one psycopg AsyncConnection held from one
+    use to the next, each statement committing by itself. The loop waits for the database
+    itself. Handing each group to a thread and its answer back cost the listener more CPU than
+    the commit did (the two threads took turns on the GIL), and added to every commit's wait
+    (bench/README.md, session 15).
+
+    As HeldConnection's: unused for ``idle`` seconds, it is closed, and the next use connects
+    anew (a database restarted during a quiet spell costs nothing); any error closes it (the
+    use fails: one restarted under load fails the group under way). Connecting has the connect
+    timeout; each statement has the process's statement timeout on the server, and as long
+    (plus CANCEL_MARGIN) on the loop, whatever the server does (a black-holed database:
+    :class:`_DeadlineAsyncConnection`). Errors come out as SQLAlchemy's
+    (:func:`sqlalchemy_error`). Uses must not overlap: its caller has one at a time.
+    """
+
+    def __init__(self, idle: float = 10.0, url: str | None = None) -> None:
+        self._idle = idle
+        self._url = url
+        # The connection, the URL and the loop it was made for.
+        self._held: tuple[psycopg.AsyncConnection[Any], str, asyncio.AbstractEventLoop] | None \
+            = None
+        self._used = 0.0
+
+    def serves(self) -> bool:
+        """Whether the database is PostgreSQL through psycopg (else its caller uses a
+        :class:`HeldConnection` in a thread: SQLite has no asynchronous driver here)."""
+        return _libpq_url(self._resolved_url()) is not None
+
+    @asynccontextmanager
+    async def __call__(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        try:
+            yield await self._connection()
+        except BaseException as exc:
+            self.close()  # its state is unknown: never used again
+            if isinstance(exc, psycopg.Error):  # not through dialect's, which converts its own
+                raise sqlalchemy_error(exc) from exc
+            raise
+        self._used = time.monotonic()
+
+    def close(self) -> None:
+        """Close the connection, if one is held (at once: closing sends nothing the loop must
+        wait for)."""
+        if self._held is not None:
+            self._held[0].pgconn.finish()
+            self._held = None
+
+    def _resolved_url(self) -> str:
+        return self._url or get_settings().resolved_database_url()
+
+    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        url, loop = self._resolved_url(), asyncio.get_running_loop()
+        if self._held is not None and (
+                self._held[1:] != (url, loop) or time.monotonic() - self._used > self._idle):
+            self.close()
+        if self._held is None:
+            libpq = _libpq_url(url)
+            if libpq is None:
+                raise ValueError(f"LoopConnection serves PostgreSQL through psycopg, not {url!r}")
+            params = {**conninfo_to_dict(libpq),
+                      **_connect_args(get_settings().database_connect_timeout_seconds)}
+            timeout = _process_timeout()
+            if timeout > 0:
+                params["options"] = _with_option(params.get("options"), timeout)
+            connection = await _DeadlineAsyncConnection.connect(autocommit=True, **params)
+            if timeout > 0:
+                connection.answer_timeout = timeout + CANCEL_MARGIN
+            self._held = (connection, url, loop)
+        return self._held[0]

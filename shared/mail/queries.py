@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from shared.db import dialect
@@ -56,9 +56,14 @@ def email_policy(session: Session, account_id: str) -> EmailPolicy:
 def stored(executor: dialect.Executor, account_id: str, message_id: str
            ) -> tuple[int, str, str] | None:
     """The id, transid and status of the account's stored message with this Message-ID."""
-    row = executor.execute(select(MailMessage.id, MailMessage.transid, MailMessage.status).where(
-        MailMessage.account_id == account_id, MailMessage.message_id == message_id)).first()
+    row = executor.execute(stored_query(account_id, message_id)).first()
     return (row.id, row.transid, row.status) if row is not None else None
+
+
+def stored_query(account_id: str, message_id: str) -> Select[int, str, str]:
+    """:func:`stored`'s (also run on an event loop: shared/mail/store.save_async)."""
+    return select(MailMessage.id, MailMessage.transid, MailMessage.status).where(
+        MailMessage.account_id == account_id, MailMessage.message_id == message_id)
 
 
 def pending(session: Session, before: datetime, limit: int) -> list[int]:

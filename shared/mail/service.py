@@ -36,9 +36,10 @@ message's transaction its run's). In order:
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -50,7 +51,7 @@ from sqlalchemy.orm import Session
 from shared import metrics, observe
 from shared.batching import Coalescer, GroupRunner, runs
 from shared.cache import TTLCache
-from shared.db.engine import HeldConnection, session_scope
+from shared.db.engine import HeldConnection, LoopConnection, session_scope
 from shared.ids import make_transid
 from shared.logs import get_logger
 from shared.mail import outbound, queries, store
@@ -99,6 +100,8 @@ WAKE_INTERVAL = 0.02
 # intake's group runner): one connection of the process, held between them, serves them all.
 _STORE = HeldConnection()
 atexit.register(_STORE.close)
+# The same for a commit from an event loop (the SMTP listener's), on PostgreSQL.
+_LOOP_STORE = LoopConnection()
 
 
 class TooLarge(ValueError):
@@ -227,36 +230,67 @@ class MailIntake:
         message's share of a commit shrinks as the traffic grows (a group of more than
         MAX_GROUP_BYTES is cut into transactions of at most that, a larger message alone).
         Each entry ends with its transid (and its id), or the error that kept it out of the
-        database: the database's, or its own.
+        database: the database's, or its own (:func:`_tries`).
 
         The ids go in a ``mail.process`` task at once when none was queued within
         WAKE_INTERVAL, or else in the one that follows at its end, with those of the groups
         committed meanwhile. Either way the stored row is the promise: a process that dies
         before the task is queued leaves its messages to the next run of a worker, which takes
         along what is stored, or to the sweep."""
-        for part in runs(group, lambda entry: len(entry.mail.raw), MAX_GROUP_BYTES):
-            self._commit(part)
+        for part in _parts(group):
+            try:
+                with _STORE() as connection:
+                    _stored(part, store.save(connection, [entry.mail for entry in part]))
+            except Exception as exc:
+                _failed(part, exc)
         self._wake.add([entry.mail_id for entry in group if entry.mail_id is not None])
 
-    def _commit(self, group: list[Accepting]) -> None:
-        try:
-            with _STORE() as connection:
-                saved = store.save(connection, [entry.mail for entry in group])
-        except Exception as exc:
-            if len(group) > 1 and classify(exc) is not Fault.OUTAGE:
-                # Not the database's outage but one message's: it must not refuse the others.
-                for number, entry in enumerate(group):
-                    self._commit([entry])
-                    if entry.error is not None and classify(entry.error) is Fault.OUTAGE:
-                        for rest in group[number + 1:]:  # the database went away meanwhile
-                            rest.error = entry.error
-                        return
-                return
-            for entry in group:
-                entry.error = exc
+    async def commit_async(self, group: list[Accepting]) -> None:
+        """:meth:`commit` from an event loop (the SMTP listener's): on PostgreSQL the loop
+        waits for the database itself (shared/db/engine.LoopConnection), elsewhere the commit
+        runs in the loop's thread pool."""
+        if not _LOOP_STORE.serves():
+            await asyncio.get_running_loop().run_in_executor(None, self.commit, group)
             return
-        for entry, (mail_id, transid) in zip(group, saved, strict=True):
-            entry.mail_id, entry.transid = mail_id, transid
+        for part in _parts(group):
+            try:
+                async with _LOOP_STORE() as connection:
+                    _stored(part, await store.save_async(connection,
+                                                         [entry.mail for entry in part]))
+            except Exception as exc:
+                _failed(part, exc)
+        self._wake.add([entry.mail_id for entry in group if entry.mail_id is not None])
+
+
+def _parts(group: list[Accepting]) -> Iterator[list[Accepting]]:
+    """The transactions that store ``group``, in turn: each run of at most MAX_GROUP_BYTES,
+    whole; then, where a run failed on one of its messages (not the database's outage), each
+    of its messages alone, so that one message refuses no other. The caller sets each
+    entry's error (:func:`_failed`) or its id (:func:`_stored`) before it asks for the next;
+    an outage meanwhile ends the run's messages that are left with its error."""
+    for run in runs(group, lambda entry: len(entry.mail.raw), MAX_GROUP_BYTES):
+        yield run
+        failed = run[0].error
+        if failed is None or len(run) == 1 or classify(failed) is Fault.OUTAGE:
+            continue
+        for entry in run:
+            entry.error = None
+        for number, entry in enumerate(run):
+            yield [entry]
+            if entry.error is not None and classify(entry.error) is Fault.OUTAGE:
+                for rest in run[number + 1:]:  # the database went away meanwhile
+                    rest.error = entry.error
+                break
+
+
+def _stored(part: list[Accepting], saved: list[tuple[int | None, str]]) -> None:
+    for entry, (mail_id, transid) in zip(part, saved, strict=True):
+        entry.mail_id, entry.transid = mail_id, transid
+
+
+def _failed(part: list[Accepting], exc: Exception) -> None:
+    for entry in part:
+        entry.error = exc
 
 
 def _destination_or_refusal(found: Destination | tuple[type[BadRecipient], str]) -> Destination:

@@ -6,19 +6,20 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from shared.db import dialect
 from shared.db.models import MailAttachment, MailMessage, Note, Person, Request, Transaction
 from shared.mail.mime import Attachment
-from shared.mail.queries import Destination, attachment_path, stored
+from shared.mail.queries import Destination, attachment_path, stored, stored_query
 from shared.requests.matching import note_hash
 
 
@@ -46,27 +47,60 @@ def save(connection: dialect.Executor, mails: Sequence[NewMail]) -> list[tuple[i
     publish: the retry queues it, instead of leaving it to the sweep). A new message costs no
     look before the insert.
     """
+    inserted: dict[str, int] = dict(dialect.insert_few(
+        connection, MailMessage, _rows(mails), returning=("transid", "id"),
+        skip_conflicts_on=("account_id", "message_id")))
+    return _saved(mails, inserted, {mail.transid: stored(connection, *key)
+                                    for mail, key in _conflicting(mails, inserted)})
+
+
+async def save_async(connection: psycopg.AsyncConnection[Any], mails: Sequence[NewMail]
+                     ) -> list[tuple[int | None, str]]:
+    """:func:`save` on an event loop (the SMTP listener's, through
+    shared/db/engine.LoopConnection)."""
+    inserted: dict[str, int] = dict(await dialect.insert_few_async(
+        connection, MailMessage, _rows(mails), returning=("transid", "id"),
+        skip_conflicts_on=("account_id", "message_id")))
+    known: dict[str, tuple[int, str, str] | None] = {}
+    for mail, key in _conflicting(mails, inserted):
+        found = await dialect.fetch_async(connection, stored_query(*key))
+        known[mail.transid] = found[0] if found else None
+    return _saved(mails, inserted, known)
+
+
+def _rows(mails: Sequence[NewMail]) -> list[dict[str, Any]]:
     # In the order received: ids follow it, and a worker acts on a run in id order. (Two
     # groups that hold the same two resent messages in opposite orders may deadlock: the
     # database ends one, an outage for its senders, who send again.)
-    inserted: dict[str, int] = dict(dialect.insert_few(
-        connection, MailMessage,
-        [{"transid": mail.transid, "account_id": mail.destination.account_id,
-          "recipient": mail.destination.address, "team_id": mail.destination.team_id,
-          "message_id": mail.message_id, "raw": mail.raw, "peer": mail.peer[:64],
-          "received_at": mail.now, "status": "received"} for mail in mails],
-        returning=("transid", "id"), skip_conflicts_on=("account_id", "message_id")))
+    return [{"transid": mail.transid, "account_id": mail.destination.account_id,
+             "recipient": mail.destination.address, "team_id": mail.destination.team_id,
+             "message_id": mail.message_id, "raw": mail.raw, "peer": mail.peer[:64],
+             "received_at": mail.now, "status": "received"} for mail in mails]
+
+
+def _conflicting(mails: Sequence[NewMail], inserted: dict[str, int]
+                 ) -> Iterator[tuple[NewMail, tuple[str, str]]]:
+    """The messages not inserted, each with the key of the stored one it conflicted with
+    (only the Message-ID can be taken: a transid is new for every message)."""
+    for mail in mails:
+        if mail.transid not in inserted:
+            if mail.message_id is None:
+                raise RuntimeError(f"mail {mail.transid} conflicts with no stored message")
+            yield mail, (mail.destination.account_id, mail.message_id)
+
+
+def _saved(mails: Sequence[NewMail], inserted: dict[str, int],
+           known: dict[str, tuple[int, str, str] | None]) -> list[tuple[int | None, str]]:
+    """:func:`save`'s answer, given the rows inserted and the stored ones the others met."""
     saved: list[tuple[int | None, str]] = []
     for mail in mails:
         if mail.transid in inserted:
             saved.append((inserted[mail.transid], mail.transid))
             continue
-        # Only the Message-ID can be taken: a transid is new for every message.
-        known = stored(connection, mail.destination.account_id, mail.message_id) \
-            if mail.message_id is not None else None
-        if known is None:
+        found = known[mail.transid]
+        if found is None:
             raise RuntimeError(f"mail {mail.transid} conflicts with no stored message")
-        known_id, known_transid, status = known
+        known_id, known_transid, status = found
         saved.append(((known_id if status == "received" else None), known_transid))
     return saved
 
