@@ -24,7 +24,8 @@ organisation's mail gateway (the rules: shared/mail/service.py).
 One group's commit at a time: a slow commit holds the sessions that reach DATA meanwhile,
 never the loop. On PostgreSQL the loop waits for the commit itself (psycopg's asynchronous
 connection); on SQLite, and for a recipient the cache does not know, the database is asked
-in the loop's thread pool.
+in the loop's thread pool, as is the publish of the task that queues a group's messages (when
+it goes at once: in a stream, the wake-up's own thread sends one an interval).
 """
 
 from __future__ import annotations

@@ -119,23 +119,27 @@ class Coalescer(Generic[T]):
         self._last = float("-inf")
 
     def add(self, items: Sequence[T]) -> None:
+        lot = self.gather(items)
+        if lot is not None:
+            self._send(lot)
+
+    def gather(self, items: Sequence[T]) -> list[T] | None:
+        """:meth:`add`, but a lot to go at once is returned, for the caller to ``send`` where
+        it will (an event loop: in its thread pool); None when there is none."""
         if not items:
-            return
+            return None
         with self._guard:
             self._gathered.extend(items)
             if self._sending:
-                return
+                return None
             if time.monotonic() < self._last + self._interval:
                 try:
                     threading.Thread(target=self._sender, name="coalescer").start()
                 except RuntimeError:  # no thread to be had (a process limit): send at once
-                    lot = self._take()
-                else:
-                    self._sending = True
-                    return
-            else:
-                lot = self._take()
-        self._send(lot)
+                    return self._take()
+                self._sending = True
+                return None
+            return self._take()
 
     def _take(self) -> list[T]:
         lot, self._gathered = self._gathered, []

@@ -1,7 +1,7 @@
 """Passing on what threads hand in, in lots, one lot an interval at most (shared/batching.py's
 Coalescer): how mail intake queues its ``mail.process`` wake-up calls. A lone item goes at once
-in its caller's thread; a stream goes one lot an interval, from one sender thread; a process
-that exits normally sends what gathered first."""
+in its caller's thread (or where the caller sends it); a stream goes one lot an interval, from
+one sender thread; a process that exits normally sends what gathered first."""
 
 from __future__ import annotations
 
@@ -44,6 +44,18 @@ def test_a_lone_item_is_sent_at_once_by_its_caller() -> None:
     Coalescer(sent, INTERVAL).add([1, 2])
     assert sent.lots == [[1, 2]]
     assert sent.threads == [threading.current_thread().name]
+
+
+def test_a_caller_that_sends_where_it_will_is_given_the_lot_to_go_at_once() -> None:
+    """The SMTP listener's event loop: it sends such a lot from its thread pool."""
+    sent = Sent()
+    coalescer = Coalescer(sent, INTERVAL)
+    assert coalescer.gather([1, 2]) == [1, 2]
+    assert coalescer.gather([3]) is None  # within the interval: the sender thread's
+    wait_until(lambda: sent.lots, 10, 0.01)
+    assert sent.lots == [[3]]
+    assert sent.threads == ["coalescer"]
+    wait_until(stream_ended, 10, 0.01)
 
 
 def test_items_within_the_interval_go_together_once_it_has_passed() -> None:

@@ -31,6 +31,7 @@ from shared.db.models import (
     Transaction,
 )
 from shared.ids import make_transid
+from shared.mail import service as mail_service
 from shared.mail import store
 from shared.mail.mime import message_id_of
 from shared.mail.queries import Destination
@@ -504,10 +505,14 @@ class Published:
         self.ids += json.loads(message.body)[0][0]
 
 
-def commit(intake: MailIntake, entries: list[Accepting], way: str) -> None:
-    """As the HTTP intake commits (a thread's), or as the SMTP listener does (on its loop)."""
+def commit(intake: MailIntake, entries: list[Accepting], way: str,
+           monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the HTTP intake commits (a thread's), or as the SMTP listener does on PostgreSQL (on
+    its loop: the thread's connection, if it were used, fails every message as a bug)."""
     if way == "loop":
-        asyncio.run(intake.commit_async(entries))
+        with monkeypatch.context() as patch:
+            patch.setattr(mail_service, "_STORE", None)
+            asyncio.run(intake.commit_async(entries))
     else:
         intake.commit(entries)
 
@@ -516,6 +521,7 @@ def commit(intake: MailIntake, entries: list[Accepting], way: str) -> None:
 @pytest.mark.parametrize("way", ["thread", "loop"])
 def test_a_message_the_database_refuses_does_not_refuse_the_others_of_its_group(
     postgres_url: str, configure: Callable[..., None], way: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Intake's group commit: a message whose row fails (an address longer than its column,
     which no recipient the listener accepts can be) is refused alone; the messages committed
@@ -527,7 +533,7 @@ def test_a_message_the_database_refuses_does_not_refuse_the_others_of_its_group(
     entries = [entry for number, destination in enumerate([WDC, bad, WDC])
                for entry in intake.prepare(message(f"Mail {number}")[0], [destination], "test",
                                            NOW)]
-    commit(intake, entries, way)
+    commit(intake, entries, way, monkeypatch)
     assert [entry.error is None for entry in entries] == [True, False, True]
     wait_until(lambda: broker.ids == [entries[0].mail_id, entries[2].mail_id], 5, 0.01)
     with session_scope(postgres_url) as session:
@@ -539,6 +545,7 @@ def test_a_message_the_database_refuses_does_not_refuse_the_others_of_its_group(
 @pytest.mark.parametrize("way", ["thread", "loop"])
 def test_a_message_sent_again_is_the_stored_one(
     postgres_url: str, configure: Callable[..., None], way: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The sender did not see our 250 and sends the message again (same Message-ID): it is
     not stored twice; it gets the first copy's transid, and its id to queue again while no
@@ -547,10 +554,10 @@ def test_a_message_sent_again_is_the_stored_one(
     intake = MailIntake(Published(), b"test-secret", 10**6)  # type: ignore[arg-type]
     raw = message("Printer out of paper.")[0]
     [first] = intake.prepare(raw, [WDC], "test", NOW)
-    commit(intake, [first], way)
+    commit(intake, [first], way, monkeypatch)
     again = intake.prepare(raw, [WDC], "test", NOW) + intake.prepare(
         message("Another mail.")[0], [WDC], "test", NOW)
-    commit(intake, again, way)
+    commit(intake, again, way, monkeypatch)
     assert [(entry.error, entry.transid, entry.mail_id) for entry in again[:1]] == [
         (None, first.transid, first.mail_id)]
     assert again[1].error is None
@@ -560,7 +567,7 @@ def test_a_message_sent_again_is_the_stored_one(
 @pytest.mark.postgres
 @pytest.mark.parametrize("way", ["thread", "loop"])
 def test_a_database_that_cannot_be_reached_refuses_every_message_as_an_outage(
-    configure: Callable[..., None], way: str,
+    configure: Callable[..., None], way: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Nothing is stored, and each message's error is the database's outage: the listener
     answers 451 and the senders try again."""
@@ -568,7 +575,7 @@ def test_a_database_that_cannot_be_reached_refuses_every_message_as_an_outage(
     intake = MailIntake(Published(), b"test-secret", 10**6)  # type: ignore[arg-type]
     entries = [entry for number in range(3) for entry in intake.prepare(
         message(f"Mail {number}")[0], [WDC], "test", NOW)]
-    commit(intake, entries, way)
+    commit(intake, entries, way, monkeypatch)
     assert all(entry.error is not None and database_unreachable(entry.error)
                for entry in entries)
     assert [entry.mail_id for entry in entries] == [None] * 3

@@ -254,8 +254,9 @@ def test_a_database_gone_at_data_is_451_and_the_message_sent_again_is_stored(
     sent again gets its 250 and is processed."""
     with TcpProxy(5432) as proxy:
         through = redis_postgres.database.replace(":5432/", f":{proxy.port}/")
+        # The recipient stays known (no RCPT lookup through the fault).
         listener = Listener(redis_postgres, tmp_path / "smtp.log", database_url=through,
-                            database_statement_timeout_seconds="1")
+                            database_statement_timeout_seconds="1", cache_ttl_seconds="300")
         try:
             with listener.client() as smtp:
                 smtp.send_message(mail("Before.", subject="Before the outage"))

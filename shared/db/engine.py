@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -24,7 +25,6 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg.abc import PQGen
-from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import (
@@ -90,7 +90,7 @@ class _DeadlineConnection(psycopg.Connection[Any]):
 class _DeadlineAsyncConnection(psycopg.AsyncConnection[Any]):
     """:class:`_DeadlineConnection` for an event loop (:class:`LoopConnection`). A task
     cancelled instead (asyncio's timeout) would not do: psycopg then asks the server to cancel
-    the statement and waits for it, through the same black hole."""
+    the statement, through the same black hole, and waits up to 10 s more for it."""
 
     answer_timeout: float | None = None
 
@@ -284,12 +284,15 @@ def sqlalchemy_error(exc: psycopg.Error, statement: str | None = None,
 
 
 @lru_cache(maxsize=8)
-def _libpq_url(url: str) -> str | None:
-    """``url`` as libpq takes it, when it names PostgreSQL through psycopg; else None."""
+def _libpq_params(url: str) -> dict[str, Any] | None:
+    """psycopg's connection parameters for ``url`` as SQLAlchemy makes them for an engine (its
+    query's parameters, several hosts, quoted names), when it names PostgreSQL through psycopg
+    on a loop psycopg can wait on (not Windows' default one, which it refuses); else None."""
     parsed = make_url(url)
-    if parsed.drivername != "postgresql+psycopg":
+    if parsed.drivername != "postgresql+psycopg" or sys.platform == "win32":
         return None
-    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+    _args, params = parsed.get_dialect()().create_connect_args(parsed)
+    return dict(params)
 
 
 class LoopConnection:
@@ -320,7 +323,7 @@ class LoopConnection:
     def serves(self) -> bool:
         """Whether the database is PostgreSQL through psycopg (else its caller uses a
         :class:`HeldConnection` in a thread: SQLite has no asynchronous driver here)."""
-        return _libpq_url(self._resolved_url()) is not None
+        return _libpq_params(self._resolved_url()) is not None
 
     @asynccontextmanager
     async def __call__(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -349,11 +352,10 @@ class LoopConnection:
                 self._held[1:] != (url, loop) or time.monotonic() - self._used > self._idle):
             self.close()
         if self._held is None:
-            libpq = _libpq_url(url)
-            if libpq is None:
+            given = _libpq_params(url)
+            if given is None:
                 raise ValueError(f"LoopConnection serves PostgreSQL through psycopg, not {url!r}")
-            params = {**conninfo_to_dict(libpq),
-                      **_connect_args(get_settings().database_connect_timeout_seconds)}
+            params = {**given, **_connect_args(get_settings().database_connect_timeout_seconds)}
             timeout = _process_timeout()
             if timeout > 0:
                 params["options"] = _with_option(params.get("options"), timeout)

@@ -96,12 +96,13 @@ MAX_GROUP_BYTES = 16 * 1024 * 1024
 # acknowledge), and its runs take along what is stored meanwhile anyway. Short against the
 # worker's batch wait, so the wake-up adds nothing a worker would notice.
 WAKE_INTERVAL = 0.02
-# Intake's groups are committed one after the other (the SMTP listener's CommitGroups, the HTTP
-# intake's group runner): one connection of the process, held between them, serves them all.
+# Intake's groups are committed one after the other (the HTTP intake's group runner; the SMTP
+# listener's CommitGroups): one connection of the process, held between them, serves them all;
+# on an event loop (the listener's, on PostgreSQL), the loop's own.
 _STORE = HeldConnection()
 atexit.register(_STORE.close)
-# The same for a commit from an event loop (the SMTP listener's), on PostgreSQL.
 _LOOP_STORE = LoopConnection()
+atexit.register(_LOOP_STORE.close)
 
 
 class TooLarge(ValueError):
@@ -165,7 +166,8 @@ class MailIntake:
 
     def __init__(self, publisher: Publisher, secret: bytes, max_bytes: int,
                  cache_ttl: float = 0.0) -> None:
-        self._wake: Coalescer[int] = Coalescer(lambda ids: queue(publisher, ids), WAKE_INTERVAL)
+        self._queue: Callable[[list[int]], None] = lambda ids: queue(publisher, ids)
+        self._wake: Coalescer[int] = Coalescer(self._queue, WAKE_INTERVAL)
         self._secret = secret
         self.max_bytes = max_bytes
         # What an address is, refusals included: RCPT of every message asks, and a flood of
@@ -230,7 +232,7 @@ class MailIntake:
         message's share of a commit shrinks as the traffic grows (a group of more than
         MAX_GROUP_BYTES is cut into transactions of at most that, a larger message alone).
         Each entry ends with its transid (and its id), or the error that kept it out of the
-        database: the database's, or its own (:func:`_tries`).
+        database: the database's, or its own (:func:`_parts`).
 
         The ids go in a ``mail.process`` task at once when none was queued within
         WAKE_INTERVAL, or else in the one that follows at its end, with those of the groups
@@ -259,7 +261,12 @@ class MailIntake:
                                                          [entry.mail for entry in part]))
             except Exception as exc:
                 _failed(part, exc)
-        self._wake.add([entry.mail_id for entry in group if entry.mail_id is not None])
+        lot = self._wake.gather([entry.mail_id for entry in group if entry.mail_id is not None])
+        if lot is not None:
+            # Queued before the group's 250s, as commit does (a listener killed after its 250
+            # has queued the message), from the thread pool: a broker slow to answer holds
+            # this group's sessions, never the loop.
+            await asyncio.get_running_loop().run_in_executor(None, self._queue, lot)
 
 
 def _parts(group: list[Accepting]) -> Iterator[list[Accepting]]:
