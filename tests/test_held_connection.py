@@ -181,3 +181,17 @@ def test_a_loop_connection_serves_postgresql_through_psycopg_only(
     assert not LoopConnection(url=f"sqlite:///{tmp_path / 'held.sqlite'}").serves()
     configure()  # no URL of its own: the settings', the embedded default's SQLite
     assert not LoopConnection().serves()
+
+
+@pytest.mark.postgres
+def test_a_loop_connection_reads_its_url_as_an_engine_does(postgres_url: str) -> None:
+    """The URL's query parameters, quoted as SQLAlchemy takes them (a space is %20)."""
+    held = LoopConnection(url=f"{postgres_url}?application_name=eventdesk%20smtp")
+
+    async def name() -> object:
+        async with held() as connection:
+            cursor = await connection.execute("SHOW application_name")
+            return (await cursor.fetchone() or [None])[0]
+
+    assert asyncio.run(name()) == "eventdesk smtp"
+    held.close()
