@@ -299,9 +299,9 @@ class LoopConnection:
     """:class:`HeldConnection` for a caller on an event loop (the SMTP listener's group commit),
     on PostgreSQL through psycopg (:meth:`serves`): one psycopg AsyncConnection held from one
     use to the next, each statement committing by itself. The loop waits for the database
-    itself. Handing each group to a thread and its answer back cost the listener more CPU than
-    the commit did (the two threads took turns on the GIL), and added to every commit's wait
-    (bench/README.md, session 15).
+    itself: handing each group to a thread and its answer back cost the listener about a
+    quarter of its CPU a message (the two threads took turns on the GIL), and lengthened every
+    session's wait for its 250 (bench/README.md, session 15).
 
     As HeldConnection's: unused for ``idle`` seconds, it is closed, and the next use connects
     anew (a database restarted during a quiet spell costs nothing); any error closes it (the
