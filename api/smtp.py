@@ -168,7 +168,7 @@ class CommitGroups:
 
     async def commit(self, entries: list[Accepting]) -> None:
         """Returns once each of ``entries`` (a message's, one a recipient: always in the same
-        group, though MailIntake.commit may cut a group of over MAX_GROUP_BYTES into
+        group, though MailIntake.commit_async may cut a group of over MAX_GROUP_BYTES into
         transactions) is committed, or has the error that kept it out."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._gathering.append((entries, done))

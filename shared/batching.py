@@ -100,14 +100,14 @@ class Coalescer(Generic[T]):
     """Items that threads hand in, passed on to ``send`` in lots: one lot every ``interval``
     seconds at most.
 
-    Items handed in after a quiet interval go at once, in the caller's thread, so a trickle
-    waits for nothing. Those handed in within ``interval`` of the last lot gather, and go
-    together when it has passed, from a sender thread that lives while they keep coming (one
-    thread for a stream: ``send`` may keep a connection a thread). So a stream costs one
-    ``send`` an interval, whatever its rate. The thread is not a daemon: a process that exits
-    normally sends what gathered before it ends. What ``send`` raises there loses that lot
-    (``send`` should handle its own errors): it goes to ``threading.excepthook``, and the thread
-    goes on with the next.
+    Items handed in after a quiet interval go at once, in the caller's thread (or where it
+    sends them: :meth:`gather`), so a trickle waits for nothing. Those handed in within
+    ``interval`` of the last lot gather, and go together when it has passed, from a sender
+    thread that lives while they keep coming (one thread for a stream: ``send`` may keep a
+    connection a thread). So a stream costs one ``send`` an interval, whatever its rate. The
+    thread is not a daemon: a process that exits normally sends what gathered before it ends.
+    What ``send`` raises there loses that lot (``send`` should handle its own errors): it goes
+    to ``threading.excepthook``, and the thread goes on with the next.
     """
 
     def __init__(self, send: Callable[[list[T]], None], interval: float) -> None:

@@ -5,6 +5,8 @@ the SMTP listener's event loop."""
 from __future__ import annotations
 
 import asyncio
+import sys
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -124,6 +126,28 @@ def test_on_a_loop_one_connection_serves_use_after_use(postgres_url: str) -> Non
 
 
 @pytest.mark.postgres
+def test_on_a_loop_uses_at_once_take_turns_on_one_connection(postgres_url: str) -> None:
+    held = LoopConnection(url=postgres_url)
+
+    async def use() -> tuple[int, float, float]:
+        async with held() as connection:
+            began = time.monotonic()
+            cursor = await connection.execute("SELECT pg_backend_pid(), pg_sleep(0.2)")
+            row = await cursor.fetchone()
+            assert row is not None
+            return int(row[0]), began, time.monotonic()
+
+    async def uses() -> list[tuple[int, float, float]]:
+        return list(await asyncio.gather(use(), use()))
+
+    (first, _, ended), (second, began_too, _) = sorted(asyncio.run(uses()),
+                                                           key=lambda use: use[1])
+    assert first == second
+    assert began_too >= ended  # the second began once the first had ended
+    held.close()
+
+
+@pytest.mark.postgres
 def test_on_a_loop_a_connection_dropped_under_load_fails_one_use_then_is_replaced(
     postgres_url: str,
 ) -> None:
@@ -177,7 +201,9 @@ def test_on_a_loop_each_statement_commits_by_itself(postgres_url: str) -> None:
 def test_a_loop_connection_serves_postgresql_through_psycopg_only(
     tmp_path: Path, configure: Callable[..., None],
 ) -> None:
-    assert LoopConnection(url="postgresql+psycopg://eventdesk@db.example/eventdesk").serves()
+    # Not on Windows, whose default event loop psycopg cannot wait on.
+    assert LoopConnection(url="postgresql+psycopg://eventdesk@db.example/eventdesk"
+                          ).serves() is (sys.platform != "win32")
     assert not LoopConnection(url=f"sqlite:///{tmp_path / 'held.sqlite'}").serves()
     configure()  # no URL of its own: the settings', the embedded default's SQLite
     assert not LoopConnection().serves()

@@ -171,8 +171,9 @@ async def insert_few_async(
     array's of :func:`insert_rows`."""
     statement, values = _psycopg_insert(model, rows, returning, skip_conflicts_on)
     try:
-        cursor = await connection.execute(statement, values)
-        return [tuple(row) for row in await cursor.fetchall()] if returning else []
+        async with connection.cursor() as cursor:
+            await cursor.execute(statement, values)
+            return [tuple(row) for row in await cursor.fetchall()] if returning else []
     except psycopg.Error as exc:
         raise sqlalchemy_error(exc, statement, values) from exc
 
@@ -184,8 +185,9 @@ async def fetch_async(connection: psycopg.AsyncConnection[Any], query: ClauseEle
     compiled = query.compile(dialect=_PSYCOPG)
     statement = str(compiled)
     try:
-        cursor = await connection.execute(statement, compiled.params)
-        return [tuple(row) for row in await cursor.fetchall()]
+        async with connection.cursor() as cursor:
+            await cursor.execute(statement, compiled.params)
+            return [tuple(row) for row in await cursor.fetchall()]
     except psycopg.Error as exc:
         raise sqlalchemy_error(exc, statement, compiled.params) from exc
 

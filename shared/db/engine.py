@@ -309,7 +309,8 @@ class LoopConnection:
     timeout; each statement has the process's statement timeout on the server, and as long
     (plus CANCEL_MARGIN) on the loop, whatever the server does (a black-holed database:
     :class:`_DeadlineAsyncConnection`). Errors come out as SQLAlchemy's
-    (:func:`sqlalchemy_error`). Uses must not overlap: its caller has one at a time.
+    (:func:`sqlalchemy_error`). Uses on its loop take turns (a lock); it serves one loop at a
+    time (a use on another loop replaces the connection: a new loop once the old one ended).
     """
 
     def __init__(self, idle: float = 10.0, url: str | None = None) -> None:
@@ -319,6 +320,7 @@ class LoopConnection:
         self._held: tuple[psycopg.AsyncConnection[Any], str, asyncio.AbstractEventLoop] | None \
             = None
         self._used = 0.0
+        self._turns: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
 
     def serves(self) -> bool:
         """Whether the database is PostgreSQL through psycopg (else its caller uses a
@@ -327,14 +329,18 @@ class LoopConnection:
 
     @asynccontextmanager
     async def __call__(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        try:
-            yield await self._connection()
-        except BaseException as exc:
-            self.close()  # its state is unknown: never used again
-            if isinstance(exc, psycopg.Error):  # not through dialect's, which converts its own
-                raise sqlalchemy_error(exc) from exc
-            raise
-        self._used = time.monotonic()
+        loop = asyncio.get_running_loop()
+        if self._turns is None or self._turns[0] is not loop:
+            self._turns = (loop, asyncio.Lock())
+        async with self._turns[1]:
+            try:
+                yield await self._connection()
+            except BaseException as exc:
+                self.close()  # its state is unknown: never used again
+                if isinstance(exc, psycopg.Error):  # not through dialect's, which converts its own
+                    raise sqlalchemy_error(exc) from exc
+                raise
+            self._used = time.monotonic()
 
     def close(self) -> None:
         """Close the connection, if one is held (at once: closing sends nothing the loop must
